@@ -1,0 +1,35 @@
+# Entry points for people: `make demo` runs the embedded demo through the whole DAG,
+# `make test` runs the CPU test suite. Both install .venv first when needed.
+SHELL := /bin/bash
+VENV := .venv
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export VLLM_NO_USAGE_STATS := 1
+export DO_NOT_TRACK := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo test lint format clean-demo
+
+install:
+	bash scripts/setup.sh
+
+demo: install
+	snakemake --profile workflow/profiles/demo
+
+test: install
+	pytest
+
+lint: install
+	ruff check .
+	ruff format --check .
+	snakefmt --check Snakefile workflow
+	snakemake --lint --configfile resources/demo/config.yaml --cores 1
+
+format: install
+	ruff format .
+	ruff check --fix .
+	snakefmt Snakefile workflow
+
+clean-demo:
+	rm -rf results/demo logs/demo benchmarks/demo

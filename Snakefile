@@ -1,0 +1,22 @@
+# DialogCLIP: CC3M -> VLM dialogue -> CLIP variants -> COCO retrieval / VQA evaluation.
+# This file only wires the stages together; each stage lives in workflow/rules/<stage>.smk and
+# every rule calls the `dialogclip` command line (src/dialogclip/cli.py).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    localrule: True
+    default_target: True

@@ -1,0 +1,71 @@
+"""Shard arithmetic and the stable image key.
+
+A shard is a contiguous block of ``shard_size`` rows of the source TSV. Shard ids and keys
+depend only on row positions in that TSV, so every stage (download, generation, embedding,
+training) can join its outputs on ``key`` and name its files after the shard they came from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+KEY_DIGITS = 9  # CC3M train has ~3.3M rows; 9 digits leave room for any web-scale TSV.
+SHARD_DIGITS = 5
+
+
+def make_key(row_index: int) -> str:
+    """Key of the row at 0-based position ``row_index`` in the original TSV, e.g. ``000001234``."""
+    if row_index < 0:
+        raise ValueError(f"row index must be >= 0, got {row_index}")
+    return f"{row_index:0{KEY_DIGITS}d}"
+
+
+def shard_name(shard: int) -> str:
+    """File stem of shard number ``shard``, e.g. ``00007``."""
+    return f"{shard:0{SHARD_DIGITS}d}"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """How ``n_rows`` rows split into shards of ``shard_size`` rows (the last may be shorter)."""
+
+    n_rows: int
+    shard_size: int
+
+    def __post_init__(self) -> None:
+        if self.shard_size <= 0:
+            raise ValueError(f"shard_size must be positive, got {self.shard_size}")
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_rows // self.shard_size)
+
+    @property
+    def names(self) -> list[str]:
+        return [shard_name(i) for i in range(self.n_shards)]
+
+    def row_range(self, shard: int) -> range:
+        """0-based TSV row positions that belong to ``shard``."""
+        if not 0 <= shard < self.n_shards:
+            raise ValueError(f"shard {shard} out of range: the plan has {self.n_shards} shards")
+        start = shard * self.shard_size
+        return range(start, min(start + self.shard_size, self.n_rows))
+
+
+def count_lines(path: str | os.PathLike[str], limit: int | None = None) -> int:
+    """Number of lines in ``path`` (a final line without newline counts), capped at ``limit``.
+
+    Reads in 16 MiB blocks: about a second for the 3.3M-row CC3M training TSV.
+    """
+    count = 0
+    last = b"\n"
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            count += block.count(b"\n")
+            last = block[-1:]
+            if limit is not None and count >= limit:
+                return limit
+    if last != b"\n":
+        count += 1
+    return count if limit is None else min(count, limit)
