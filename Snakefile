@@ -9,6 +9,10 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+wildcard_constraints:
+    shard=r"\d{5}",
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/generate.smk"
@@ -16,7 +20,7 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
     localrule: True
-    default_target: True

@@ -1,5 +1,5 @@
-# Shared Python of the workflow: config validation, wildcard constraints and input functions.
-# Stage files define get_<stage>_outputs(); get_final_output() collects them for `rule all`.
+# Shared Python of the workflow: config validation, parameters and input functions.
+# Stage files define get_<stage>_outputs(); get_final_output() collects them for the target `all`.
 import json
 from functools import cache
 from pathlib import Path
@@ -14,10 +14,6 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 
-wildcard_constraints:
-    shard=r"\d{5}",
-
-
 def params_json(*keys):
     """The config sections ``keys`` (one -> that section, several -> a dict) as a JSON string.
 
@@ -30,7 +26,7 @@ def params_json(*keys):
 
 
 def get_final_output():
-    """Every file `rule all` asks for: the outputs of each activated stage."""
+    """Every file the target `all` asks for: the outputs of each activated stage."""
     return [*get_ingest_outputs(), *get_generate_outputs(), *get_evaluate_outputs()]
 
 

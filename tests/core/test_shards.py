@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+
+from dialogclip.core.shards import ShardPlan, count_lines, make_key, shard_name
+
+
+def test_key_and_shard_names_are_zero_padded() -> None:
+    assert make_key(0) == "000000000"
+    assert make_key(3_318_332) == "003318332"
+    assert shard_name(7) == "00007"
+    with pytest.raises(ValueError):
+        make_key(-1)
+
+
+def test_cc3m_train_has_332_shards_of_10000() -> None:
+    plan = ShardPlan(n_rows=3_318_333, shard_size=10_000)
+    assert plan.n_shards == 332
+    assert plan.names[0] == "00000" and plan.names[-1] == "00331"
+    assert plan.row_range(331) == range(3_310_000, 3_318_333)
+
+
+def test_row_ranges_partition_the_rows() -> None:
+    plan = ShardPlan(n_rows=70, shard_size=32)
+    rows = [i for shard in range(plan.n_shards) for i in plan.row_range(shard)]
+    assert rows == list(range(70))
+    with pytest.raises(ValueError, match="out of range"):
+        plan.row_range(3)
+    with pytest.raises(ValueError, match="shard_size"):
+        ShardPlan(n_rows=1, shard_size=0)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", 0), (b"a\n", 1), (b"a\nb", 2), (b"a\nb\n", 2), (b"\n\n\n", 3)],
+)
+def test_count_lines(tmp_path: Path, content: bytes, expected: int) -> None:
+    path = tmp_path / "x.tsv"
+    path.write_bytes(content)
+    assert count_lines(path) == expected
+    assert count_lines(path, limit=1) == min(1, expected)
