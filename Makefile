@@ -24,7 +24,7 @@ lint: install
 	ruff check .
 	ruff format --check .
 	snakefmt --check Snakefile workflow
-	snakemake --lint --configfile resources/demo/config.yaml --cores 1
+	snakemake --lint --profile workflow/profiles/demo
 
 format: install
 	ruff format .
