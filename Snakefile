@@ -24,3 +24,7 @@ rule all:
     input:
         get_final_output(),
     localrule: True
+
+
+onsuccess:
+    print_run_summary()

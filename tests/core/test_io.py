@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +21,9 @@ def test_atomic_path_renames_on_success(tmp_path: Path) -> None:
         assert not final.exists(), "the final name must not appear before the block ends"
     assert final.read_text() == "done"
     assert list(final.parent.iterdir()) == [final]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert final.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:

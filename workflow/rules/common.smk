@@ -1,12 +1,20 @@
 # Shared Python of the workflow: config validation, parameters and input functions.
 # Stage files define get_<stage>_outputs(); get_final_output() collects them for the target `all`.
 import json
+import os
+import sys
 from functools import cache
 from pathlib import Path
 
 from dialogclip.core.config import ConfigError, validate_config
 
 SCHEMA = Path(workflow.source_path("../schemas/config.schema.yaml"))
+
+# Rule shells call `dialogclip`: find the one installed beside the Python running Snakemake even
+# when its environment is not activated (`.venv/bin/snakemake ...`). A conda: env a rule
+# activates still comes first on PATH.
+_env_bin = Path(sys.executable).parent
+os.environ.update(PATH=f"{_env_bin}{os.pathsep}{os.environ.get('PATH', '')}")
 
 try:
     validate_config(config, SCHEMA, source="workflow config")
@@ -31,8 +39,8 @@ def get_final_output():
 
 
 @cache
-def get_shards():
-    """Names (``00000``...) of the shards of the CC3M TSV, from its row count and shard_size."""
+def get_shard_plan():
+    """How the (possibly limited) CC3M TSV splits into shards of cc3m.shard_size rows."""
     from dialogclip.core.shards import ShardPlan, count_lines
 
     tsv = Path(config["cc3m"]["tsv"])
@@ -44,4 +52,19 @@ def get_shards():
             "it at that path or set cc3m.tsv in your config."
         )
     n_rows = count_lines(tsv, limit=config["cc3m"]["limit"])
-    return ShardPlan(n_rows=n_rows, shard_size=config["cc3m"]["shard_size"]).names
+    return ShardPlan(n_rows=n_rows, shard_size=config["cc3m"]["shard_size"])
+
+
+def get_shards():
+    """Names (``00000``...) of the shards of the CC3M TSV."""
+    return get_shard_plan().names
+
+
+def print_run_summary():
+    """At the end of a successful run, repeat the ingestion summary (it scrolls by mid-run)."""
+    summary = Path("results/ingest/summary.json")
+    if summary.is_file():
+        from dialogclip.core.io import read_json
+        from dialogclip.ingest.stats import format_summary
+
+        logger.info(format_summary(read_json(summary)))

@@ -1,9 +1,131 @@
-"""Commands of the generate stage."""
+"""Commands of the generate stage.
+
+- ``dialogclip generate-dialogue``: one generator on one ingested shard (rules generate_blip2,
+  generate_llava);
+- ``dialogclip dialogue-summary``: per-shard parse rates and counts in one JSON (rule
+  dialogue_summary);
+- ``dialogclip make-tiny-models DIR``: tiny random LLaVA-1.5 and BLIP-2 checkpoints for the
+  demo and the tests (rule tiny_models).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dialogclip.core.cli_utils import add_params_argument
+from dialogclip.core.io import TMP_PREFIX, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's commands to the `dialogclip` parser."""
+    parser = subparsers.add_parser(
+        "generate-dialogue",
+        help="generate BLIP-2 or LLaVA dialogue for one ingested shard (resumable by chunk)",
+    )
+    parser.add_argument("--generator", required=True, choices=["blip2", "llava"])
+    parser.add_argument("--shard", required=True, type=Path, help="ingested shard (Parquet)")
+    parser.add_argument("--output", required=True, type=Path, help="dialogue shard (Parquet)")
+    parser.add_argument("--stats", required=True, type=Path, help="per-shard stats (JSON)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="folder of finished chunks (default: <output dir>/.chunks/<output stem>)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the job")
+    add_params_argument(parser, "generate")
+    parser.set_defaults(func=_generate_dialogue)
+
+    parser = subparsers.add_parser(
+        "dialogue-summary", help="collect the per-shard stats of one generator into one JSON"
+    )
+    parser.add_argument("--stats", nargs="*", type=Path, default=[], help="per-shard stats")
+    parser.add_argument("--output", required=True, type=Path)
+    parser.set_defaults(func=_dialogue_summary)
+
+    parser = subparsers.add_parser(
+        "make-tiny-models",
+        help="build tiny random LLaVA-1.5 and BLIP-2 checkpoints into DIR/{llava,blip2}",
+    )
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_make_tiny_models)
+
+
+def _generate_dialogue(args: argparse.Namespace) -> int:
+    from dialogclip.generate.config import generate_config_from_dict
+    from dialogclip.generate.runner import generate_shard
+
+    config = generate_config_from_dict(args.params)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    work_dir = args.work_dir or args.output.parent / ".chunks" / args.output.stem
+    generate_shard(
+        shard_path=args.shard,
+        output_path=args.output,
+        stats_path=args.stats,
+        work_dir=work_dir,
+        generator=args.generator,
+        config=config,
+        threads=args.threads,
+    )
+    return 0
+
+
+def summarize_stats(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Totals over shards plus each shard's parse rate (``stats``: shard name -> its stats)."""
+    totals = {"input": 0, "downloaded": 0, "image_errors": 0, "generated": 0}
+    parse: dict[str, int] = {}
+    for shard_stats in stats.values():
+        for key in totals:
+            totals[key] += shard_stats["rows"][key]
+        for status, count in shard_stats["parse"].items():
+            parse[status] = parse.get(status, 0) + count
+    return {
+        "shards": len(stats),
+        "rows": totals,
+        "parse": dict(sorted(parse.items())),
+        "parse_rate": (
+            round(parse.get("ok", 0) / totals["generated"], 6) if totals["generated"] else None
+        ),
+        "parse_rate_per_shard": {name: s["parse_rate"] for name, s in sorted(stats.items())},
+    }
+
+
+def _dialogue_summary(args: argparse.Namespace) -> int:
+    stats = {path.stem: read_json(path) for path in args.stats}
+    summary = summarize_stats(stats)
+    write_json_atomic(summary, args.output)
+    log.info(
+        "%d shard(s): %d dialogues, parse rate %s",
+        summary["shards"],
+        summary["rows"]["generated"],
+        summary["parse_rate"],
+    )
+    return 0
+
+
+def _make_tiny_models(args: argparse.Namespace) -> int:
+    from dialogclip.generate.tiny_models import build_tiny_blip2, build_tiny_llava
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name, build in (("llava", build_tiny_llava), ("blip2", build_tiny_blip2)):
+        final = args.out_dir / name
+        # Build beside the destination, then rename: a killed build leaves no half model.
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}.", dir=args.out_dir))
+        try:
+            build(tmp, seed=args.seed)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0

@@ -1,0 +1,275 @@
+"""CPU benchmark of the generate stage on the tiny models.
+
+Measures, in one run on this machine:
+
+1. images/s of each backend (transformers ``generate``, vLLM in-process on CPU) for both
+   generators, through the stage's own runner (decode pool, chunks, Parquet writing); the
+   transformers figure is the baseline the vLLM ratio is computed against;
+2. the overhead of chunked resumable processing (``generate_shard``: input hash, chunk files
+   written atomically then assembled, stats) against a single pass over the same images with the
+   same warm engine (decode all, generate all, write the shard once); target <= 5 %.
+
+Repetitions are interleaved (single, chunked, single, ...) and medians reported, because other
+processes share the machine. The tiny models are small, so fixed per-chunk costs weigh far more
+here than beside a 7B model on a GPU: the overhead measured here is an upper bound.
+
+Run: ``.venv/bin/python bench/bench_generate.py`` -> ``bench/results/bench_generate.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import platform
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+# vLLM on CPU, in-process and offline (docs/VLLM_ON_CPU.md); set before vllm is imported.
+for _name, _value in {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dialogclip.core.io import write_json_atomic, write_parquet_atomic  # noqa: E402
+from dialogclip.core.logging import setup_logging  # noqa: E402
+from dialogclip.generate.backend import GenerationBackend  # noqa: E402
+from dialogclip.generate.config import (  # noqa: E402
+    GenerateConfig,
+    SamplingSettings,
+    TransformersSettings,
+    VllmSettings,
+    generate_config_from_dict,
+)
+from dialogclip.generate.generators import generator_settings, make_generator  # noqa: E402
+from dialogclip.generate.images import decode_image  # noqa: E402
+from dialogclip.generate.runner import (  # noqa: E402
+    generate_shard,
+    output_metadata,
+    read_ingested_shard,
+)
+from dialogclip.generate.schema import RowContext, dialogue_row, error_row, rows_to_table  # noqa: E402
+from dialogclip.generate.tiny_models import build_tiny_models  # noqa: E402
+
+log = logging.getLogger("bench_generate")
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "out" / "generate"
+RESULT = ROOT / "results" / "bench_generate.json"
+
+
+def make_shard(path: Path, n_images: int) -> Path:
+    """An ingested shard of ``n_images`` 256x192 JPEGs (img2dataset's typical output size)."""
+    rows = []
+    for i in range(n_images):
+        rng = np.random.default_rng(i)
+        # Smooth-ish content so JPEG sizes resemble photos rather than pure noise.
+        base = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+        image = Image.fromarray(base).resize((256, 192), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        rows.append(
+            {
+                "key": f"{i:09d}",
+                "url": f"http://bench.invalid/{i}.jpg",
+                "caption": "unused",
+                "status": "success",
+                "jpg": buffer.getvalue(),
+            }
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def single_pass(
+    shard: Path, output: Path, generator: str, config: GenerateConfig, backend: GenerationBackend
+) -> float:
+    """The same work without resumability: decode all, generate all, write the shard once."""
+    started = time.perf_counter()
+    rows = read_ingested_shard(shard)
+    with ThreadPoolExecutor(max_workers=config.decode.workers or 2) as pool:
+        decoded = list(pool.map(lambda data: decode_image(data, config.decode), rows.images))
+    settings = generator_settings(generator, config)
+    ctx = RowContext(
+        generator,
+        settings.model,
+        settings.revision,
+        backend.name,
+        config.dialogue.pair_template,
+        config.dialogue.separator,
+    )
+    usable = [i for i, item in enumerate(decoded) if item.image is not None]
+    dialogues = make_generator(generator, config).run(
+        backend, [decoded[i].image for i in usable], [rows.keys[i] for i in usable]
+    )
+    by_position = dict(zip(usable, dialogues, strict=True))
+    table = rows_to_table(
+        [
+            dialogue_row(rows.keys[i], rows.urls[i], by_position[i], ctx)
+            if i in by_position
+            else error_row(rows.keys[i], rows.urls[i], decoded[i].error or "", ctx)
+            for i in range(len(decoded))
+        ]
+    )
+    write_parquet_atomic(table, output, output_metadata(generator, backend.name, config))
+    return time.perf_counter() - started
+
+
+def chunked(
+    shard: Path, out_dir: Path, generator: str, config: GenerateConfig, backend: GenerationBackend
+) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    stats = generate_shard(
+        shard,
+        out_dir / "shard.parquet",
+        out_dir / "stats.json",
+        out_dir / ".chunks",
+        generator,
+        config,
+        backend=backend,
+    )
+    return time.perf_counter() - started, stats
+
+
+def make_backend(name: str, generator: str, model: str) -> tuple[GenerationBackend, float]:
+    started = time.perf_counter()
+    if name == "vllm":
+        from dialogclip.generate.vllm_backend import VllmBackend
+
+        settings = VllmSettings(
+            dtype="float32",
+            enforce_eager=True,
+            kv_cache_memory_bytes=256 << 20,
+            distributed_executor_backend="uni",
+            max_num_seqs=32,
+        )
+        backend: GenerationBackend = VllmBackend(model, None, settings, SamplingSettings())
+    else:
+        from dialogclip.generate.hf_backend import TransformersBackend
+
+        settings_hf = TransformersSettings(dtype="float32", batch_size=8, device="cpu")
+        backend = TransformersBackend(generator, model, None, settings_hf, SamplingSettings())
+    return backend, time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--backends", nargs="+", default=["transformers", "vllm"])
+    args = parser.parse_args()
+    setup_logging("WARNING")
+    log.setLevel("INFO")
+
+    models = OUT / "tiny"
+    if not (models / "llava" / "config.json").exists():
+        build_tiny_models(models)
+    shard = make_shard(OUT / "shard.parquet", args.images)
+    base = {
+        "chunk_size": args.chunk_size,
+        "blip2": {"model": str(models / "blip2"), "max_new_tokens": 16},
+        "llava": {"model": str(models / "llava"), "max_new_tokens": 48},
+        "decode": {"workers": 2},
+    }
+    throughput, overhead = [], []
+    for backend_name in args.backends:
+        for generator in ("blip2", "llava"):
+            config = generate_config_from_dict(base)
+            backend, start_s = make_backend(backend_name, generator, base[generator]["model"])
+            # Warm-up outside the timings: first calls pay allocations and, on CPU, one kernel
+            # selection per new tensor shape (different for each batching pattern).
+            for _ in range(2):
+                single_pass(shard, OUT / "single.parquet", generator, config, backend)
+                chunked(shard, OUT / "warmup", generator, config, backend)
+            single_times, chunk_times, waits, rates = [], [], [], []
+            for _ in range(args.repeats):
+                single_times.append(
+                    single_pass(shard, OUT / "single.parquet", generator, config, backend)
+                )
+                wall, stats = chunked(shard, OUT / "chunked", generator, config, backend)
+                chunk_times.append(wall)
+                waits.append(stats["timing"]["engine_wait_fraction"])
+                rates.append(stats["timing"]["images_per_s"])
+            backend.close()
+            single_s, chunked_s = statistics.median(single_times), statistics.median(chunk_times)
+            throughput.append(
+                {
+                    "backend": backend_name,
+                    "generator": generator,
+                    "images": args.images,
+                    "images_per_s": round(args.images / chunked_s, 2),
+                    "engine_images_per_s": round(statistics.median(rates), 2),
+                    "engine_start_s": round(start_s, 2),
+                    "engine_wait_fraction": round(statistics.median(waits), 4),
+                    "generated_tokens_per_image": stats["tokens"]["generated_per_image"],
+                }
+            )
+            overhead.append(
+                {
+                    "backend": backend_name,
+                    "generator": generator,
+                    "single_pass_s": round(single_s, 3),
+                    "chunked_s": round(chunked_s, 3),
+                    "chunks": stats["chunks"]["total"],
+                    "ratio": round(chunked_s / single_s, 4),
+                    "overhead_pct": round(100 * (chunked_s / single_s - 1), 2),
+                    "overhead_pct_of_minima": round(
+                        100 * (min(chunk_times) / min(single_times) - 1), 2
+                    ),
+                    "runs_single_s": [round(t, 3) for t in single_times],
+                    "runs_chunked_s": [round(t, 3) for t in chunk_times],
+                }
+            )
+            log.info("%s", throughput[-1])
+            log.info("%s", overhead[-1])
+
+    by_key = {(row["backend"], row["generator"]): row["images_per_s"] for row in throughput}
+    ratios = {
+        generator: round(by_key[("vllm", generator)] / by_key[("transformers", generator)], 3)
+        for generator in ("blip2", "llava")
+        if ("vllm", generator) in by_key and ("transformers", generator) in by_key
+    }
+    result = {
+        "benchmark": "generate stage on the tiny models (CPU)",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "images": args.images,
+            "chunk_size": args.chunk_size,
+            "repeats": args.repeats,
+            "max_new_tokens": {"blip2": 16, "llava": 48},
+            "dtype": "float32",
+            "image_size": [256, 192],
+        },
+        "throughput": throughput,
+        "vllm_over_transformers": ratios,
+        "chunked_overhead": overhead,
+        "chunked_overhead_target_pct": 5.0,
+        "chunked_overhead_max_pct": max(row["overhead_pct"] for row in overhead),
+    }
+    write_json_atomic(result, RESULT)
+    log.info("written %s", RESULT)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

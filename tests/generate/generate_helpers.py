@@ -1,0 +1,148 @@
+"""Helpers of the generate tests: synthetic images and ingested shards, shared settings."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+INGEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("original_width", pa.int64()),
+        ("original_height", pa.int64()),
+        ("sha256", pa.string()),
+        ("jpg", pa.binary()),
+    ]
+)
+
+CAPTION_MARKER = "zebracaption"  # must never reach a prompt
+
+# Tiny-model settings shared by the tests: short replies keep the CPU runs quick.
+TINY_PARAMS: dict[str, Any] = {
+    "backend": "transformers",
+    "chunk_size": 3,
+    "blip2": {"max_new_tokens": 6},
+    "llava": {"max_new_tokens": 24, "structured_max_chars": 12},
+    "transformers": {"dtype": "float32", "batch_size": 4},
+    "decode": {"workers": 2},
+}
+
+VLLM_CPU_ENGINE: dict[str, Any] = {
+    "dtype": "float32",
+    "enforce_eager": True,
+    "kv_cache_memory_bytes": 64 << 20,
+    "distributed_executor_backend": "uni",
+    "max_num_seqs": 8,
+}
+
+
+# --- synthetic images ----------------------------------------------------------------------
+
+
+def noise_image(seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB") -> Image.Image:
+    """Seeded random pixels (width, height) in ``mode``."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "LA": 2, "CMYK": 4}[mode]
+    array = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    return Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode=mode)
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **kwargs: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
+    return encode(noise_image(seed, size), "JPEG", quality=90)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (no pixel data): a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def bad_images() -> dict[str, bytes]:
+    """One encoded image per awkward case the decoder must survive."""
+    sixteen_bit = Image.fromarray(
+        (np.arange(40 * 48, dtype=np.uint16).reshape(40, 48) * 30).astype(np.uint16)
+    )
+    palette = noise_image(5).convert("P")
+    palette.info["transparency"] = 0
+    return {
+        "truncated": jpeg_bytes(1)[:300],
+        "truncated_late": jpeg_bytes(8, size=(64, 64))[:-400],
+        "cmyk": encode(noise_image(2, mode="CMYK"), "JPEG"),
+        "rgba": encode(noise_image(3, mode="RGBA"), "PNG"),
+        "grayscale": encode(noise_image(4, mode="L"), "PNG"),
+        "palette_transparent": encode(palette, "PNG", transparency=0),
+        "one_pixel": encode(noise_image(6, size=(1, 1)), "PNG"),
+        "huge_header": png_header_only(20000, 20000),
+        "large": encode(noise_image(7, size=(2400, 1800)), "JPEG", quality=70),
+        "sixteen_bit": encode(sixteen_bit, "PNG"),
+        "not_an_image": b"<html>404 not found</html>",
+        "empty": b"",
+    }
+
+
+# --- ingested shards -----------------------------------------------------------------------
+
+
+def ingest_row(index: int, jpg: bytes | None, status: str = "success") -> dict[str, Any]:
+    """A row of an ingested shard as the ingestion stage writes it."""
+    return {
+        "key": f"{index:09d}",
+        "url": f"http://example.invalid/{index}.jpg",
+        "caption": f"{CAPTION_MARKER} number {index}",
+        "status": status,
+        "error_message": None if status == "success" else "HTTP 404",
+        "width": 48,
+        "height": 40,
+        "original_width": 48,
+        "original_height": 40,
+        "sha256": None,
+        "jpg": jpg if status == "success" else None,
+    }
+
+
+def write_shard(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=INGEST_SCHEMA), path)
+    return path
+
+
+def mixed_rows(n_good: int = 7) -> list[dict[str, Any]]:
+    """Good images, failed downloads and every bad-image case, interleaved."""
+    rows = []
+    index = 0
+    for i in range(n_good):
+        rows.append(ingest_row(index, jpeg_bytes(100 + i)))
+        index += 1
+        if i % 3 == 1:
+            rows.append(ingest_row(index, None, status="failed_to_download"))
+            index += 1
+    for data in bad_images().values():
+        rows.append(ingest_row(index, data))
+        index += 1
+    return rows

@@ -1,0 +1,66 @@
+# Input functions and parameters of the generate stage (workflow/rules/generate.smk includes
+# this file: `snakemake --lint` wants Python functions and rules in separate snakefiles).
+from pathlib import Path
+
+TINY_MODELS = "results/models/tiny"
+
+
+def get_generators():
+    """The generators the config switches on (generate.generators)."""
+    return config["generate"]["generators"]
+
+
+def get_generate_outputs():
+    """Every dialogue shard of each switched-on generator, plus its parse-rate summary."""
+    generators = get_generators()
+    if not generators:
+        return []
+    return [
+        *expand(
+            "results/dialogue/{generator}/{shard}.parquet",
+            generator=generators,
+            shard=get_shards(),
+        ),
+        *expand("results/dialogue/{generator}/summary.json", generator=generators),
+    ]
+
+
+def get_generate_params(generator):
+    """An input function for a rule's params: the generate section as JSON, without the other
+    generator's settings, so editing the LLaVA prompt reruns the LLaVA jobs only.
+
+    A function, not a string: Snakemake would read the prompts' {question} as a wildcard.
+    """
+
+    def generate_params(wildcards):
+        section = {
+            key: value
+            for key, value in config["generate"].items()
+            if key not in ("blip2", "llava", "generators")
+        }
+        section[generator] = config["generate"][generator]
+        return json.dumps(section, sort_keys=True)
+
+    return generate_params
+
+
+def get_local_model(generator):
+    """The tiny checkpoint directory when the config points the generator at it (the rule
+    tiny_models builds it); nothing for a hub id or a checkpoint the user provides."""
+    model = Path(config["generate"][generator]["model"])
+    tiny = Path(TINY_MODELS) / generator
+    return [str(tiny)] if model == tiny else []
+
+
+def get_tiny_models_dir(wildcards, output):
+    """The folder make-tiny-models fills (the parent of both model directories)."""
+    return str(Path(output.llava).parent)
+
+
+def get_dialogue_stats(wildcards):
+    """The per-shard stats files of one generator, for its summary."""
+    return expand(
+        "results/dialogue/{generator}/stats/{shard}.json",
+        generator=wildcards.generator,
+        shard=get_shards(),
+    )
