@@ -31,56 +31,40 @@ def retrieval_metrics(
     """
     _check_inputs(image_emb, text_emb, text_to_image, ks)
     text_to_image = text_to_image.to(device=text_emb.device, dtype=torch.long)
+    image_ids = torch.arange(image_emb.shape[0], device=text_emb.device)
     metrics = {}
     for k in ks:
-        metrics[f"image_retrieval_recall@{k}"] = _text_queries_hit(
-            text_emb, image_emb, text_to_image, k, block_elements
+        # A text's match is its image; an image's matches are all of its captions.
+        metrics[f"image_retrieval_recall@{k}"] = _recall_at_k(
+            text_emb, text_to_image, image_emb, image_ids, k, block_elements
         )
-        metrics[f"text_retrieval_recall@{k}"] = _image_queries_hit(
-            image_emb, text_emb, text_to_image, k, block_elements
+        metrics[f"text_retrieval_recall@{k}"] = _recall_at_k(
+            image_emb, image_ids, text_emb, text_to_image, k, block_elements
         )
     return metrics
 
 
-def _rows_per_block(n_columns: int, block_elements: int) -> int:
-    return max(1, block_elements // max(1, n_columns))
-
-
-def _text_queries_hit(
-    text_emb: torch.Tensor,
-    image_emb: torch.Tensor,
-    text_to_image: torch.Tensor,
+def _recall_at_k(
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_labels: torch.Tensor,
     k: int,
     block_elements: int,
 ) -> float:
-    k = min(k, image_emb.shape[0])
+    """Fraction of queries with a same-label candidate among their top k (ranked by dot product).
+
+    queries [Q, D], query_labels [Q], candidates [C, D], candidate_labels [C].
+    """
+    k = min(k, candidates.shape[0])
+    rows = max(1, block_elements // max(1, candidates.shape[0]))
     hits = 0
-    step = _rows_per_block(image_emb.shape[0], block_elements)
-    for start in range(0, text_emb.shape[0], step):
-        scores = text_emb[start : start + step] @ image_emb.T  # (B, N_images)
+    for start in range(0, queries.shape[0], rows):
+        scores = queries[start : start + rows] @ candidates.T  # (B, C)
         top = torch.topk(scores, k, dim=1).indices  # (B, k)
-        truth = text_to_image[start : start + step].unsqueeze(1)  # (B, 1)
-        hits += int((top == truth).any(dim=1).sum())
-    return hits / text_emb.shape[0]
-
-
-def _image_queries_hit(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    text_to_image: torch.Tensor,
-    k: int,
-    block_elements: int,
-) -> float:
-    k = min(k, text_emb.shape[0])
-    hits = 0
-    step = _rows_per_block(text_emb.shape[0], block_elements)
-    for start in range(0, image_emb.shape[0], step):
-        # Rows of (text_emb @ image_emb.T).T, as CLIP_benchmark ranks texts for an image.
-        scores = image_emb[start : start + step] @ text_emb.T  # (B, N_texts)
-        top = torch.topk(scores, k, dim=1).indices  # (B, k) text indices
-        images = torch.arange(start, start + scores.shape[0], device=top.device).unsqueeze(1)
-        hits += int((text_to_image[top] == images).any(dim=1).sum())
-    return hits / image_emb.shape[0]
+        wanted = query_labels[start : start + rows].unsqueeze(1)  # (B, 1)
+        hits += int((candidate_labels[top] == wanted).any(dim=1).sum())
+    return hits / queries.shape[0]
 
 
 def _check_inputs(
