@@ -69,3 +69,19 @@ def test_a_finished_pipeline_has_nothing_left_to_do(repo_root: Path, demo_run: P
     result = _snakemake(repo_root, demo_run, "--dry-run")
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_evaluation_results_have_clip_benchmark_fields(demo_run: Path) -> None:
+    retrieval = read_json(demo_run / "results" / "eval" / "retrieval" / "tiny" / "coco.json")
+    assert {"dataset", "model", "pretrained", "task", "metrics"} <= set(retrieval)
+    assert set(retrieval["metrics"]) == {
+        f"{kind}_retrieval_recall@{k}" for kind in ("image", "text") for k in (1, 5, 10)
+    }
+    assert (retrieval["n_images"], retrieval["n_texts"]) == (8, 40)
+    for dataset in ("vqa_real", "vqa_abstract"):
+        vqa = read_json(demo_run / "results" / "eval" / "vqa" / "tiny" / f"{dataset}.json")
+        assert vqa["task"] == "vqa_multiple_choice" and vqa["metrics"]["n_questions"] == 12
+        answers = read_json(
+            demo_run / "results" / "eval" / "vqa" / "tiny" / f"{dataset}_results.json"
+        )
+        assert sorted(a["question_id"] for a in answers) == list(range(1, 13))

@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
+
+from dialogclip.core.cli_utils import add_params_argument
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's commands to the `dialogclip` parser."""
+    tiny = subparsers.add_parser("make-tiny-clip", help="random tiny-clip checkpoint (tests/demo)")
+    tiny.add_argument("--output", required=True, type=Path, help=".safetensors to write")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_make_tiny_clip)
+
+    embed = subparsers.add_parser("embed-images", help="embed an evaluation set's images once")
+    add_params_argument(embed, "evaluate job (model, dataset, files)")
+    embed.add_argument("--output", required=True, type=Path, help=".safetensors to write")
+    embed.set_defaults(func=_embed_images)
+
+    retrieval = subparsers.add_parser("eval-retrieval", help="COCO zero-shot retrieval")
+    add_params_argument(retrieval, "evaluate job (model, dataset, files)")
+    retrieval.add_argument("--image-emb", required=True, type=Path)
+    retrieval.add_argument("--output", required=True, type=Path, help="metrics JSON")
+    retrieval.set_defaults(func=_eval_retrieval)
+
+    vqa = subparsers.add_parser("eval-vqa", help="VQA v1 multiple choice (official scoring)")
+    add_params_argument(vqa, "evaluate job (model, dataset, files)")
+    vqa.add_argument("--image-emb", required=True, type=Path)
+    vqa.add_argument("--results", required=True, type=Path, help="official results JSON")
+    vqa.add_argument("--output", required=True, type=Path, help="metrics JSON")
+    vqa.set_defaults(func=_eval_vqa)
+
     score = subparsers.add_parser(
         "vqa-score",
         help="score a VQA results file with the official VQA accuracy",
@@ -24,9 +50,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.set_defaults(func=_vqa_score)
 
 
-def _vqa_score(args: argparse.Namespace) -> int:
-    import json
+def _make_tiny_clip(args: argparse.Namespace) -> int:
+    from dialogclip.models.openclip import make_tiny_clip
 
+    make_tiny_clip(args.output, args.seed)
+    return 0
+
+
+def _embed_images(args: argparse.Namespace) -> int:
+    from dialogclip.evaluate.jobs import run_embed_images
+    from dialogclip.evaluate.settings import job_from_params
+
+    run_embed_images(job_from_params(args.params), args.output)
+    return 0
+
+
+def _eval_retrieval(args: argparse.Namespace) -> int:
+    from dialogclip.evaluate.jobs import run_retrieval
+    from dialogclip.evaluate.settings import job_from_params
+
+    record = run_retrieval(job_from_params(args.params), args.image_emb, args.output)
+    log.info("%s %s: %s", record["name"], record["dataset"], record["metrics"])
+    return 0
+
+
+def _eval_vqa(args: argparse.Namespace) -> int:
+    from dialogclip.evaluate.jobs import run_vqa
+    from dialogclip.evaluate.settings import job_from_params
+
+    record = run_vqa(job_from_params(args.params), args.image_emb, args.results, args.output)
+    log.info("%s %s: %s", record["name"], record["dataset"], record["metrics"])
+    return 0
+
+
+def _vqa_score(args: argparse.Namespace) -> int:
     from dialogclip.core.io import write_json_atomic
     from dialogclip.evaluate.vqa import score_results
 
