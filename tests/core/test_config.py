@@ -32,6 +32,11 @@ def test_defaults_are_filled(thesis_config: dict) -> None:
     assert config["cc3m"]["shard_size"] == 10_000
 
 
+def test_defaults_are_filled_inside_list_items(thesis_config: dict) -> None:
+    validate_config(thesis_config, SCHEMA)
+    assert all(model["text_variant"] == "plain" for model in thesis_config["evaluate"]["models"])
+
+
 def test_wrong_type_names_the_key(thesis_config: dict) -> None:
     thesis_config["cc3m"]["shard_size"] = "ten thousand"
     with pytest.raises(ConfigError, match=r"cc3m\.shard_size: 'ten thousand' is not of type"):

@@ -55,8 +55,13 @@ def fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> None:
     for key, subschema in schema.get("properties", {}).items():
         if key not in config and "default" in subschema:
             config[key] = _copy(subschema["default"])
-        if isinstance(config.get(key), dict):
-            fill_defaults(config[key], subschema)
+        value = config.get(key)
+        if isinstance(value, dict):
+            fill_defaults(value, subschema)
+        elif isinstance(value, list) and isinstance(subschema.get("items"), dict):
+            for item in value:
+                if isinstance(item, dict):
+                    fill_defaults(item, subschema["items"])
 
 
 def _copy(value: Any) -> Any:

@@ -17,11 +17,15 @@ from dialogclip.evaluate.embedding import embed_images, predict_multiple_choice
 from dialogclip.evaluate.retrieval import retrieval_metrics
 from dialogclip.evaluate.settings import EvaluateJob
 from dialogclip.evaluate.vqa import score_results
-from dialogclip.models.openclip import LoadedClip, load_clip
-from dialogclip.models.text_encoders import TowerTextEncoder
+from dialogclip.models.openclip import ClipSpec, LoadedClip, load_clip
+from dialogclip.models.text_encoders import (
+    EmbeddingBlend,
+    TextEncoder,
+    TowerTextEncoder,
+    blend_weights,
+)
 
 log = logging.getLogger(__name__)
-VARIANT = "plain"  # the training issues add blended variants
 
 
 def _device() -> str:
@@ -52,6 +56,22 @@ def run_embed_images(job: EvaluateJob, output: Path) -> None:
     log.info("embedded %d images of %s with %s", len(paths), job.dataset, job.model.name)
 
 
+def build_text_encoder(job: EvaluateJob, clip: LoadedClip) -> TextEncoder:
+    """The text encoder of the job's variant, on top of the loaded (original) model."""
+    entry = job.model
+
+    def tower(model: Any) -> TowerTextEncoder:
+        return TowerTextEncoder(model, clip.tokenizer, job.batch_size, _device())
+
+    if entry.text_variant == "plain":
+        return tower(clip.model)
+    # The second model shares the architecture and activation of the first.
+    other = load_clip(ClipSpec(entry.architecture, entry.other, clip.quickgelu), _device())
+    if entry.text_variant == "embedding_blend":
+        return EmbeddingBlend(tower(clip.model), tower(other.model), entry.beta)
+    return tower(blend_weights(clip.model, other.model.state_dict(), entry.beta))
+
+
 def _record(job: EvaluateJob, clip: LoadedClip, task: str, metrics: dict[str, Any]) -> dict:
     return {
         "dataset": job.dataset,
@@ -60,7 +80,9 @@ def _record(job: EvaluateJob, clip: LoadedClip, task: str, metrics: dict[str, An
         "task": task,
         "metrics": metrics,
         "name": job.model.name,
-        "variant": VARIANT,
+        "variant": job.model.text_variant,
+        "beta": job.model.beta,
+        "other": job.model.other,
         "quickgelu": clip.quickgelu,
         "settings": asdict(job),
     }
@@ -75,7 +97,7 @@ def run_retrieval(job: EvaluateJob, image_emb_path: Path, output: Path) -> dict[
         raise ValueError(
             f"{image_emb_path}: {image_emb.shape[0]} embeddings for {len(data.image_paths)} images"
         )
-    encoder = TowerTextEncoder(clip.model, clip.tokenizer, job.batch_size, _device())
+    encoder = build_text_encoder(job, clip)
     metrics = retrieval_metrics(
         image_emb, encoder.encode(data.captions), torch.tensor(data.text_to_image), ks=job.ks
     )
@@ -90,7 +112,7 @@ def run_vqa(job: EvaluateJob, image_emb_path: Path, results: Path, output: Path)
     clip = load_clip(job.model.spec, device=_device())
     mc_set = load_vqa_multiple_choice(_questions(job), job.files.images)
     image_emb = load_file(str(image_emb_path))["image_emb"]
-    encoder = TowerTextEncoder(clip.model, clip.tokenizer, job.batch_size, _device())
+    encoder = build_text_encoder(job, clip)
     write_json_atomic(predict_multiple_choice(image_emb, mc_set, encoder, job.template), results)
     metrics = score_results(_questions(job), job.files.annotations, results)
     record = _record(job, clip, "vqa_multiple_choice", metrics)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dialogclip.core.config import section_from_dict
+from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.models.openclip import ClipSpec
 
 VQA_DATASETS = ("vqa_real", "vqa_abstract")
 DATASETS = ("coco", *VQA_DATASETS)
+TEXT_VARIANTS = ("plain", "embedding_blend", "weight_blend")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,19 @@ class ModelEntry:
     architecture: str
     pretrained: str | None = None  # pretrained tag or checkpoint path
     quickgelu: bool | str = "auto"  # "auto", true, or false (the thesis' mismatched set-up)
+    # How texts are encoded: "plain" (this model's text tower), "embedding_blend"
+    # (beta * T(x) + (1 - beta) * G(x), G = the text tower of `other`) or "weight_blend"
+    # (text encoder of beta * theta + (1 - beta) * theta_other). `other` is a checkpoint of the
+    # same architecture (a trained third tower or fine-tuned model).
+    text_variant: str = "plain"
+    other: str | None = None
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.text_variant not in TEXT_VARIANTS:
+            raise ConfigError(f"{self.name}: text_variant must be one of {TEXT_VARIANTS}")
+        if self.text_variant != "plain" and self.other is None:
+            raise ConfigError(f"{self.name}: text_variant {self.text_variant} needs `other`")
 
     @property
     def spec(self) -> ClipSpec:
