@@ -4,14 +4,22 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from dialogclip.evaluate.datasets import load_coco_retrieval, load_vqa_multiple_choice
+from dialogclip.evaluate.datasets import (
+    check_dataset_files,
+    load_coco_retrieval,
+    load_vqa_multiple_choice,
+)
 from dialogclip.evaluate.embedding import (
     EvaluationImageError,
     candidate_texts,
     embed_images,
+    encode_unique,
+    load_image_embeddings,
     predict_multiple_choice,
+    save_image_embeddings,
 )
 from dialogclip.models.openclip import ClipSpec, load_clip, make_tiny_clip
 from dialogclip.models.text_encoders import TowerTextEncoder
@@ -52,11 +60,12 @@ def test_coco_captions_format_is_read_as_published(tmp_path: Path) -> None:
     }
     (tmp_path / "coco_test_karpathy.json").write_text(json.dumps(data))
     result = load_coco_retrieval(tmp_path / "coco_test_karpathy.json", tmp_path)
-    assert result.image_paths == [tmp_path / "x.jpg", tmp_path / "y.jpg"]
+    # As torchvision's CocoCaptions serves it to CLIP_benchmark: images by id, captions grouped.
+    assert result.image_paths == [tmp_path / "y.jpg", tmp_path / "x.jpg"]
     assert list(zip(result.captions, result.text_to_image, strict=True)) == [
-        ("y one", 1),
-        ("x one", 0),
-        ("y two", 1),
+        ("y one", 0),
+        ("y two", 0),
+        ("x one", 1),
     ]
 
 
@@ -141,3 +150,54 @@ def test_multiple_choice_with_dedup_equals_naive_per_question_encoding(tmp_path,
         )
     assert got == naive
     assert candidate_texts(mc)[0][0] == "What color? red"
+
+
+def test_both_coco_formats_of_the_demo_fixtures_give_the_same_set(repo_root) -> None:
+    coco = repo_root / "resources" / "demo" / "eval" / "coco"
+    karpathy = load_coco_retrieval(coco / "dataset_coco.json", coco)
+    captions_format = load_coco_retrieval(coco / "coco_test_karpathy.json", coco / "val2014")
+    assert karpathy == captions_format
+    assert (len(karpathy.image_paths), len(karpathy.captions)) == (8, 40)
+    assert all(path.is_file() for path in karpathy.image_paths)
+
+
+def test_missing_dataset_files_name_themselves_and_where_published(repo_root, tmp_path) -> None:
+    eval_dir = repo_root / "resources" / "demo" / "eval"
+    files = {
+        "questions": str(eval_dir / "MultipleChoice_mscoco_val2014_questions.json"),
+        "annotations": str(eval_dir / "mscoco_val2014_annotations.json"),
+        "images": str(eval_dir / "coco" / "val2014"),
+    }
+    check_dataset_files("vqa_real", files)
+    with pytest.raises(FileNotFoundError, match=r"folder not found: .*nowhere.*visualqa\.org"):
+        check_dataset_files("vqa_real", {**files, "images": str(tmp_path / "nowhere")})
+    with pytest.raises(FileNotFoundError, match=r"absent\.json \(evaluate\.coco\.annotations\)"):
+        check_dataset_files("coco", {"annotations": str(tmp_path / "absent.json"), "images": "."})
+
+
+def test_image_embedding_cache_is_tied_to_its_image_set(tmp_path) -> None:
+    paths = [tmp_path / f"{i}.jpg" for i in range(3)]
+    emb = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    save_image_embeddings(emb, paths, tmp_path / "emb.safetensors", {"dataset": "coco"})
+    assert torch.equal(load_image_embeddings(tmp_path / "emb.safetensors", paths), emb)
+    for other in (paths[:2], [paths[1], paths[0], paths[2]]):
+        with pytest.raises(ValueError, match="another image set"):
+            load_image_embeddings(tmp_path / "emb.safetensors", other)
+
+
+class _CountingEncoder:
+    def __init__(self, inner) -> None:
+        self.inner, self.seen = inner, []
+
+    def encode(self, texts):
+        self.seen.append(list(texts))
+        return self.inner.encode(texts)
+
+
+def test_texts_are_encoded_once_each(tiny) -> None:
+    texts = ["a cat", "a dog", "a cat", "two cats", "a dog"]
+    encoder = _CountingEncoder(TowerTextEncoder(tiny.model, tiny.tokenizer, batch_size=2))
+    got = encode_unique(encoder, texts)
+    assert sorted(encoder.seen[0]) == ["a cat", "a dog", "two cats"]
+    direct = TowerTextEncoder(tiny.model, tiny.tokenizer, batch_size=2).encode(texts)
+    assert torch.allclose(got, direct, atol=1e-6)

@@ -6,21 +6,31 @@ import torch
 from dialogclip.evaluate.retrieval import retrieval_metrics
 
 
-def _full_matrix_reference(image_emb, text_emb, text_to_image, k):
-    """CLIP_benchmark's formulation: full score matrix, topk, one-hot positives."""
-    scores = text_emb @ image_emb.T
+def _clip_benchmark_reference(image_emb, text_emb, text_to_image, ks, batch_size=7):
+    """CLIP_benchmark's algorithm, restated: the full score matrix, a boolean positives matrix,
+    per batch of rows topk + one-hot true positives / positives, hit if > 0, float32 mean."""
+    scores = text_emb @ image_emb.T  # (N_texts, N_images)
     positives = torch.zeros_like(scores, dtype=torch.bool)
     positives[torch.arange(len(scores)), text_to_image] = True
 
-    def recall(s, pos):
-        top = torch.topk(s, min(k, s.shape[1]), dim=1).indices
+    def recall(s, pos, k):
+        top = torch.topk(s, k, dim=1).indices
         onehot = torch.nn.functional.one_hot(top, num_classes=s.shape[1])
-        return (onehot * pos.view(s.shape[0], 1, s.shape[1])).sum(dim=(1, 2)) > 0
+        true_positives = (onehot * pos.view(s.shape[0], 1, s.shape[1])).sum(dim=(1, 2))
+        return true_positives / pos.sum(dim=1)
 
-    return (
-        recall(scores, positives).float().mean().item(),
-        recall(scores.T, positives.T).float().mean().item(),
-    )
+    def batched(s, pos, k):
+        parts = [
+            recall(s[i : i + batch_size], pos[i : i + batch_size], k)
+            for i in range(0, len(s), batch_size)
+        ]
+        return (torch.cat(parts) > 0).float().mean().item()
+
+    metrics = {}
+    for k in ks:
+        metrics[f"image_retrieval_recall@{k}"] = batched(scores, positives, k)
+        metrics[f"text_retrieval_recall@{k}"] = batched(scores.T, positives.T, k)
+    return metrics
 
 
 def _loop_reference(image_emb, text_emb, text_to_image, k):
@@ -40,6 +50,7 @@ def _loop_reference(image_emb, text_emb, text_to_image, k):
 
 
 def _dataset(seed, n_images=23, dim=16, captions=(4, 7)):
+    """Unit embeddings; each image has 4-7 noisy captions, listed image by image."""
     gen = torch.Generator().manual_seed(seed)
     counts = torch.randint(captions[0], captions[1] + 1, (n_images,), generator=gen)
     text_to_image = torch.repeat_interleave(torch.arange(n_images), counts)
@@ -48,31 +59,42 @@ def _dataset(seed, n_images=23, dim=16, captions=(4, 7)):
     return images, torch.nn.functional.normalize(texts, dim=1), text_to_image
 
 
+# Block sizes: one row at a time, sizes that do / do not divide the row counts, everything.
+BLOCKS = [1, 23, 37, 500, 1 << 24]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("block_elements", [1, 37, 500, 1 << 24])
-def test_matches_full_matrix_and_loop_references(seed, block_elements) -> None:
+@pytest.mark.parametrize("block_elements", BLOCKS)
+def test_matches_clip_benchmark_and_loop_references(seed, block_elements) -> None:
     images, texts, text_to_image = _dataset(seed)
-    metrics = retrieval_metrics(
-        images, texts, text_to_image, ks=(1, 5, 10), block_elements=block_elements
-    )
-    for k in (1, 5, 10):
-        full = _full_matrix_reference(images, texts, text_to_image, k)
+    ks = (1, 5, 10)
+    metrics = retrieval_metrics(images, texts, text_to_image, ks=ks, block_elements=block_elements)
+    assert metrics == _clip_benchmark_reference(images, texts, text_to_image, ks)
+    for k in ks:
         loop = _loop_reference(images, texts, text_to_image.tolist(), k)
         got = (metrics[f"image_retrieval_recall@{k}"], metrics[f"text_retrieval_recall@{k}"])
-        assert got == pytest.approx(full) and got == pytest.approx(loop)
+        assert got == pytest.approx(loop)
     assert 0 < metrics["image_retrieval_recall@1"] < metrics["image_retrieval_recall@10"] <= 1
 
 
-def test_ties_resolve_as_torch_topk_does() -> None:
-    # Quantised embeddings make many identical scores.
+@pytest.mark.parametrize("block_elements", BLOCKS)
+def test_ties_resolve_as_clip_benchmark_resolves_them(block_elements) -> None:
+    # Embeddings quantised to {-1, 0, 1}: integer scores, many exact ties, no rounding.
     images, texts, text_to_image = _dataset(3, n_images=12, dim=4)
     images, texts = images.round(decimals=0), texts.round(decimals=0)
-    blocked = retrieval_metrics(images, texts, text_to_image, ks=(1, 3), block_elements=7)
-    for k in (1, 3):
-        full = _full_matrix_reference(images, texts, text_to_image, k)
-        assert (blocked[f"image_retrieval_recall@{k}"], blocked[f"text_retrieval_recall@{k}"]) == (
-            pytest.approx(full)
-        )
+    ks = (1, 2, 3, 5)
+    scores = texts @ images.T
+    assert any(len(set(row.tolist())) < len(row) for row in scores)  # ties are present
+    blocked = retrieval_metrics(images, texts, text_to_image, ks=ks, block_elements=block_elements)
+    assert blocked == _clip_benchmark_reference(images, texts, text_to_image, ks)
+
+
+def test_shuffled_captions_give_the_same_recall() -> None:
+    images, texts, text_to_image = _dataset(4)
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))
+    assert retrieval_metrics(images, texts[order], text_to_image[order]) == retrieval_metrics(
+        images, texts, text_to_image
+    )
 
 
 def test_an_image_query_hits_if_any_caption_is_in_the_top_k() -> None:
@@ -86,6 +108,13 @@ def test_an_image_query_hits_if_any_caption_is_in_the_top_k() -> None:
     assert metrics["image_retrieval_recall@1"] == pytest.approx(1 / 3)
 
 
+def test_k_beyond_the_candidates_counts_every_query() -> None:
+    images, texts, text_to_image = _dataset(5, n_images=4)
+    metrics = retrieval_metrics(images, texts, text_to_image, ks=(4, 50))
+    assert metrics["image_retrieval_recall@4"] == 1.0 and metrics["image_retrieval_recall@50"] == 1
+    assert metrics["text_retrieval_recall@50"] == 1.0
+
+
 def test_bad_inputs_are_refused_with_their_shapes() -> None:
     with pytest.raises(ValueError, match="text_emb"):
         retrieval_metrics(torch.zeros(2, 3), torch.zeros(2, 4), torch.tensor([0, 1]))
@@ -93,3 +122,5 @@ def test_bad_inputs_are_refused_with_their_shapes() -> None:
         retrieval_metrics(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="outside"):
         retrieval_metrics(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="k must be"):
+        retrieval_metrics(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), ks=(0,))

@@ -1,5 +1,7 @@
 """VQA accuracy: the official evaluator's cases, checked by hand-computed values."""
 
+import random
+
 import pytest
 
 from dialogclip.evaluate.vqa_accuracy import (
@@ -111,3 +113,50 @@ def test_summary_averages_per_question_then_per_type() -> None:
 def test_summary_of_nothing_is_an_error() -> None:
     with pytest.raises(ValueError, match="no scored questions"):
         summarize_accuracy([])
+
+
+@pytest.mark.parametrize(
+    ("prediction", "humans", "expected"),
+    [
+        # Unanimous humans: nothing is normalised, not even the prediction (the evaluator's rule).
+        ("yes!", ["yes"] * 10, 0.0),
+        ("Yes", ["yes"] * 10, 0.0),
+        # Disagreeing humans: everything is normalised.
+        ("yes!", ["yes"] * 9 + ["no"], 1.0),
+        ("an dog", ["a dog"] * 5 + ["the dog"] * 3 + ["dogs"] * 2, 1.0),  # articles
+        ("two dogs", ["2 dogs"] * 4 + ["3"] * 6, 1.0),  # number words
+        ("dont", ["dont"] * 3 + ["no"] * 7, 0.9),  # contraction map on both sides
+        ("don't", ["dont"] * 3 + ["no"] * 7, 0.0),  # the map writes a curly apostrophe
+        ("1,000", ["1000"] * 2 + ["many"] * 8, 0.6),  # digit,digit comma removed
+        ("10.5", ["10.5"] * 2 + ["10 5"] * 8, 0.6),  # a period before a digit is kept
+    ],
+)
+def test_normalisation_cases_scored(prediction: str, humans: list[str], expected: float) -> None:
+    assert question_accuracy(prediction, humans) == pytest.approx(expected)
+
+
+def _official_structure(prediction: str, humans: list[str]) -> float:
+    """The evaluator's loop shape: answer records with ids, each left out by inequality."""
+    records = [{"answer": a.replace("\n", " ").replace("\t", " ").strip(), "answer_id": i}
+               for i, a in enumerate(humans)]  # fmt: skip
+    predicted = prediction.replace("\n", " ").replace("\t", " ").strip()
+    if len({r["answer"] for r in records}) > 1:
+        for record in records:
+            record["answer"] = normalize_answer(record["answer"])
+        predicted = normalize_answer(predicted)
+    accs = []
+    for left_out in records:
+        others = [r for r in records if r != left_out]
+        accs.append(min(1, len([r for r in others if r["answer"] == predicted]) / 3))
+    return sum(accs) / len(accs)
+
+
+def test_random_answer_sets_match_the_evaluators_loop() -> None:
+    rng = random.Random(0)
+    vocabulary = ["yes", "Yes", "yes.", "no", "two", "2", "a cat", "cat", "the cat!", "dont",
+                  " red\n", "red", "1,000", "1000"]  # fmt: skip
+    for _ in range(500):
+        humans = [rng.choice(vocabulary) for _ in range(10)]
+        prediction = rng.choice(vocabulary)
+        got = question_accuracy(prediction, humans)
+        assert got == pytest.approx(_official_structure(prediction, humans)), (prediction, humans)

@@ -79,3 +79,31 @@ def test_cli_writes_the_metrics(vqa_files, tmp_path) -> None:
     assert main(argv) == 0
     assert json.loads(out.read_text())["overall"] == 80.0
     assert main([*argv[:3], "--questions", str(tmp_path / "nope.json"), *argv[5:]]) == 2
+
+
+def test_a_multiple_choice_answer_must_be_one_of_the_choices(vqa_files) -> None:
+    vqa_files["results"].write_text(
+        json.dumps([{"question_id": 10, "answer": "maybe"}, {"question_id": 11, "answer": "2"}])
+    )
+    with pytest.raises(ValueError, match=r"1 answer\(s\) are not one of .*\[10\]"):
+        score_results(vqa_files["questions"], vqa_files["annotations"], vqa_files["results"])
+
+
+def test_demo_fixtures_score_the_human_majority_answer_fully(repo_root, tmp_path) -> None:
+    # The fixtures in the official format: answering each question's multiple_choice_answer
+    # (the majority of 8 of 10 humans) scores 100 % overall and per type.
+    eval_dir = repo_root / "resources" / "demo" / "eval"
+    for data in ("mscoco_val2014", "abstract_v002_val2015"):
+        annotations = json.loads((eval_dir / f"{data}_annotations.json").read_text())
+        results = [
+            {"question_id": a["question_id"], "answer": a["multiple_choice_answer"]}
+            for a in annotations["annotations"]
+        ]
+        (tmp_path / "results.json").write_text(json.dumps(results))
+        metrics = score_results(
+            eval_dir / f"MultipleChoice_{data}_questions.json",
+            eval_dir / f"{data}_annotations.json",
+            tmp_path / "results.json",
+        )
+        assert metrics["overall"] == 100.0 and metrics["n_questions"] == 12
+        assert set(metrics["per_answer_type"]) == {"yes/no", "number", "other"}

@@ -1,12 +1,22 @@
 """open_clip loading (tiny random checkpoints, QuickGELU choice) and text-encoder variants."""
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from dialogclip.models.openclip import ClipSpec, load_clip, make_tiny_clip, resolve_quickgelu
+from dialogclip.core.config import ConfigError
+from dialogclip.models.naming import image_model_key, is_checkpoint_path
+from dialogclip.models.openclip import (
+    ClipSpec,
+    checkpoint_quickgelu,
+    load_clip,
+    make_tiny_clip,
+    resolve_quickgelu,
+)
 from dialogclip.models.text_encoders import (
     EmbeddingBlend,
     TowerTextEncoder,
@@ -57,14 +67,38 @@ def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
     ("architecture", "pretrained", "setting", "expected"),
     [
         ("ViT-B-32", "laion400m_e32", "auto", True),  # trained with QuickGELU
+        ("ViT-B-32", "openai", "auto", True),
         ("ViT-B-32", "laion2b_s34b_b79k", "auto", False),
         ("ViT-B-32", "laion400m_e32", False, False),  # the thesis' mismatched set-up
-        ("ViT-B-32-quickgelu", "laion400m_e32", "auto", False),  # already in the architecture
-        ("tiny-clip", None, True, True),
+        ("ViT-B-32", "laion2b_s34b_b79k", True, True),  # forced
+        ("ViT-B-32-quickgelu", "laion400m_e32", "auto", True),  # the architecture sets it
+        ("tiny-clip", "x/tiny.safetensors", "auto", False),  # no record: GELU
     ],
 )
 def test_quickgelu_resolution(architecture, pretrained, setting, expected) -> None:
     assert resolve_quickgelu(ClipSpec(architecture, pretrained, setting)) is expected
+
+
+def test_quickgelu_architectures_cannot_be_switched_to_gelu() -> None:
+    with pytest.raises(ConfigError, match="always uses QuickGELU"):
+        resolve_quickgelu(ClipSpec("ViT-B-32-quickgelu", "laion400m_e32", False))
+
+
+def test_a_checkpoint_records_its_activation(tmp_path: Path, tiny_clips) -> None:
+    state = {k: v.contiguous() for k, v in tiny_clips[0].model.state_dict().items()}
+    save_file(state, str(tmp_path / "qg.safetensors"), metadata={"quick_gelu": "true"})
+    spec = ClipSpec("tiny-clip", str(tmp_path / "qg.safetensors"))
+    assert checkpoint_quickgelu(spec.pretrained) is True and resolve_quickgelu(spec) is True
+    clip = load_clip(spec)
+    assert clip.quickgelu and clip.open_clip_name == "tiny-clip-quickgelu"
+    # The activation really changes the model: same weights, different text embeddings.
+    assert not torch.allclose(_encoder(clip).encode(TEXTS), _encoder(tiny_clips[0]).encode(TEXTS))
+    assert tiny_clips[0].open_clip_name == "tiny-clip"
+
+
+def test_pretrained_is_required() -> None:
+    with pytest.raises(ConfigError, match="pretrained"):
+        load_clip(ClipSpec("tiny-clip", None))
 
 
 class _Fixed:
@@ -119,3 +153,25 @@ def test_weight_blend_refuses_different_architectures(tiny_clips) -> None:
     state.pop("logit_scale")
     with pytest.raises(ValueError, match="logit_scale"):
         blend_state_dicts(tiny_clips[0].model.state_dict(), state, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "is_path"),
+    [
+        ("laion400m_e32", False),
+        ("openai", False),
+        ("results/train/g.safetensors", True),
+        ("model.pt", True),
+        ("/abs/ckpt.bin", True),
+    ],
+)
+def test_checkpoint_paths_are_told_from_tags(pretrained: str, is_path: bool) -> None:
+    assert is_checkpoint_path(pretrained) is is_path
+
+
+def test_image_model_keys_name_the_image_tower_only() -> None:
+    assert image_model_key("ViT-B-32", "laion400m_e32") == "ViT-B-32__laion400m_e32__auto"
+    assert image_model_key("ViT-B-32", "laion400m_e32", False).endswith("__gelu")
+    first, second = (image_model_key("tiny-clip", f"{d}/tiny.safetensors") for d in ("a", "b"))
+    assert first != second and first.startswith("tiny-clip__tiny-")
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", image_model_key("hf-hub:org/m", "x y/z.pt"))

@@ -1,23 +1,23 @@
-# Stage: evaluate. Image embeddings are computed once per (model, dataset) and reused; COCO
-# zero-shot retrieval and VQA v1 multiple choice (real, abstract) per model write one JSON each
-# with CLIP_benchmark's fields (dataset, model, pretrained, task, metrics) plus ours.
+# Stage: evaluate. For every entry of evaluate.models (an image tower + a text variant): COCO 5k
+# zero-shot retrieval and VQA v1 multiple choice (real, abstract), one JSON each with
+# CLIP_benchmark's fields (dataset, model, pretrained, task, metrics) plus ours. Image embeddings
+# are computed once per (image tower, dataset) and shared by every text variant on that tower.
+# Checkpoint paths in the config (pretrained, other) are inputs, so a rule that trains them runs
+# first. get_evaluate_outputs() and the input functions are in evaluate_functions.smk.
 
 
 include: "evaluate_functions.smk"
 
 
-wildcard_constraints:
-    model=r"[A-Za-z0-9_.-]+",
-    dataset=r"coco|vqa_real|vqa_abstract",
-
-
 rule tiny_clip:
     output:
-        checkpoint=TINY_CLIP,
+        checkpoint="results/models/tiny-clip-{seed}.safetensors",
     log:
-        "logs/tiny_clip/tiny_clip.log",
+        "logs/tiny_clip/{seed}.log",
     benchmark:
-        "benchmarks/tiny_clip/tiny_clip.tsv"
+        "benchmarks/tiny_clip/{seed}.tsv"
+    wildcard_constraints:
+        seed=r"\d+",
     conda:
         "../../envs/dialogclip.yaml"
     threads: 1
@@ -25,18 +25,23 @@ rule tiny_clip:
         mem_mb=2000,
         runtime=10,
     shell:
-        "dialogclip make-tiny-clip --output {output.checkpoint:q} --seed 0 2> {log:q}"
+        "dialogclip make-tiny-clip --output {output.checkpoint:q} --seed {wildcards.seed}"
+        " 2> {log:q}"
 
 
 rule embed_eval_images:
     input:
-        checkpoint=get_eval_checkpoint,
+        checkpoint=get_image_model_checkpoint,
+        files=get_eval_files,
     output:
-        emb="results/eval/image_emb/{model}/{dataset}.safetensors",
+        emb="results/eval/image_emb/{image_model}/{dataset}.safetensors",
     log:
-        "logs/embed_eval_images/{model}/{dataset}.log",
+        "logs/embed_eval_images/{image_model}/{dataset}.log",
     benchmark:
-        "benchmarks/embed_eval_images/{model}/{dataset}.tsv"
+        "benchmarks/embed_eval_images/{image_model}/{dataset}.tsv"
+    wildcard_constraints:
+        image_model=r"[A-Za-z0-9_.-]+",
+        dataset=r"coco|vqa_real|vqa_abstract",
     conda:
         "../../envs/dialogclip.yaml"
     threads: 4
@@ -45,21 +50,26 @@ rule embed_eval_images:
         mem_mb=16000,
         runtime=120,
     params:
-        cfg=get_eval_params,
+        cfg=get_embed_params,
     shell:
-        "dialogclip embed-images --params {params.cfg:q} --output {output.emb:q} 2> {log:q}"
+        "dialogclip embed-images --params {params.cfg:q} --threads {threads}"
+        " --output {output.emb:q} 2> {log:q}"
 
 
 rule eval_retrieval:
     input:
-        checkpoint=get_eval_checkpoint,
-        emb="results/eval/image_emb/{model}/{dataset}.safetensors",
+        emb=get_eval_image_emb,
+        checkpoints=get_eval_checkpoints,
+        files=get_eval_files,
     output:
         metrics="results/eval/retrieval/{model}/{dataset}.json",
     log:
         "logs/eval_retrieval/{model}/{dataset}.log",
     benchmark:
         "benchmarks/eval_retrieval/{model}/{dataset}.tsv"
+    wildcard_constraints:
+        model=r"[A-Za-z0-9_.-]+",
+        dataset=r"coco",
     conda:
         "../../envs/dialogclip.yaml"
     threads: 4
@@ -68,16 +78,17 @@ rule eval_retrieval:
         mem_mb=16000,
         runtime=60,
     params:
-        cfg=get_eval_params,
+        cfg=get_retrieval_params,
     shell:
-        "dialogclip eval-retrieval --params {params.cfg:q} --image-emb {input.emb:q}"
-        " --output {output.metrics:q} 2> {log:q}"
+        "dialogclip eval-retrieval --params {params.cfg:q} --threads {threads}"
+        " --image-emb {input.emb:q} --output {output.metrics:q} 2> {log:q}"
 
 
 rule eval_vqa:
     input:
-        checkpoint=get_eval_checkpoint,
-        emb="results/eval/image_emb/{model}/{dataset}.safetensors",
+        emb=get_eval_image_emb,
+        checkpoints=get_eval_checkpoints,
+        files=get_eval_files,
     output:
         results="results/eval/vqa/{model}/{dataset}_results.json",
         metrics="results/eval/vqa/{model}/{dataset}.json",
@@ -85,6 +96,9 @@ rule eval_vqa:
         "logs/eval_vqa/{model}/{dataset}.log",
     benchmark:
         "benchmarks/eval_vqa/{model}/{dataset}.tsv"
+    wildcard_constraints:
+        model=r"[A-Za-z0-9_.-]+",
+        dataset=r"vqa_real|vqa_abstract",
     conda:
         "../../envs/dialogclip.yaml"
     threads: 4
@@ -93,7 +107,8 @@ rule eval_vqa:
         mem_mb=16000,
         runtime=120,
     params:
-        cfg=get_eval_params,
+        cfg=get_vqa_params,
     shell:
-        "dialogclip eval-vqa --params {params.cfg:q} --image-emb {input.emb:q}"
-        " --results {output.results:q} --output {output.metrics:q} 2> {log:q}"
+        "dialogclip eval-vqa --params {params.cfg:q} --threads {threads}"
+        " --image-emb {input.emb:q} --results {output.results:q}"
+        " --output {output.metrics:q} 2> {log:q}"

@@ -1,6 +1,7 @@
 """Build the demo's miniature evaluation sets in the official file formats (seeded, offline).
 
-COCO Karpathy (`dataset_coco.json` + `val2014/COCO_val2014_*.jpg`), VQA v1 real
+COCO Karpathy (`dataset_coco.json` + `val2014/COCO_val2014_*.jpg`; its test split also as
+CLIP_benchmark's `coco_test_karpathy.json`), VQA v1 real
 (`MultipleChoice_mscoco_val2014_questions.json`, `mscoco_val2014_annotations.json`) and VQA v1
 abstract scenes (`MultipleChoice_abstract_v002_val2015_questions.json`,
 `abstract_v002_val2015_annotations.json`, `scene_img_abstract_v002_val2015/*.png`). Images are
@@ -61,6 +62,22 @@ def coco(rng: random.Random) -> None:
         })  # fmt: skip
     (HERE / "coco" / "dataset_coco.json").write_text(
         json.dumps({"images": images, "dataset": "coco"})
+    )
+    coco_captions_format(images)
+
+
+def coco_captions_format(karpathy_images: list[dict]) -> None:
+    """The test split again as CLIP_benchmark's coco_test_karpathy.json (COCO captions format;
+    file names relative to val2014/)."""
+    test = [image for image in karpathy_images if image["split"] == "test"]
+    images = [{"id": image["cocoid"], "file_name": image["filename"]} for image in test]
+    annotations = [
+        {"image_id": image["cocoid"], "id": 10 * image["cocoid"] + i, "caption": sentence["raw"]}
+        for image in test
+        for i, sentence in enumerate(image["sentences"])
+    ]
+    (HERE / "coco" / "coco_test_karpathy.json").write_text(
+        json.dumps({"images": images, "annotations": annotations})
     )
 
 

@@ -16,23 +16,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's commands to the `dialogclip` parser."""
     tiny = subparsers.add_parser("make-tiny-clip", help="random tiny-clip checkpoint (tests/demo)")
     tiny.add_argument("--output", required=True, type=Path, help=".safetensors to write")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=int, default=0, help="torch seed of the random weights")
     tiny.set_defaults(func=_make_tiny_clip)
 
     embed = subparsers.add_parser("embed-images", help="embed an evaluation set's images once")
     add_params_argument(embed, "evaluate job (model, dataset, files)")
+    _add_threads_argument(embed)
     embed.add_argument("--output", required=True, type=Path, help=".safetensors to write")
     embed.set_defaults(func=_embed_images)
 
     retrieval = subparsers.add_parser("eval-retrieval", help="COCO zero-shot retrieval")
     add_params_argument(retrieval, "evaluate job (model, dataset, files)")
-    retrieval.add_argument("--image-emb", required=True, type=Path)
+    _add_threads_argument(retrieval)
+    retrieval.add_argument("--image-emb", required=True, type=Path, help="from embed-images")
     retrieval.add_argument("--output", required=True, type=Path, help="metrics JSON")
     retrieval.set_defaults(func=_eval_retrieval)
 
     vqa = subparsers.add_parser("eval-vqa", help="VQA v1 multiple choice (official scoring)")
     add_params_argument(vqa, "evaluate job (model, dataset, files)")
-    vqa.add_argument("--image-emb", required=True, type=Path)
+    _add_threads_argument(vqa)
+    vqa.add_argument("--image-emb", required=True, type=Path, help="from embed-images")
     vqa.add_argument("--results", required=True, type=Path, help="official results JSON")
     vqa.add_argument("--output", required=True, type=Path, help="metrics JSON")
     vqa.set_defaults(func=_eval_vqa)
@@ -50,6 +53,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.set_defaults(func=_vqa_score)
 
 
+def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    # Parallel jobs on one machine must not each take every core.
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _make_tiny_clip(args: argparse.Namespace) -> int:
     from dialogclip.models.openclip import make_tiny_clip
 
@@ -58,6 +73,7 @@ def _make_tiny_clip(args: argparse.Namespace) -> int:
 
 
 def _embed_images(args: argparse.Namespace) -> int:
+    _set_threads(args)
     from dialogclip.evaluate.jobs import run_embed_images
     from dialogclip.evaluate.settings import job_from_params
 
@@ -66,6 +82,7 @@ def _embed_images(args: argparse.Namespace) -> int:
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
+    _set_threads(args)
     from dialogclip.evaluate.jobs import run_retrieval
     from dialogclip.evaluate.settings import job_from_params
 
@@ -75,6 +92,7 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def _eval_vqa(args: argparse.Namespace) -> int:
+    _set_threads(args)
     from dialogclip.evaluate.jobs import run_vqa
     from dialogclip.evaluate.settings import job_from_params
 

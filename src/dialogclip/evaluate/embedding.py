@@ -1,25 +1,30 @@
 """Image embeddings of an evaluation set and VQA multiple-choice prediction.
 
-Image embeddings do not depend on the text variant, so they are computed once per (model,
-dataset) and reused by every variant. For VQA, the candidate texts ``question + " " + answer``
-repeat a lot (18 per question, many shared answers and questions): they are deduplicated before
-encoding.
+Image embeddings do not depend on the text variant, so they are computed once per (image
+tower, dataset), cached in a ``.safetensors`` file whose metadata records what was embedded, and
+reused by every variant. Texts are deduplicated before encoding: VQA's candidate texts
+``question + " " + answer`` repeat a lot (18 per question, many shared questions and answers).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from dialogclip.core.io import atomic_path
 from dialogclip.evaluate.datasets import MultipleChoiceSet
-from dialogclip.models.text_encoders import TextEncoder
+from dialogclip.models.text_encoders import TextEncoder, autocast_for
 
 log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "{question} {answer}"
@@ -53,10 +58,58 @@ def embed_images(
     chunks = []
     for start in tqdm(range(0, len(paths), batch_size), desc="images", unit="batch"):
         batch = torch.stack([preprocess(load_rgb(p)) for p in paths[start : start + batch_size]])
-        with torch.autocast("cuda", enabled=device.type == "cuda"):
-            features = model.encode_image(batch.to(device))
+        with autocast_for(device):
+            features = model.encode_image(batch.to(device))  # [B, D]
         chunks.append(F.normalize(features.float(), dim=-1).cpu())
     return torch.cat(chunks)
+
+
+CACHE_METADATA_KEY = "dialogclip:image_emb"
+
+
+def images_fingerprint(paths: Sequence[Path]) -> str:
+    """SHA-1 of the image file names in order: ties a cache to the set it was computed for."""
+    return hashlib.sha1("\n".join(path.name for path in paths).encode()).hexdigest()
+
+
+def save_image_embeddings(
+    emb: torch.Tensor, paths: Sequence[Path], output: Path, provenance: Mapping[str, Any]
+) -> None:
+    """Write ``emb`` [N_images, D] atomically with what it is (model, dataset, images)."""
+    metadata = {
+        **provenance,
+        "n_images": len(paths),
+        "images_sha1": images_fingerprint(paths),
+        "shape": list(emb.shape),
+    }
+    with atomic_path(output) as tmp:
+        save_file(
+            {"image_emb": emb.contiguous()},
+            str(tmp),
+            metadata={CACHE_METADATA_KEY: json.dumps(metadata, sort_keys=True)},
+        )
+
+
+def load_image_embeddings(path: Path, paths: Sequence[Path]) -> torch.Tensor:
+    """The cached [N_images, D] embeddings of exactly the images ``paths``, in that order."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = json.loads((handle.metadata() or {}).get(CACHE_METADATA_KEY, "{}"))
+        emb = handle.get_tensor("image_emb")
+    if emb.shape[0] != len(paths) or metadata.get("images_sha1") != images_fingerprint(paths):
+        raise ValueError(
+            f"{path} holds the embeddings of another image set ({emb.shape[0]} images, "
+            f"expected {len(paths)}): delete it so that it is recomputed"
+        )
+    return emb
+
+
+def encode_unique(encoder: TextEncoder, texts: Sequence[str]) -> torch.Tensor:
+    """texts (N) -> [N, D]: each distinct text is encoded once."""
+    unique = sorted(set(texts))
+    position = {text: i for i, text in enumerate(unique)}
+    emb = encoder.encode(unique)  # [N_unique, D]
+    log.info("encoded %d distinct texts (of %d)", len(unique), len(texts))
+    return emb[torch.tensor([position[text] for text in texts], dtype=torch.long)]
 
 
 def candidate_texts(mc_set: MultipleChoiceSet, template: str = DEFAULT_TEMPLATE) -> list[list[str]]:
@@ -86,6 +139,7 @@ def predict_multiple_choice(
     results = []
     for question, choices in zip(mc_set.questions, texts, strict=True):
         rows = torch.tensor([position[text] for text in choices])
+        # Unit vectors: the dot product is the cosine similarity. argmax keeps the first maximum.
         similarity = text_emb[rows] @ image_emb[question.image_index]  # (n_choices,)
         best = int(torch.argmax(similarity))
         results.append({"question_id": question.question_id, "answer": question.choices[best]})

@@ -1,23 +1,36 @@
-"""The evaluation jobs the rules run: image embeddings (cached per model and dataset),
-COCO retrieval and VQA multiple choice, each writing one JSON with CLIP_benchmark's fields."""
+"""The evaluation jobs the rules run: image embeddings (cached per image tower and dataset),
+COCO retrieval and VQA multiple choice, each writing one JSON with CLIP_benchmark's fields
+(``dataset``, ``model``, ``pretrained``, ``task``, ``metrics``, ``language``) plus ours."""
 
 from __future__ import annotations
 
 import logging
+import platform
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from dialogclip.core.io import atomic_path, write_json_atomic
-from dialogclip.evaluate.datasets import load_coco_retrieval, load_vqa_multiple_choice
-from dialogclip.evaluate.embedding import embed_images, predict_multiple_choice
+from dialogclip.core.io import write_json_atomic
+from dialogclip.evaluate.datasets import (
+    check_dataset_files,
+    image_paths_of,
+    load_coco_retrieval,
+    load_vqa_multiple_choice,
+)
+from dialogclip.evaluate.embedding import (
+    embed_images,
+    encode_unique,
+    load_image_embeddings,
+    predict_multiple_choice,
+    save_image_embeddings,
+)
 from dialogclip.evaluate.retrieval import retrieval_metrics
-from dialogclip.evaluate.settings import EvaluateJob
+from dialogclip.evaluate.settings import BENCHMARK_DATASET_NAMES, TASKS, EvaluateJob
 from dialogclip.evaluate.vqa import score_results
-from dialogclip.models.openclip import ClipSpec, LoadedClip, load_clip
+from dialogclip.models.openclip import LoadedClip, load_clip, load_text_tower
 from dialogclip.models.text_encoders import (
     EmbeddingBlend,
     TextEncoder,
@@ -28,32 +41,25 @@ from dialogclip.models.text_encoders import (
 log = logging.getLogger(__name__)
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _image_paths(job: EvaluateJob) -> list[Path]:
-    if job.dataset == "coco":
-        return load_coco_retrieval(
-            job.files.annotations, job.files.images, job.files.split
-        ).image_paths
-    return load_vqa_multiple_choice(_questions(job), job.files.images).image_paths
-
-
-def _questions(job: EvaluateJob) -> str:
-    if job.files.questions is None:
-        raise ValueError(f"evaluate.{job.dataset}.questions is required for VQA")
-    return job.files.questions
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run_embed_images(job: EvaluateJob, output: Path) -> None:
     """Embed every image of the dataset once: ``output`` holds ``image_emb`` [N_images, D]."""
+    check_dataset_files(job.dataset, asdict(job.files))
+    paths = image_paths_of(job.dataset, asdict(job.files))
     clip = load_clip(job.model.spec, device=_device())
-    paths = _image_paths(job)
     emb = embed_images(paths, clip.model, clip.preprocess, job.batch_size, _device())
-    with atomic_path(output) as tmp:
-        save_file({"image_emb": emb.contiguous()}, str(tmp))
-    log.info("embedded %d images of %s with %s", len(paths), job.dataset, job.model.name)
+    provenance = {
+        "dataset": job.dataset,
+        "image_model": job.model.image_model,
+        "architecture": job.model.architecture,
+        "pretrained": job.model.pretrained,
+        "quickgelu": clip.quickgelu,
+    }
+    save_image_embeddings(emb, paths, output, provenance)
+    log.info("embedded %d images of %s with %s", len(paths), job.dataset, job.model.image_model)
 
 
 def build_text_encoder(job: EvaluateJob, clip: LoadedClip) -> TextEncoder:
@@ -65,56 +71,75 @@ def build_text_encoder(job: EvaluateJob, clip: LoadedClip) -> TextEncoder:
 
     if entry.text_variant == "plain":
         return tower(clip.model)
-    # The second model shares the architecture and activation of the first.
-    other = load_clip(ClipSpec(entry.architecture, entry.other, clip.quickgelu), _device())
+    # The second text tower shares the architecture (and activation) of the original model.
+    assert entry.other is not None  # checked by ModelEntry
+    other = load_text_tower(clip.model, entry.other)
     if entry.text_variant == "embedding_blend":
-        return EmbeddingBlend(tower(clip.model), tower(other.model), entry.beta)
-    return tower(blend_weights(clip.model, other.model.state_dict(), entry.beta))
+        return EmbeddingBlend(tower(clip.model), tower(other), entry.beta)
+    return tower(blend_weights(clip.model, other.state_dict(), entry.beta))
 
 
-def _record(job: EvaluateJob, clip: LoadedClip, task: str, metrics: dict[str, Any]) -> dict:
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("open_clip_torch", "dialogclip"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def _record(job: EvaluateJob, clip: LoadedClip, metrics: dict[str, Any]) -> dict[str, Any]:
+    entry = job.model
     return {
-        "dataset": job.dataset,
-        "model": job.model.architecture,
-        "pretrained": job.model.pretrained,
-        "task": task,
+        # CLIP_benchmark's fields; `model` is the open_clip name that loads the model as it ran
+        # (ViT-B-32-quickgelu when QuickGELU was used).
+        "dataset": BENCHMARK_DATASET_NAMES.get(job.dataset, job.dataset),
+        "model": clip.open_clip_name,
+        "pretrained": entry.pretrained,
+        "task": TASKS[job.dataset],
         "metrics": metrics,
-        "name": job.model.name,
-        "variant": job.model.text_variant,
-        "beta": job.model.beta,
-        "other": job.model.other,
+        "language": "en",
+        # Ours.
+        "name": entry.name,
+        "dataset_key": job.dataset,
+        "architecture": entry.architecture,
         "quickgelu": clip.quickgelu,
+        "quickgelu_setting": entry.quickgelu,
+        "text_variant": entry.text_variant,
+        "beta": entry.beta,
+        "other": entry.other,
+        "image_model": entry.image_model,
         "settings": asdict(job),
+        "versions": _versions(),
     }
 
 
 def run_retrieval(job: EvaluateJob, image_emb_path: Path, output: Path) -> dict[str, Any]:
-    """COCO zero-shot retrieval recall@k of the plain text tower."""
-    clip = load_clip(job.model.spec, device=_device())
+    """COCO zero-shot retrieval recall@k of the job's text variant."""
+    check_dataset_files(job.dataset, asdict(job.files))
     data = load_coco_retrieval(job.files.annotations, job.files.images, job.files.split)
-    image_emb = load_file(str(image_emb_path))["image_emb"]
-    if image_emb.shape[0] != len(data.image_paths):
-        raise ValueError(
-            f"{image_emb_path}: {image_emb.shape[0]} embeddings for {len(data.image_paths)} images"
-        )
-    encoder = build_text_encoder(job, clip)
-    metrics = retrieval_metrics(
-        image_emb, encoder.encode(data.captions), torch.tensor(data.text_to_image), ks=job.ks
-    )
-    record = _record(job, clip, "zeroshot_retrieval", metrics)
+    image_emb = load_image_embeddings(image_emb_path, data.image_paths)
+    clip = load_clip(job.model.spec, device=_device())
+    text_emb = encode_unique(build_text_encoder(job, clip), data.captions)
+    metrics = retrieval_metrics(image_emb, text_emb, torch.tensor(data.text_to_image), ks=job.ks)
+    record = _record(job, clip, metrics)
     record.update(n_images=len(data.image_paths), n_texts=len(data.captions))
     write_json_atomic(record, output)
     return record
 
 
 def run_vqa(job: EvaluateJob, image_emb_path: Path, results: Path, output: Path) -> dict:
-    """VQA v1 multiple choice: official results file, then the official accuracy."""
+    """VQA v1 multiple choice: the official results file, then its official accuracy."""
+    check_dataset_files(job.dataset, asdict(job.files))
+    assert job.files.questions is not None  # checked by EvaluateJob
+    mc_set = load_vqa_multiple_choice(job.files.questions, job.files.images, job.dataset)
+    image_emb = load_image_embeddings(image_emb_path, mc_set.image_paths)
     clip = load_clip(job.model.spec, device=_device())
-    mc_set = load_vqa_multiple_choice(_questions(job), job.files.images)
-    image_emb = load_file(str(image_emb_path))["image_emb"]
     encoder = build_text_encoder(job, clip)
     write_json_atomic(predict_multiple_choice(image_emb, mc_set, encoder, job.template), results)
-    metrics = score_results(_questions(job), job.files.annotations, results)
-    record = _record(job, clip, "vqa_multiple_choice", metrics)
+    metrics = score_results(job.files.questions, job.files.annotations, results)
+    record = _record(job, clip, metrics)
+    record.update(n_images=len(mc_set.image_paths), results_file=str(results))
     write_json_atomic(record, output)
     return record

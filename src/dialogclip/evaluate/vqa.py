@@ -37,17 +37,21 @@ def score_results(
 ) -> dict[str, Any]:
     """Official VQA accuracy of a results file ``[{"question_id": ..., "answer": ...}]``.
 
-    As the official evaluator requires, the results must answer exactly the questions of the
-    questions file. Returns ``overall``, ``per_answer_type`` and ``per_question_type`` (percent,
-    2 decimals) and ``n_questions``.
+    As the official API requires, the results must answer exactly the questions of the
+    questions file, and for a multiple-choice questions file every answer must be one of its
+    question's ``multiple_choices``. Returns ``overall``, ``per_answer_type`` and
+    ``per_question_type`` (percent, 2 decimals) and ``n_questions``.
     """
-    question_ids = {q["question_id"] for q in load_official_json(questions_json, "questions")}
+    questions = load_official_json(questions_json, "questions")
+    question_ids = {q["question_id"] for q in questions}
     annotations = [
         record
         for record in load_official_json(annotations_json, "annotations")
         if record["question_id"] in question_ids
     ]
     results = load_official_json(results_json)
+    if not isinstance(results, list):
+        raise ValueError(f"{results_json}: results must be a JSON array of objects")
     predictions = {item["question_id"]: item["answer"] for item in results}
     missing = question_ids - set(predictions)
     extra = set(predictions) - question_ids
@@ -56,6 +60,16 @@ def score_results(
             f"{results_json}: results do not correspond to the questions in {questions_json}: "
             f"{len(missing)} unanswered, {len(extra)} unknown, "
             f"{len(results) - len(predictions)} duplicated question ids"
+        )
+    not_a_choice = [
+        q["question_id"]
+        for q in questions
+        if "multiple_choices" in q and predictions[q["question_id"]] not in q["multiple_choices"]
+    ]
+    if not_a_choice:
+        raise ValueError(
+            f"{results_json}: {len(not_a_choice)} answer(s) are not one of their question's "
+            f"multiple choices, e.g. question ids {not_a_choice[:5]}"
         )
     unannotated = question_ids - {record["question_id"] for record in annotations}
     if unannotated:

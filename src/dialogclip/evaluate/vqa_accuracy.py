@@ -109,6 +109,8 @@ def question_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
         humans = [normalize_answer(answer) for answer in humans]
         predicted = normalize_answer(predicted)
     scores = []
+    # The evaluator leaves out one answer record at a time (records differ by answer_id, so
+    # exactly one is left out): leave-one-out by position is the same.
     for left_out in range(len(humans)):
         others = humans[:left_out] + humans[left_out + 1 :]
         matches = sum(answer == predicted for answer in others)

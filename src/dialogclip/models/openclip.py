@@ -3,26 +3,38 @@
 QuickGELU: OpenAI's and LAION-400M's ViT-B-32 weights were trained with QuickGELU activations,
 but open_clip also lists those tags under the plain ``ViT-B-32`` architecture (GELU), and
 loading them there silently costs about a point of COCO R@1. ``quickgelu: auto`` therefore turns
-QuickGELU on whenever open_clip lists the tag under ``<architecture>-quickgelu``;
-``quickgelu: false`` reproduces the mismatched set-up (the thesis' likely setting). The value
-used is returned with the model so every result can record it.
+QuickGELU on whenever open_clip's record of the tag says the weights were trained with it (or,
+for a ``.safetensors`` checkpoint, its metadata ``quick_gelu`` says so); ``quickgelu: false``
+reproduces the mismatched set-up (the thesis' likely setting). The value used is returned with
+the model so every result can record it.
+
+Checkpoints are read with open_clip's own loader (safetensors, or ``torch.load`` with
+``weights_only=True``).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import torch
+from dialogclip.core.config import ConfigError
+from dialogclip.models.naming import QuickGelu, is_checkpoint_path
 
-from dialogclip.core.io import atomic_path
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-QuickGelu = bool | Literal["auto"]
+QUICKGELU_METADATA_KEY = "quick_gelu"  # in a .safetensors checkpoint's metadata: "true"/"false"
+# State-dict entries that are not part of the text tower of an open_clip CLIP / CustomTextCLIP.
+NON_TEXT_PREFIXES = ("visual.",)
+NON_TEXT_KEYS = frozenset({"logit_scale", "logit_bias"})
 
 
 @dataclass(frozen=True)
@@ -36,32 +48,83 @@ class ClipSpec:
 
 @dataclass
 class LoadedClip:
-    """A loaded model with its image preprocessing, tokenizer and the QuickGELU setting used."""
+    """A loaded model with its image preprocessing, tokenizer and the activation used."""
 
-    model: Any  # open_clip.CLIP
-    preprocess: Any  # PIL image -> tensor [3, H, W]
-    tokenizer: Any  # list[str] -> LongTensor [N, context_length]
-    quickgelu: bool
+    model: Any  # open_clip.CLIP, eval mode
+    preprocess: Callable[[Any], torch.Tensor]  # PIL image -> [3, H, W]
+    tokenizer: Callable[[Sequence[str]], torch.Tensor]  # N texts -> LongTensor [N, context]
+    quickgelu: bool  # the activation the model actually uses
+    model_name: str = ""  # the architecture as configured
+
+    @property
+    def open_clip_name(self) -> str:
+        """The open_clip model name that loads the same model (``ViT-B-32-quickgelu``, ...)."""
+        name = self.model_name
+        if self.quickgelu and not name.endswith("-quickgelu"):
+            return f"{name}-quickgelu"
+        return name
 
 
 def register_model_configs() -> None:
     """Make our model configs (e.g. ``tiny-clip``) loadable by name through open_clip."""
     import open_clip
 
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    if "tiny-clip" not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def architecture_uses_quickgelu(architecture: str) -> bool:
+    """True if the architecture's own config sets QuickGELU (the ``-quickgelu`` variants)."""
+    import open_clip
+
+    register_model_configs()
+    config = open_clip.get_model_config(architecture)
+    if config is None:
+        raise ConfigError(
+            f"unknown open_clip architecture {architecture!r}; see open_clip.list_models()"
+        )
+    return bool(config.get("quick_gelu", False))
 
 
 def trained_with_quickgelu(architecture: str, pretrained: str | None) -> bool:
-    """True if open_clip lists ``pretrained`` under ``<architecture>-quickgelu``."""
-    import open_clip
+    """True if the weights ``pretrained`` were trained with QuickGELU, as far as is recorded.
 
-    if pretrained is None or architecture.endswith("-quickgelu"):
+    Tags: open_clip's pretrained config (``quick_gelu``) or a listing under
+    ``<architecture>-quickgelu``. Checkpoint paths: the ``quick_gelu`` metadata of a
+    ``.safetensors`` file; without it, False (set ``quickgelu`` explicitly for such weights).
+    """
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    if pretrained is None:
         return False
+    if is_checkpoint_path(pretrained):
+        return checkpoint_quickgelu(pretrained) is True
+    if get_pretrained_cfg(architecture, pretrained).get("quick_gelu", False):
+        return True
     return (f"{architecture}-quickgelu", pretrained) in set(open_clip.list_pretrained())
 
 
+def checkpoint_quickgelu(path: str | Path) -> bool | None:
+    """The ``quick_gelu`` record in a ``.safetensors`` checkpoint's metadata (None if absent)."""
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        value = (handle.metadata() or {}).get(QUICKGELU_METADATA_KEY)
+    return None if value is None else value.lower() == "true"
+
+
 def resolve_quickgelu(spec: ClipSpec) -> bool:
-    """The QuickGELU setting to load ``spec`` with (see the module docstring)."""
+    """The QuickGELU setting ``spec`` loads with (see the module docstring)."""
+    if architecture_uses_quickgelu(spec.architecture):
+        if spec.quickgelu is False:
+            raise ConfigError(
+                f"{spec.architecture} always uses QuickGELU; for GELU use the architecture "
+                f"without '-quickgelu' and quickgelu: false"
+            )
+        return True
     if spec.quickgelu == "auto":
         return trained_with_quickgelu(spec.architecture, spec.pretrained)
     return bool(spec.quickgelu)
@@ -72,8 +135,9 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> LoadedClip:
     import open_clip
 
     register_model_configs()
-    pretrained = spec.pretrained
-    if pretrained is not None and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+    if spec.pretrained is None:
+        raise ConfigError(f"{spec.architecture}: `pretrained` (a tag or a checkpoint) is required")
+    if is_checkpoint_path(spec.pretrained) and not Path(spec.pretrained).is_file():
         raise FileNotFoundError(f"CLIP checkpoint not found: {spec.pretrained}")
     quickgelu = resolve_quickgelu(spec)
     model, _, preprocess = open_clip.create_model_and_transforms(
@@ -81,27 +145,73 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> LoadedClip:
         pretrained=spec.pretrained,
         force_quick_gelu=quickgelu,
         device=device,
+        weights_only=True,
     )
     model.eval()
     log.info(
         "loaded %s (pretrained=%s, quickgelu=%s)", spec.architecture, spec.pretrained, quickgelu
     )
-    return LoadedClip(model, preprocess, open_clip.get_tokenizer(spec.architecture), quickgelu)
+    tokenizer = open_clip.get_tokenizer(spec.architecture)
+    return LoadedClip(model, preprocess, tokenizer, quickgelu, model_name=spec.architecture)
 
 
-def _looks_like_path(pretrained: str) -> bool:
-    return Path(pretrained).suffix in {".safetensors", ".pt", ".pth", ".bin"} or "/" in pretrained
+def is_text_tower_key(name: str) -> bool:
+    """True for the state-dict entries of the text tower (everything but the image tower and
+    the logit scale/bias)."""
+    return name not in NON_TEXT_KEYS and not name.startswith(NON_TEXT_PREFIXES)
+
+
+def load_text_tower(model: Any, checkpoint: str | Path) -> Any:
+    """A copy of ``model`` whose text tower comes from ``checkpoint``.
+
+    ``checkpoint`` holds the text tower under open_clip's names (``token_embedding.*``,
+    ``positional_embedding``, ``transformer.*``, ``ln_final.*``, ``text_projection``; ``text.*``
+    for custom-text models), e.g. a trained third tower G or a fine-tuned text tower; a full CLIP
+    state dict works too. Its other entries are ignored: the image tower stays ``model``'s.
+    Every text-tower entry must be present with the same shape.
+    """
+    from open_clip.factory import load_state_dict
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"text tower checkpoint not found: {path}")
+    state = load_state_dict(str(path), device="cpu", weights_only=True)
+    own = model.state_dict()
+    text_keys = [name for name in own if is_text_tower_key(name)]
+    missing = [name for name in text_keys if name not in state]
+    if missing:
+        raise ValueError(
+            f"{path}: not a text tower of this architecture: {len(missing)} entries missing, "
+            f"e.g. {missing[:3]}"
+        )
+    for name in text_keys:
+        if tuple(state[name].shape) != tuple(own[name].shape):
+            raise ValueError(
+                f"{path}: {name} has shape {tuple(state[name].shape)}, "
+                f"expected {tuple(own[name].shape)}"
+            )
+    tower = copy.deepcopy(model)
+    tower.load_state_dict({**own, **{name: state[name] for name in text_keys}})
+    return tower.eval()
 
 
 def make_tiny_clip(output: str | Path, seed: int = 0) -> Path:
     """Save a randomly initialised ``tiny-clip`` model (seeded) as a safetensors checkpoint."""
     import open_clip
+    import torch
     from safetensors.torch import save_file
+
+    from dialogclip.core.io import atomic_path
 
     register_model_configs()
     torch.manual_seed(seed)
     model = open_clip.create_model("tiny-clip", pretrained=None)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    metadata = {
+        "architecture": "tiny-clip",
+        "seed": str(seed),
+        QUICKGELU_METADATA_KEY: json.dumps(False),
+    }
     with atomic_path(output) as tmp:
-        save_file(state, str(tmp))
+        save_file(state, str(tmp), metadata=metadata)
     return Path(output)

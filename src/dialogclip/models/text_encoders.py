@@ -11,12 +11,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (as CLIP_benchmark evaluates), full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda")
+    return contextlib.nullcontext()
 
 
 class TextEncoder(Protocol):
@@ -42,15 +51,16 @@ class TowerTextEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """texts (N) -> [N, D] float32 unit vectors."""
-        chunks = []
-        for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
-            with torch.autocast("cuda", enabled=self.device.type == "cuda"):
-                features = self.model.encode_text(tokens)
-            chunks.append(F.normalize(features.float(), dim=-1).cpu())
-        if not chunks:
+        """texts (N) -> [N, D] float32 unit vectors (on the CPU)."""
+        if not texts:
             raise ValueError("no texts to encode")
+        chunks = []
+        starts = range(0, len(texts), self.batch_size)
+        for start in tqdm(starts, desc="texts", unit="batch", disable=len(starts) < 2):
+            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
+            with autocast_for(self.device):
+                features = self.model.encode_text(tokens)  # [B, D]
+            chunks.append(F.normalize(features.float(), dim=-1).cpu())
         return torch.cat(chunks)
 
 
