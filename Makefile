@@ -15,7 +15,7 @@ install:
 	bash scripts/setup.sh
 
 demo: install
-	snakemake --profile workflow/profiles/demo
+	snakemake --workflow-profile workflow/profiles/demo
 
 test: install
 	pytest
@@ -24,7 +24,7 @@ lint: install
 	ruff check .
 	ruff format --check .
 	snakefmt --check Snakefile workflow
-	snakemake --lint --profile workflow/profiles/demo
+	snakemake --lint --workflow-profile workflow/profiles/demo
 
 format: install
 	ruff format .
@@ -32,4 +32,4 @@ format: install
 	snakefmt Snakefile workflow
 
 clean-demo:
-	rm -rf results/demo logs/demo benchmarks/demo
+	rm -rf resources/demo/results resources/demo/logs resources/demo/benchmarks resources/demo/.snakemake

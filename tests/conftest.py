@@ -25,3 +25,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def repo_root() -> Path:
     """The repository root (where Snakefile and config.yaml live)."""
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the demo after one complete run of its whole DAG (shared: dry-run only, or
+    copy it with ``workflow_helpers.copy_demo(dest, source=finished_demo)`` before changing
+    anything)."""
+    from workflow_helpers import copy_demo, snakemake
+
+    workdir = copy_demo(tmp_path_factory.mktemp("finished") / "demo")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
+    return workdir

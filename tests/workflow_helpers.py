@@ -1,0 +1,83 @@
+"""Running the workflow from tests: snakemake on a copy of the demo, and what a dry run plans.
+
+``finished_demo`` (a session fixture in ``tests/conftest.py``) runs the whole demo DAG once;
+tests that ask "what would an edit rerun?" dry-run against it with :func:`planned_jobs`, which
+never writes to the folder, so they can share it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+GENERATED = ("results", "logs", "benchmarks", ".snakemake")
+
+
+def copy_demo(workdir: Path, source: Path | None = None) -> Path:
+    """Copy ``resources/demo`` (or ``source``, e.g. a finished demo) to ``workdir``.
+
+    From ``resources/demo`` earlier outputs are left out; from another folder everything is
+    copied, outputs and Snakemake's metadata included (a finished run stays finished).
+    """
+    if source is None:
+        shutil.copytree(
+            REPO_ROOT / "resources" / "demo", workdir, ignore=shutil.ignore_patterns(*GENERATED)
+        )
+    else:
+        shutil.copytree(source, workdir, symlinks=True)
+    return workdir
+
+
+def snakemake(
+    workdir: Path, *args: str, timeout: float = 1500, cores: int = 2
+) -> subprocess.CompletedProcess[str]:
+    """Run the repository's Snakefile in ``workdir`` (``--workflow-profile none``: tests set
+    every option they rely on). A hang fails the test after ``timeout`` seconds."""
+    return subprocess.run(
+        [
+            str(VENV_BIN / "snakemake"),
+            "--snakefile",
+            str(REPO_ROOT / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--workflow-profile",
+            "none",
+            "--cores",
+            str(cores),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"},
+    )
+
+
+_JOB_STATS_ROW = re.compile(r"^(\S+)\s+(\d+)$")
+
+
+def planned_jobs(workdir: Path, *args: str) -> Counter[str]:
+    """{rule: number of jobs} that ``snakemake --dry-run`` plans in ``workdir`` (``all`` and
+    the total left out; empty when there is nothing to be done). Fails on a DAG error."""
+    result = snakemake(workdir, "--dry-run", *args, timeout=300)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise AssertionError(f"snakemake --dry-run failed:\n{output[-6000:]}")
+    jobs: Counter[str] = Counter()
+    if "Nothing to be done" in output:
+        return jobs
+    stats = output.split("Job stats:", 1)[1].splitlines()
+    for line in stats[3:]:  # after the header and its ---- rule
+        match = _JOB_STATS_ROW.match(line.strip())
+        if match is None:
+            break
+        rule, count = match.groups()
+        if rule not in ("all", "total"):
+            jobs[rule] = int(count)
+    return jobs
