@@ -115,7 +115,7 @@ def get_retrieval_params(wildcards):
 
 
 def get_vqa_params(wildcards):
-    """One VQA job as JSON. A function: Snakemake would read the template's {question} as a
-    wildcard."""
+    """One VQA job as JSON; candidates take the one text form of pairs (text.qa_template).
+    A function: Snakemake would read the template's {question} as a wildcard."""
     model = get_eval_models()[wildcards.model]
-    return _eval_job(model, wildcards, template=config["evaluate"]["template"])
+    return _eval_job(model, wildcards, template=config["text"]["qa_template"])

@@ -40,6 +40,7 @@ class ModelEntry:
     other: str | None = None  # checkpoint with the second text tower (blends only)
     beta: float = 1.0  # weight of the original text tower T
     datasets: list[str] | None = None  # evaluation sets for this model (None: all configured)
+    thesis_row: str | None = None  # the thesis' table row it reproduces (report)
 
     def __post_init__(self) -> None:
         if self.text_variant not in TEXT_VARIANTS:
@@ -82,7 +83,7 @@ class EvaluateJob:
     dataset: str
     files: DatasetFiles
     batch_size: int = 64  # images or texts per forward pass
-    template: str = "{question} {answer}"  # VQA candidate text
+    template: str = "{question} {answer}"  # VQA candidate text (config: text.qa_template)
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # retrieval recall@k
 
     def __post_init__(self) -> None:
