@@ -9,10 +9,6 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-wildcard_constraints:
-    shard=r"\d{5}",
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/generate.smk"

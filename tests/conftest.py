@@ -34,7 +34,10 @@ def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     anything)."""
     from workflow_helpers import copy_demo, snakemake
 
-    workdir = copy_demo(tmp_path_factory.mktemp("finished") / "demo")
+    # For quick local iteration: an already finished copy of the demo (e.g. the folder of an
+    # earlier run) can be named here; it is brought up to date, not trusted blindly.
+    reuse = os.environ.get("DIALOGCLIP_TEST_FINISHED_DEMO")
+    workdir = Path(reuse) if reuse else copy_demo(tmp_path_factory.mktemp("finished") / "demo")
     result = snakemake(workdir)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     return workdir

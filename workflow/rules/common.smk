@@ -16,8 +16,58 @@ SCHEMA = Path(workflow.source_path("../schemas/config.schema.yaml"))
 _env_bin = Path(sys.executable).parent
 os.environ.update(PATH=f"{_env_bin}{os.pathsep}{os.environ.get('PATH', '')}")
 
-try:
+EVAL_DATASETS = ("coco", "vqa_real", "vqa_abstract")
+NAME = r"[A-Za-z0-9_.-]+"
+
+
+# Every wildcard's constraint, in one place: a path that does not fit names no job.
+wildcard_constraints:
+    shard=r"\d{5}",
+    seed=r"\d+",
+    model=NAME,
+    image_model=NAME,
+    dataset="|".join(EVAL_DATASETS),
+    retrieval_set="coco",
+    vqa_set="vqa_real|vqa_abstract",
+    architecture=r"[A-Za-z0-9_.-]+?",
+    tag=r"[A-Za-z0-9_.-]+",
+
+
+def check_config():
+    """The config against the schema (types, required and unknown keys, defaults filled in),
+    then the rules between fields that the schema cannot express, through the typed settings
+    the commands use. Runs when the DAG is built; every message names the key."""
+    from dialogclip.core.config import section_from_dict
+    from dialogclip.core.text_forms import TextForms
+    from dialogclip.evaluate.settings import ModelEntry
+
     validate_config(config, SCHEMA, source="workflow config")
+    problems = []
+    section_from_dict(TextForms, config["text"], "text")
+    entries = config["evaluate"]["models"]
+    names = [entry["name"] for entry in entries]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        problems.append(f"evaluate.models: duplicated name(s) {duplicated}")
+    for entry in entries:
+        try:
+            section_from_dict(ModelEntry, entry, f"evaluate.models ({entry['name']})")
+        except ConfigError as err:
+            problems.append(str(err))
+        unconfigured = [
+            name for name in entry["datasets"] or () if config["evaluate"][name] is None
+        ]
+        if unconfigured:
+            problems.append(
+                f"evaluate.models ({entry['name']}).datasets: {unconfigured} not configured "
+                "(evaluate.<dataset> is null)"
+            )
+    if problems:
+        raise ConfigError("invalid workflow config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+try:
+    check_config()
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 

@@ -16,8 +16,6 @@ rule tiny_clip:
         "logs/tiny_clip/{seed}.log",
     benchmark:
         "benchmarks/tiny_clip/{seed}.tsv"
-    wildcard_constraints:
-        seed=r"\d+",
     conda:
         "../../envs/dialogclip.yaml"
     threads: 1
@@ -27,6 +25,26 @@ rule tiny_clip:
     shell:
         "dialogclip make-tiny-clip --output {output.checkpoint:q} --seed {wildcards.seed}"
         " 2> {log:q}"
+
+
+rule fetch_clip_weights:
+    output:
+        weights=f"{config['weights_dir']}/{{architecture}}__{{tag}}.safetensors",
+    log:
+        "logs/fetch_clip_weights/{architecture}__{tag}.log",
+    retries: 2  # network
+    localrule: True  # needs network: run it on the machine Snakemake runs on
+    conda:
+        "../../envs/dialogclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        weights_dir=config["weights_dir"],
+    shell:
+        "dialogclip fetch-clip-weights --architecture {wildcards.architecture:q}"
+        " --pretrained {wildcards.tag:q} --weights-dir {params.weights_dir:q} 2> {log:q}"
 
 
 rule embed_eval_images:
@@ -39,9 +57,6 @@ rule embed_eval_images:
         "logs/embed_eval_images/{image_model}/{dataset}.log",
     benchmark:
         "benchmarks/embed_eval_images/{image_model}/{dataset}.tsv"
-    wildcard_constraints:
-        image_model=r"[A-Za-z0-9_.-]+",
-        dataset=r"coco|vqa_real|vqa_abstract",
     conda:
         "../../envs/dialogclip.yaml"
     threads: 4
@@ -49,10 +64,14 @@ rule embed_eval_images:
         gpu=1,
         mem_mb=16000,
         runtime=120,
+        batch_size=64,  # machine setting: images per forward pass
     params:
         cfg=get_embed_params,
+        weights_dir=config["weights_dir"],
     shell:
         "dialogclip embed-images --params {params.cfg:q} --threads {threads}"
+        " --weights-dir {params.weights_dir:q}"
+        " --batch-size {resources.batch_size}"
         " --output {output.emb:q} 2> {log:q}"
 
 
@@ -62,14 +81,11 @@ rule eval_retrieval:
         checkpoints=get_eval_checkpoints,
         files=get_eval_files,
     output:
-        metrics="results/eval/retrieval/{model}/{dataset}.json",
+        metrics="results/eval/retrieval/{model}/{retrieval_set}.json",
     log:
-        "logs/eval_retrieval/{model}/{dataset}.log",
+        "logs/eval_retrieval/{model}/{retrieval_set}.log",
     benchmark:
-        "benchmarks/eval_retrieval/{model}/{dataset}.tsv"
-    wildcard_constraints:
-        model=r"[A-Za-z0-9_.-]+",
-        dataset=r"coco",
+        "benchmarks/eval_retrieval/{model}/{retrieval_set}.tsv"
     conda:
         "../../envs/dialogclip.yaml"
     threads: 4
@@ -77,10 +93,14 @@ rule eval_retrieval:
         gpu=1,
         mem_mb=16000,
         runtime=60,
+        batch_size=64,  # machine setting: texts per forward pass
     params:
         cfg=get_retrieval_params,
+        weights_dir=config["weights_dir"],
     shell:
         "dialogclip eval-retrieval --params {params.cfg:q} --threads {threads}"
+        " --weights-dir {params.weights_dir:q}"
+        " --batch-size {resources.batch_size}"
         " --image-emb {input.emb:q} --output {output.metrics:q} 2> {log:q}"
 
 
@@ -90,15 +110,12 @@ rule eval_vqa:
         checkpoints=get_eval_checkpoints,
         files=get_eval_files,
     output:
-        results="results/eval/vqa/{model}/{dataset}_results.json",
-        metrics="results/eval/vqa/{model}/{dataset}.json",
+        results="results/eval/vqa/{model}/{vqa_set}_results.json",
+        metrics="results/eval/vqa/{model}/{vqa_set}.json",
     log:
-        "logs/eval_vqa/{model}/{dataset}.log",
+        "logs/eval_vqa/{model}/{vqa_set}.log",
     benchmark:
-        "benchmarks/eval_vqa/{model}/{dataset}.tsv"
-    wildcard_constraints:
-        model=r"[A-Za-z0-9_.-]+",
-        dataset=r"vqa_real|vqa_abstract",
+        "benchmarks/eval_vqa/{model}/{vqa_set}.tsv"
     conda:
         "../../envs/dialogclip.yaml"
     threads: 4
@@ -106,9 +123,13 @@ rule eval_vqa:
         gpu=1,
         mem_mb=16000,
         runtime=120,
+        batch_size=64,  # machine setting: texts per forward pass
     params:
         cfg=get_vqa_params,
+        weights_dir=config["weights_dir"],
     shell:
         "dialogclip eval-vqa --params {params.cfg:q} --threads {threads}"
+        " --weights-dir {params.weights_dir:q}"
+        " --batch-size {resources.batch_size}"
         " --image-emb {input.emb:q} --results {output.results:q}"
         " --output {output.metrics:q} 2> {log:q}"

@@ -1,40 +1,36 @@
 # Input functions and parameters of the evaluate stage (workflow/rules/evaluate.smk includes
 # this file: `snakemake --lint` wants Python functions and rules in separate snakefiles).
+# Wildcards: {model} an evaluate.models name, {image_model} an image-tower cache key,
+# {dataset} any evaluation set, {retrieval_set} / {vqa_set} the sets of each task; their
+# constraints are in common.smk.
 from dialogclip.evaluate.datasets import check_dataset_files
 from dialogclip.models.naming import image_model_key, is_checkpoint_path
+from dialogclip.models.weights import weights_file
 
-EVAL_DATASETS = ("coco", "vqa_real", "vqa_abstract")
 IMAGE_MODEL_FIELDS = ("architecture", "pretrained", "quickgelu")
 
 
+def is_evaluate_active():
+    return config["evaluate"]["activate"]
+
+
 def get_eval_models():
-    """The evaluate.models entries by name (names must be unique: they name the results)."""
-    entries = config["evaluate"]["models"]
-    names = [entry["name"] for entry in entries]
-    duplicated = sorted({name for name in names if names.count(name) > 1})
-    if duplicated:
-        raise WorkflowError(f"evaluate.models: duplicated name(s) {duplicated}")
-    return {entry["name"]: entry for entry in entries}
+    """The evaluate.models entries by name (names are unique: checked in common.smk)."""
+    return {entry["name"]: entry for entry in config["evaluate"]["models"]}
 
 
 def get_model_datasets(entry):
     """The evaluation sets of one model entry: its `datasets`, else every configured set."""
-    configured = [
-        name for name in EVAL_DATASETS if config["evaluate"][name] is not None
-    ]
+    configured = [name for name in EVAL_DATASETS if config["evaluate"][name] is not None]
     if entry["datasets"] is None:
         return configured
-    unconfigured = sorted(set(entry["datasets"]) - set(configured))
-    if unconfigured:
-        raise WorkflowError(
-            f"evaluate.models: {entry['name']} asks for {unconfigured}, which "
-            "evaluate.<dataset> does not configure (null)"
-        )
     return [name for name in configured if name in entry["datasets"]]
 
 
 def get_evaluate_outputs():
     """One metrics JSON per model entry and evaluation set (COCO retrieval, VQA real/abstract)."""
+    if not is_evaluate_active():
+        return []
     outputs = []
     for name, entry in get_eval_models().items():
         for dataset in get_model_datasets(entry):
@@ -56,54 +52,70 @@ def get_image_models():
     }
 
 
+def _dataset(wildcards):
+    """The evaluation set a job works on, whichever task's wildcard names it."""
+    for name in ("dataset", "retrieval_set", "vqa_set"):
+        if name in wildcards.keys():
+            return wildcards[name]
+    raise WorkflowError(f"no evaluation-set wildcard in {dict(wildcards)}")
+
+
+def get_weights_file(architecture, pretrained):
+    """The file a model's weights load from: a checkpoint path as it is (a rule may build it),
+    a pretrained tag's weights fetched into weights_dir by fetch_clip_weights."""
+    if is_checkpoint_path(pretrained):
+        return pretrained
+    return str(weights_file(config["weights_dir"], architecture, pretrained))
+
+
 def get_image_model_checkpoint(wildcards):
-    """The image tower's checkpoint when it is a file (a rule may build it), else nothing."""
-    pretrained = get_image_models()[wildcards.image_model]["pretrained"]
-    return [pretrained] if is_checkpoint_path(pretrained) else []
+    """The weights file of the image tower."""
+    model = get_image_models()[wildcards.image_model]
+    return get_weights_file(model["architecture"], model["pretrained"])
 
 
 def get_eval_checkpoints(wildcards):
-    """The checkpoint files a model entry reads: its weights and its second text tower."""
+    """The weight files a model entry reads: its weights and its second text tower."""
     entry = get_eval_models()[wildcards.model]
-    return [
-        path
-        for path in (entry["pretrained"], entry["other"])
-        if is_checkpoint_path(path)
-    ]
+    files = [get_weights_file(entry["architecture"], entry["pretrained"])]
+    return files + ([entry["other"]] if entry["other"] else [])
 
 
 def get_eval_image_emb(wildcards):
     """The cached image embeddings of the entry's image tower on this dataset."""
     key = get_image_model(get_eval_models()[wildcards.model])
-    return f"results/eval/image_emb/{key}/{wildcards.dataset}.safetensors"
+    return f"results/eval/image_emb/{key}/{_dataset(wildcards)}.safetensors"
 
 
 def get_eval_files(wildcards):
-    """The dataset's annotation (and question) files. A missing file or image folder stops the
-    workflow with a message naming it and where it is published."""
-    files = config["evaluate"][wildcards.dataset]
+    """The dataset's annotation and question files and its image folder, as inputs. `ancient`:
+    copying or touching them reruns nothing (a new path does). A missing one stops the
+    workflow when the DAG is built, naming it and where it is published."""
+    dataset = _dataset(wildcards)
+    files = config["evaluate"][dataset]
     try:
-        check_dataset_files(wildcards.dataset, files)
+        check_dataset_files(dataset, files)
     except FileNotFoundError as err:
         raise WorkflowError(str(err)) from None
-    return [files[key] for key in ("questions", "annotations") if files.get(key)]
+    keys = ("questions", "annotations", "images")
+    return [ancient(files[key]) for key in keys if files.get(key)]
 
 
 def _eval_job(model, wildcards, **settings):
-    section = config["evaluate"]
+    """One evaluation job's science as JSON (machine settings are command-line flags)."""
+    dataset = _dataset(wildcards)
     job = {
         "model": model,
-        "dataset": wildcards.dataset,
-        "files": section[wildcards.dataset],
-        "batch_size": section["batch_size"],
+        "dataset": dataset,
+        "files": config["evaluate"][dataset],
         **settings,
     }
     return json.dumps(job, sort_keys=True)
 
 
 def get_embed_params(wildcards):
-    """The image-embedding job as JSON: only the image tower's fields, so editing a text
-    variant never recomputes the cache."""
+    """The image-embedding job as JSON: only the image tower's fields and the dataset's files,
+    so no text-side edit (variant, beta, template, ks) recomputes the cache."""
     model = {"name": wildcards.image_model, **get_image_models()[wildcards.image_model]}
     return _eval_job(model, wildcards)
 
@@ -119,3 +131,14 @@ def get_vqa_params(wildcards):
     A function: Snakemake would read the template's {question} as a wildcard."""
     model = get_eval_models()[wildcards.model]
     return _eval_job(model, wildcards, template=config["text"]["qa_template"])
+
+
+def get_clip_weights_outputs():
+    """The fetched weight files of every configured pretrained tag (rule fetch_clip_weights)."""
+    return sorted(
+        {
+            get_weights_file(entry["architecture"], entry["pretrained"])
+            for entry in get_eval_models().values()
+            if not is_checkpoint_path(entry["pretrained"])
+        }
+    )

@@ -10,7 +10,9 @@ include: "ingest_functions.smk"
 
 rule download_shard:
     input:
-        tsv=config["cc3m"]["tsv"],
+        # ancient: copying or touching the TSV redoes no shard; which rows a shard holds is
+        # a param (get_shard_rows), so a cc3m.limit/shard_size edit redoes the shards it moves.
+        tsv=ancient(config["cc3m"]["tsv"]),
     output:
         # Kept when the retry pass runs: a retry_failed edit then redoes only the retry pass.
         shard="results/ingest/shards/{shard}.parquet",
@@ -42,7 +44,7 @@ rule download_shard:
 rule retry_failed_downloads:
     input:
         shard="results/ingest/shards/{shard}.parquet",
-        tsv=config["cc3m"]["tsv"],
+        tsv=ancient(config["cc3m"]["tsv"]),
     output:
         shard="results/ingest/retried/shards/{shard}.parquet",
         stats="results/ingest/retried/stats/{shard}.json",

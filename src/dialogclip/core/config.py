@@ -50,18 +50,46 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
-def fill_defaults(config: dict[str, Any], schema: Mapping[str, Any]) -> None:
-    """Insert the schema's ``default`` values for absent keys, recursively, in place."""
-    for key, subschema in schema.get("properties", {}).items():
+def fill_defaults(
+    config: dict[str, Any], schema: Mapping[str, Any], root: Mapping[str, Any] | None = None
+) -> None:
+    """Insert the schema's ``default`` values for absent keys, recursively, in place.
+
+    Local references (``$ref: "#/$defs/name"``, also inside ``allOf``) are followed, so a
+    section described by a shared definition gets that definition's defaults.
+    """
+    root = schema if root is None else root
+    for key, subschema in _properties(schema, root).items():
         if key not in config and "default" in subschema:
             config[key] = _copy(subschema["default"])
         value = config.get(key)
         if isinstance(value, dict):
-            fill_defaults(value, subschema)
+            fill_defaults(value, subschema, root)
         elif isinstance(value, list) and isinstance(subschema.get("items"), dict):
             for item in value:
                 if isinstance(item, dict):
-                    fill_defaults(item, subschema["items"])
+                    fill_defaults(item, subschema["items"], root)
+
+
+def _properties(schema: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``properties`` of ``schema``, merged with those of the definitions it refers to."""
+    merged: dict[str, Any] = {}
+    parts = [resolve_ref(schema["$ref"], root)] if "$ref" in schema else []
+    parts += [resolve_ref(part["$ref"], root) for part in schema.get("allOf", []) if "$ref" in part]
+    for part in parts:
+        merged.update(_properties(part, root))
+    merged.update(schema.get("properties", {}))
+    return merged
+
+
+def resolve_ref(ref: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The subschema a local ``$ref`` (``#/$defs/name``) points at."""
+    if not ref.startswith("#/"):
+        raise ConfigError(f"only local schema references are supported, got {ref!r}")
+    node: Any = root
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
 
 
 def _copy(value: Any) -> Any:

@@ -19,6 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--seed", type=int, default=0, help="torch seed of the random weights")
     tiny.set_defaults(func=_make_tiny_clip)
 
+    fetch = subparsers.add_parser(
+        "fetch-clip-weights",
+        help="download an open_clip pretrained tag's weights once (needs network)",
+    )
+    fetch.add_argument("--architecture", required=True, help="open_clip model, e.g. ViT-B-32")
+    fetch.add_argument("--pretrained", required=True, help="tag, e.g. laion2b_s34b_b79k")
+    fetch.add_argument("--weights-dir", required=True, type=Path, help="config weights_dir")
+    fetch.set_defaults(func=_fetch_clip_weights)
+
     embed = subparsers.add_parser("embed-images", help="embed an evaluation set's images once")
     add_params_argument(embed, "evaluate job (model, dataset, files)")
     _add_threads_argument(embed)
@@ -54,7 +63,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    # Machine settings: flags from the rules' threads/resources, never part of --params, so
+    # tuning them reruns nothing.
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="images or texts per forward pass"
+    )
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=None,
+        help="folder of fetched pretrained weights (config weights_dir); tags load from there",
+    )
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -72,12 +92,19 @@ def _make_tiny_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_clip_weights(args: argparse.Namespace) -> int:
+    from dialogclip.models.weights import fetch_clip_weights
+
+    fetch_clip_weights(args.architecture, args.pretrained, args.weights_dir)
+    return 0
+
+
 def _embed_images(args: argparse.Namespace) -> int:
     _set_threads(args)
     from dialogclip.evaluate.jobs import run_embed_images
     from dialogclip.evaluate.settings import job_from_params
 
-    run_embed_images(job_from_params(args.params), args.output)
+    run_embed_images(job_from_params(args.params), args.output, args.batch_size, args.weights_dir)
     return 0
 
 
@@ -86,7 +113,9 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     from dialogclip.evaluate.jobs import run_retrieval
     from dialogclip.evaluate.settings import job_from_params
 
-    record = run_retrieval(job_from_params(args.params), args.image_emb, args.output)
+    record = run_retrieval(
+        job_from_params(args.params), args.image_emb, args.output, args.batch_size, args.weights_dir
+    )
     log.info("%s %s: %s", record["name"], record["dataset"], record["metrics"])
     return 0
 
@@ -96,7 +125,10 @@ def _eval_vqa(args: argparse.Namespace) -> int:
     from dialogclip.evaluate.jobs import run_vqa
     from dialogclip.evaluate.settings import job_from_params
 
-    record = run_vqa(job_from_params(args.params), args.image_emb, args.results, args.output)
+    job = job_from_params(args.params)
+    record = run_vqa(
+        job, args.image_emb, args.results, args.output, args.batch_size, args.weights_dir
+    )
     log.info("%s %s: %s", record["name"], record["dataset"], record["metrics"])
     return 0
 

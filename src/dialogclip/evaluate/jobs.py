@@ -45,12 +45,14 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def run_embed_images(job: EvaluateJob, output: Path) -> None:
+def run_embed_images(
+    job: EvaluateJob, output: Path, batch_size: int = 64, weights_dir: Path | None = None
+) -> None:
     """Embed every image of the dataset once: ``output`` holds ``image_emb`` [N_images, D]."""
     check_dataset_files(job.dataset, asdict(job.files))
     paths = image_paths_of(job.dataset, asdict(job.files))
-    clip = load_clip(job.model.spec, device=_device())
-    emb = embed_images(paths, clip.model, clip.preprocess, job.batch_size, _device())
+    clip = load_clip(job.model.spec, device=_device(), weights_dir=weights_dir)
+    emb = embed_images(paths, clip.model, clip.preprocess, batch_size, _device())
     provenance = {
         "dataset": job.dataset,
         "image_model": job.model.image_model,
@@ -62,17 +64,18 @@ def run_embed_images(job: EvaluateJob, output: Path) -> None:
     log.info("embedded %d images of %s with %s", len(paths), job.dataset, job.model.image_model)
 
 
-def build_text_encoder(job: EvaluateJob, clip: LoadedClip) -> TextEncoder:
-    """The text encoder of the job's variant, on top of the loaded (original) model."""
+def build_text_encoder(job: EvaluateJob, clip: LoadedClip, batch_size: int = 64) -> TextEncoder:
+    """The text encoder of the job's variant, on top of the loaded (original) model;
+    ``batch_size`` texts per forward pass."""
     entry = job.model
 
     def tower(model: Any) -> TowerTextEncoder:
-        return TowerTextEncoder(model, clip.tokenizer, job.batch_size, _device())
+        return TowerTextEncoder(model, clip.tokenizer, batch_size, _device())
 
     if entry.text_variant == "plain":
         return tower(clip.model)
     # The second text tower shares the architecture (and activation) of the original model.
-    assert entry.other is not None  # checked by ModelEntry
+    assert entry.other is not None and entry.beta is not None  # checked by ModelEntry
     other = load_text_tower(clip.model, entry.other)
     if entry.text_variant == "embedding_blend":
         return EmbeddingBlend(tower(clip.model), tower(other), entry.beta)
@@ -115,13 +118,19 @@ def _record(job: EvaluateJob, clip: LoadedClip, metrics: dict[str, Any]) -> dict
     }
 
 
-def run_retrieval(job: EvaluateJob, image_emb_path: Path, output: Path) -> dict[str, Any]:
+def run_retrieval(
+    job: EvaluateJob,
+    image_emb_path: Path,
+    output: Path,
+    batch_size: int = 64,
+    weights_dir: Path | None = None,
+) -> dict[str, Any]:
     """COCO zero-shot retrieval recall@k of the job's text variant."""
     check_dataset_files(job.dataset, asdict(job.files))
     data = load_coco_retrieval(job.files.annotations, job.files.images, job.files.split)
     image_emb = load_image_embeddings(image_emb_path, data.image_paths)
-    clip = load_clip(job.model.spec, device=_device())
-    text_emb = encode_unique(build_text_encoder(job, clip), data.captions)
+    clip = load_clip(job.model.spec, device=_device(), weights_dir=weights_dir)
+    text_emb = encode_unique(build_text_encoder(job, clip, batch_size), data.captions)
     metrics = retrieval_metrics(image_emb, text_emb, torch.tensor(data.text_to_image), ks=job.ks)
     record = _record(job, clip, metrics)
     record.update(n_images=len(data.image_paths), n_texts=len(data.captions))
@@ -129,14 +138,21 @@ def run_retrieval(job: EvaluateJob, image_emb_path: Path, output: Path) -> dict[
     return record
 
 
-def run_vqa(job: EvaluateJob, image_emb_path: Path, results: Path, output: Path) -> dict:
+def run_vqa(
+    job: EvaluateJob,
+    image_emb_path: Path,
+    results: Path,
+    output: Path,
+    batch_size: int = 64,
+    weights_dir: Path | None = None,
+) -> dict:
     """VQA v1 multiple choice: the official results file, then its official accuracy."""
     check_dataset_files(job.dataset, asdict(job.files))
     assert job.files.questions is not None  # checked by EvaluateJob
     mc_set = load_vqa_multiple_choice(job.files.questions, job.files.images, job.dataset)
     image_emb = load_image_embeddings(image_emb_path, mc_set.image_paths)
-    clip = load_clip(job.model.spec, device=_device())
-    encoder = build_text_encoder(job, clip)
+    clip = load_clip(job.model.spec, device=_device(), weights_dir=weights_dir)
+    encoder = build_text_encoder(job, clip, batch_size)
     write_json_atomic(predict_multiple_choice(image_emb, mc_set, encoder, job.template), results)
     metrics = score_results(job.files.questions, job.files.annotations, results)
     record = _record(job, clip, metrics)

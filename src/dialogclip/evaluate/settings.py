@@ -38,22 +38,30 @@ class ModelEntry:
     quickgelu: bool | str = "auto"  # "auto", true, or false (the thesis' mismatched set-up)
     text_variant: str = "plain"
     other: str | None = None  # checkpoint with the second text tower (blends only)
-    beta: float = 1.0  # weight of the original text tower T
+    beta: float | None = None  # blends: weight of the original text tower T (required)
     datasets: list[str] | None = None  # evaluation sets for this model (None: all configured)
     thesis_row: str | None = None  # the thesis' table row it reproduces (report)
 
     def __post_init__(self) -> None:
+        where = f"evaluate.models ({self.name})"
         if self.text_variant not in TEXT_VARIANTS:
-            raise ConfigError(f"{self.name}: text_variant must be one of {TEXT_VARIANTS}")
-        if self.text_variant != "plain" and self.other is None:
-            raise ConfigError(f"{self.name}: text_variant {self.text_variant} needs `other`")
-        if self.text_variant == "plain" and self.other is not None:
-            raise ConfigError(f"{self.name}: `other` is only used by the blend variants")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ConfigError(f"{self.name}: beta must be in [0, 1], got {self.beta}")
+            raise ConfigError(f"{where}: text_variant must be one of {TEXT_VARIANTS}")
+        if self.text_variant == "plain":
+            for key in ("other", "beta"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"{where}: `{key}` is only used by the blend variants")
+        else:
+            # No silent default: a blend with beta 1 would equal the baseline.
+            for key in ("other", "beta"):
+                if getattr(self, key) is None:
+                    raise ConfigError(
+                        f"{where}: text_variant {self.text_variant} needs an explicit `{key}`"
+                    )
+        if self.beta is not None and not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"{where}: beta must be in [0, 1], got {self.beta}")
         unknown = sorted(set(self.datasets or ()) - set(DATASETS))
         if unknown:
-            raise ConfigError(f"{self.name}: unknown datasets {unknown}; expected {DATASETS}")
+            raise ConfigError(f"{where}: unknown datasets {unknown}; expected {DATASETS}")
 
     @property
     def spec(self) -> ClipSpec:
@@ -77,12 +85,12 @@ class DatasetFiles:
 
 @dataclass(frozen=True)
 class EvaluateJob:
-    """What one evaluation command needs: the model entry, the dataset and how to run."""
+    """What one evaluation command computes: the model entry, the dataset and its settings (the
+    science only: batch size and threads are machine flags of the commands)."""
 
     model: ModelEntry
     dataset: str
     files: DatasetFiles
-    batch_size: int = 64  # images or texts per forward pass
     template: str = "{question} {answer}"  # VQA candidate text (config: text.qa_template)
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])  # retrieval recall@k
 

@@ -130,8 +130,15 @@ def resolve_quickgelu(spec: ClipSpec) -> bool:
     return bool(spec.quickgelu)
 
 
-def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> LoadedClip:
-    """Build ``spec`` in eval mode on ``device``; checkpoints load with ``weights_only=True``."""
+def load_clip(
+    spec: ClipSpec, device: str | torch.device = "cpu", weights_dir: str | Path | None = None
+) -> LoadedClip:
+    """Build ``spec`` in eval mode on ``device``; checkpoints load with ``weights_only=True``.
+
+    With ``weights_dir``, a pretrained tag loads from the file ``dialogclip.models.weights``
+    fetched there (with the tag's own preprocessing), never from a hub; a missing file is an
+    error naming it and the command that fetches it.
+    """
     import open_clip
 
     register_model_configs()
@@ -140,11 +147,29 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> LoadedClip:
     if is_checkpoint_path(spec.pretrained) and not Path(spec.pretrained).is_file():
         raise FileNotFoundError(f"CLIP checkpoint not found: {spec.pretrained}")
     quickgelu = resolve_quickgelu(spec)
+    source, preprocess = spec.pretrained, {}
+    if weights_dir is not None and not is_checkpoint_path(spec.pretrained):
+        from dialogclip.models.weights import local_weights, tag_config
+
+        source = str(local_weights(weights_dir, spec.architecture, spec.pretrained))
+        # A file carries no preprocessing record: keep the tag's (mean, std, interpolation).
+        tag = tag_config(spec.architecture, spec.pretrained)
+        preprocess = {
+            f"image_{key}": tag[name]
+            for key, name in (
+                ("mean", "mean"),
+                ("std", "std"),
+                ("interpolation", "interpolation"),
+                ("resize_mode", "resize_mode"),
+            )
+            if name in tag
+        }
     model, _, preprocess = open_clip.create_model_and_transforms(
         spec.architecture,
-        pretrained=spec.pretrained,
+        pretrained=source,
         force_quick_gelu=quickgelu,
         device=device,
+        **preprocess,
         weights_only=True,
     )
     model.eval()

@@ -1,0 +1,95 @@
+"""What an edit reruns in the evaluate stage, as `snakemake --dry-run` plans it on the finished
+demo (three entries on one image tower: tiny, tiny-embedding-blend, tiny-weight-blend; the last
+is evaluated on coco and vqa_abstract only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from workflow_helpers import copy_demo, planned_jobs
+
+
+def _edited_config(finished_demo: Path, tmp_path: Path, edit) -> str:
+    config = yaml.safe_load((finished_demo / "config.yaml").read_text())
+    edit(config)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _entry(config: dict, name: str) -> dict:
+    return next(entry for entry in config["evaluate"]["models"] if entry["name"] == name)
+
+
+def test_batch_sizes_and_threads_rerun_nothing(finished_demo: Path) -> None:
+    assert (
+        planned_jobs(
+            finished_demo,
+            "--set-resources",
+            "embed_eval_images:batch_size=3",
+            "eval_retrieval:batch_size=5",
+            "eval_vqa:batch_size=7",
+            "embed_eval_images:mem_mb=9000",
+            "--set-threads",
+            "embed_eval_images=1",
+            "eval_vqa=1",
+        )
+        == {}
+    )
+
+
+def test_a_beta_edit_reruns_only_that_entrys_evaluations(
+    finished_demo: Path, tmp_path: Path
+) -> None:
+    edited = _edited_config(
+        finished_demo, tmp_path, lambda c: _entry(c, "tiny-embedding-blend").update(beta=0.8)
+    )
+    assert planned_jobs(finished_demo, "--configfile", edited) == {
+        "eval_retrieval": 1,
+        "eval_vqa": 2,
+    }
+
+
+def test_recall_cutoffs_rerun_only_retrieval(finished_demo: Path, tmp_path: Path) -> None:
+    edited = _edited_config(finished_demo, tmp_path, lambda c: c["evaluate"].update(ks=[1, 2]))
+    assert planned_jobs(finished_demo, "--configfile", edited) == {"eval_retrieval": 3}
+
+
+def test_the_text_form_reruns_only_vqa(finished_demo: Path, tmp_path: Path) -> None:
+    edited = _edited_config(
+        finished_demo,
+        tmp_path,
+        lambda c: c.setdefault("text", {}).update(qa_template="Q: {question} A: {answer}"),
+    )
+    assert planned_jobs(finished_demo, "--configfile", edited) == {"eval_vqa": 5}
+
+
+def test_a_new_image_tower_embeds_once_for_its_entry(finished_demo: Path, tmp_path: Path) -> None:
+    # quickgelu true makes a different image tower: its own cache, shared by nobody else.
+    edited = _edited_config(
+        finished_demo, tmp_path, lambda c: _entry(c, "tiny").update(quickgelu=True)
+    )
+    assert planned_jobs(finished_demo, "--configfile", edited) == {
+        "embed_eval_images": 3,
+        "eval_retrieval": 1,
+        "eval_vqa": 2,
+    }
+
+
+def test_touching_evaluation_files_reruns_nothing(finished_demo: Path, tmp_path: Path) -> None:
+    workdir = copy_demo(tmp_path / "demo", source=finished_demo)
+    later = (workdir / "config.yaml").stat().st_mtime + 3600
+    for path in (workdir / "eval").rglob("*"):
+        os.utime(path, (later, later))
+    assert planned_jobs(workdir) == {}
+
+
+def test_switching_evaluation_off_plans_no_evaluation(finished_demo: Path, tmp_path: Path) -> None:
+    def edit(config: dict) -> None:
+        config["evaluate"]["activate"] = False
+        config["evaluate"]["coco"]["annotations"] = "eval/missing.json"  # not needed now
+
+    edited = _edited_config(finished_demo, tmp_path, edit)
+    assert planned_jobs(finished_demo, "--configfile", edited) == {}

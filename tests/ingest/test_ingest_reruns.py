@@ -1,0 +1,86 @@
+"""What an edit reruns in the ingest stage, as `snakemake --dry-run` plans it on the finished
+demo: machine settings and a touched TSV rerun nothing; a row-range change redoes the shards
+whose rows move, and what depends on them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from workflow_helpers import copy_demo, planned_jobs
+
+DOWNSTREAM_OF_ONE_SHARD = {
+    "retry_failed_downloads": 1,
+    "generate_blip2": 1,
+    "generate_llava": 1,
+    "ingest_summary": 1,
+    "dialogue_summary": 2,
+}
+
+
+def _edited_config(finished_demo: Path, tmp_path: Path, edit) -> str:
+    config = yaml.safe_load((finished_demo / "config.yaml").read_text())
+    edit(config)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_download_threads_rerun_nothing(finished_demo: Path) -> None:
+    assert planned_jobs(finished_demo, "--set-resources", "download_shard:download_threads=3") == {}
+    assert (
+        planned_jobs(
+            finished_demo,
+            "--set-resources",
+            "retry_failed_downloads:download_threads=5",
+            "--set-threads",
+            "download_shard=1",
+        )
+        == {}
+    )
+
+
+def test_touching_or_copying_the_tsv_reruns_nothing(finished_demo: Path, tmp_path: Path) -> None:
+    workdir = copy_demo(tmp_path / "demo", source=finished_demo)
+    tsv = workdir / "cc3m" / "demo.tsv"
+    tsv.write_bytes(tsv.read_bytes())  # a copy over the original: new mtime, same rows
+    os.utime(tsv, (tsv.stat().st_atime + 3600, tsv.stat().st_mtime + 3600))
+    assert planned_jobs(workdir) == {}
+
+
+def test_a_new_limit_redoes_only_the_shard_whose_rows_change(
+    finished_demo: Path, tmp_path: Path
+) -> None:
+    # 70 rows in shards of 32: 00000 = 0:32, 00001 = 32:64, 00002 = 64:70. A limit of 60 keeps
+    # 00000, shortens 00001 to 32:60 and drops 00002.
+    edited = _edited_config(finished_demo, tmp_path, lambda c: c["cc3m"].update(limit=60))
+    assert planned_jobs(finished_demo, "--configfile", edited) == {
+        "download_shard": 1,
+        **DOWNSTREAM_OF_ONE_SHARD,
+    }
+
+
+def test_an_ingest_setting_redoes_every_shard(finished_demo: Path, tmp_path: Path) -> None:
+    edited = _edited_config(
+        finished_demo, tmp_path, lambda c: c["ingest"].update(encode_quality=90)
+    )
+    assert planned_jobs(finished_demo, "--configfile", edited) == {
+        name: count * 3 if name not in ("ingest_summary", "dialogue_summary") else count
+        for name, count in {"download_shard": 1, **DOWNSTREAM_OF_ONE_SHARD}.items()
+    }
+
+
+def test_a_retry_setting_redoes_only_the_retry_pass(finished_demo: Path, tmp_path: Path) -> None:
+    edited = _edited_config(
+        finished_demo,
+        tmp_path,
+        lambda c: c["ingest"]["retry_failed"].update(error_kinds=["timeout"]),
+    )
+    assert planned_jobs(finished_demo, "--configfile", edited) == {
+        "retry_failed_downloads": 3,
+        "generate_blip2": 3,
+        "generate_llava": 3,
+        "ingest_summary": 1,
+        "dialogue_summary": 2,
+    }
