@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-# vLLM on CPU, in-process and offline (docs/VLLM_ON_CPU.md); set before vllm is imported.
+# vLLM on CPU, in-process and offline (docs/vllm_on_cpu.md); set before vllm is imported.
 for _name, _value in {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_HOST_IP": "127.0.0.1",

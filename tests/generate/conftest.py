@@ -1,6 +1,6 @@
 """Fixtures of the generate tests: tiny models, synthetic ingested shards, shared engines.
 
-vLLM runs in-process with the CPU settings of docs/VLLM_ON_CPU.md; its engines are
+vLLM runs in-process with the CPU settings of docs/vllm_on_cpu.md; its engines are
 session-scoped so the whole folder starts each model's engine once.
 """
 

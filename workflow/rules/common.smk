@@ -102,6 +102,11 @@ def get_shard_plan():
             "it at that path or set cc3m.tsv in your config."
         )
     n_rows = count_lines(tsv, limit=config["cc3m"]["limit"])
+    if n_rows == 0:
+        from dialogclip.ingest.tsv import empty_tsv_message
+
+        # Zero shards would leave the summary rule without inputs (an obscure argparse error).
+        raise WorkflowError(empty_tsv_message(tsv))
     return ShardPlan(n_rows=n_rows, shard_size=config["cc3m"]["shard_size"])
 
 

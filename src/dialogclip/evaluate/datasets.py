@@ -16,13 +16,14 @@ read (never a silent skip: a partial set would change the metric).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dialogclip.core.io import read_json
 
 COCO_PUBLISHED_AT = (
     "Karpathy's dataset_coco.json: https://cs.stanford.edu/people/karpathy/deepimagesent/ "
@@ -95,7 +96,7 @@ def _read_json(path: str | os.PathLike[str], dataset: str) -> Any:
         raise FileNotFoundError(
             f"evaluation file not found: {path} (published at {published_at(dataset)})"
         )
-    return json.loads(path.read_text())
+    return read_json(path, f"{dataset} JSON", hint=f"download it again ({published_at(dataset)})")
 
 
 def load_coco_retrieval(

@@ -18,11 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from dialogclip.core.io import atomic_path
+from dialogclip.core.io import CorruptFileError, atomic_path, read_safetensors
 from dialogclip.evaluate.datasets import MultipleChoiceSet
 from dialogclip.models.text_encoders import TextEncoder, autocast_for
 
@@ -92,9 +91,12 @@ def save_image_embeddings(
 
 def load_image_embeddings(path: Path, paths: Sequence[Path]) -> torch.Tensor:
     """The cached [N_images, D] embeddings of exactly the images ``paths``, in that order."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = json.loads((handle.metadata() or {}).get(CACHE_METADATA_KEY, "{}"))
-        emb = handle.get_tensor("image_emb")
+    tensors, raw = read_safetensors(path, ["image_emb"], "image-embedding cache (safetensors)")
+    emb = tensors["image_emb"]
+    try:
+        metadata = json.loads(raw.get(CACHE_METADATA_KEY, "{}"))
+    except ValueError as err:
+        raise CorruptFileError(path, "image-embedding cache", f"metadata: {err}") from err
     if emb.shape[0] != len(paths) or metadata.get("images_sha1") != images_fingerprint(paths):
         raise ValueError(
             f"{path} holds the embeddings of another image set ({emb.shape[0]} images, "

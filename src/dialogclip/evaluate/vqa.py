@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from dialogclip.core.io import InputFileError, read_json
 from dialogclip.evaluate.vqa_accuracy import score_predictions, summarize_accuracy
 
 PUBLISHED_AT = "https://visualqa.org/vqa_v1_download.html"
@@ -22,11 +22,13 @@ def load_official_json(path: str | os.PathLike[str], key: str | None = None) -> 
         raise FileNotFoundError(
             f"VQA file not found: {path} (VQA v1 files are published at {PUBLISHED_AT})"
         )
-    data = json.loads(path.read_text())
+    data = read_json(path, "VQA JSON", hint=f"download it again ({PUBLISHED_AT})")
     if key is None:
         return data
     if not isinstance(data, dict) or key not in data:
-        raise ValueError(f"{path}: expected a JSON object with a '{key}' list (official format)")
+        raise InputFileError(
+            path, f"{path}: expected a JSON object with a '{key}' list (official format)"
+        )
     return data[key]
 
 
@@ -49,17 +51,20 @@ def score_results(
         for record in load_official_json(annotations_json, "annotations")
         if record["question_id"] in question_ids
     ]
-    results = load_official_json(results_json)
+    results = read_json(results_json, "VQA results JSON")
     if not isinstance(results, list):
-        raise ValueError(f"{results_json}: results must be a JSON array of objects")
+        raise InputFileError(
+            results_json, f"{results_json}: results must be a JSON array of objects"
+        )
     predictions = {item["question_id"]: item["answer"] for item in results}
     missing = question_ids - set(predictions)
     extra = set(predictions) - question_ids
     if missing or extra or len(predictions) != len(results):
-        raise ValueError(
+        raise InputFileError(
+            results_json,
             f"{results_json}: results do not correspond to the questions in {questions_json}: "
             f"{len(missing)} unanswered, {len(extra)} unknown, "
-            f"{len(results) - len(predictions)} duplicated question ids"
+            f"{len(results) - len(predictions)} duplicated question ids",
         )
     not_a_choice = [
         q["question_id"]
@@ -67,14 +72,16 @@ def score_results(
         if "multiple_choices" in q and predictions[q["question_id"]] not in q["multiple_choices"]
     ]
     if not_a_choice:
-        raise ValueError(
+        raise InputFileError(
+            results_json,
             f"{results_json}: {len(not_a_choice)} answer(s) are not one of their question's "
-            f"multiple choices, e.g. question ids {not_a_choice[:5]}"
+            f"multiple choices, e.g. question ids {not_a_choice[:5]}",
         )
     unannotated = question_ids - {record["question_id"] for record in annotations}
     if unannotated:
-        raise ValueError(
+        raise InputFileError(
+            annotations_json,
             f"{annotations_json}: no annotation for {len(unannotated)} question(s) of "
-            f"{questions_json}, e.g. {sorted(unannotated)[:5]}"
+            f"{questions_json}, e.g. {sorted(unannotated)[:5]}",
         )
     return summarize_accuracy(score_predictions(annotations, predictions))

@@ -32,11 +32,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dialogclip import __version__
 from dialogclip.core.io import (
     TMP_PREFIX,
+    InputFileError,
+    read_parquet,
     read_parquet_metadata,
     write_json_atomic,
     write_parquet_atomic,
@@ -76,11 +77,7 @@ def read_ingested_shard(path: str | os.PathLike[str]) -> ShardRows:
 
     The caption is not read: the generator must never see it.
     """
-    schema = pq.read_schema(path)
-    missing = [name for name in INPUT_COLUMNS if name not in schema.names]
-    if missing:
-        raise ValueError(f"{path}: ingested shard lacks column(s) {missing}")
-    table = pq.read_table(path, columns=list(INPUT_COLUMNS))
+    table = read_parquet(path, columns=INPUT_COLUMNS, what="ingested shard (Parquet)")
     usable = table.filter(pc.equal(table["status"], INGEST_SUCCESS))
     return ShardRows(
         keys=[str(key) for key in usable["key"].to_pylist()],
@@ -247,7 +244,7 @@ class ChunkStore:
 
     def read_all(self, n_chunks: int) -> pa.Table:
         tables = [
-            pq.read_table(self.path(index), schema=DIALOGUE_SCHEMA) for index in range(n_chunks)
+            read_parquet(self.path(index), schema=DIALOGUE_SCHEMA) for index in range(n_chunks)
         ]
         if not tables:
             return DIALOGUE_SCHEMA.empty_table()
@@ -260,7 +257,7 @@ class ChunkStore:
 def _chunk_metadata(path: Path) -> dict[str, Any]:
     try:
         return read_parquet_metadata(path)
-    except (OSError, pa.ArrowException) as err:
+    except (OSError, InputFileError) as err:
         log.warning("unreadable chunk %s: %s", path, err)
         return {}
 

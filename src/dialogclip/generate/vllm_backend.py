@@ -6,7 +6,7 @@ backend submits every request of a chunk at once. Images go in as PIL images thr
 do not (vLLM inserts the query-token placeholders itself), exactly as in transformers.
 
 On a CPU-only machine (tests, benchmarks) run it in-process with the settings of
-``docs/VLLM_ON_CPU.md``: env ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``enforce_eager: true``,
+``docs/vllm_on_cpu.md``: env ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``enforce_eager: true``,
 ``distributed_executor_backend: uni`` and a small ``kv_cache_memory_bytes``.
 """
 

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from dialogclip.core.io import write_json_atomic, write_parquet_atomic
+from dialogclip.core.io import read_parquet, write_json_atomic, write_parquet_atomic
 from dialogclip.core.shards import make_key
 from dialogclip.ingest import errors
 from dialogclip.ingest.download import DownloadRequest, run_img2dataset
@@ -129,7 +128,7 @@ def retry_failed(
     """
     started = time.perf_counter()
     _clean_workdir(job)
-    table = pq.read_table(first_pass)
+    table = read_parquet(first_pass)
     records = {int(record["key"]): record for record in table.to_pylist()}
     requests: list[DownloadRequest] = []
     originals: dict[int, TsvRow] = {}

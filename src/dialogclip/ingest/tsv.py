@@ -4,6 +4,9 @@ The training TSV has ~3.3M lines, so a shard job never loads it: it skips to its
 counting newlines in large binary blocks, then reads only its own lines. Lines are handled as
 bytes so that invalid UTF-8 is detected (and reported) per line instead of failing the file.
 A malformed line still occupies its row position: keys stay equal to TSV positions.
+
+A TSV that cannot serve the planned rows (empty, or shorter than planned) is an
+``InputFileError`` naming it, reported by the command line as one line.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
+
+from dialogclip.core.io import InputFileError
 
 _BLOCK = 1 << 24  # 16 MiB: a few dozen reads for the whole CC3M training TSV
 
@@ -67,22 +73,33 @@ def _two_fields(text: str) -> tuple[str | None, str | None]:
     return columns[0].strip(), columns[1].strip()
 
 
+def empty_tsv_message(path: str | os.PathLike[str]) -> str:
+    """What to say about an empty CC3M TSV (the command line and the workflow both say it)."""
+    return (
+        f"CC3M TSV is empty: {Path(path).resolve()}; it must hold one 'caption<TAB>url' line "
+        "per image (download it again, or point cc3m.tsv at the right file)"
+    )
+
+
 def read_rows(path: str | os.PathLike[str], start: int, stop: int) -> Iterator[TsvRow]:
     """Yield the rows at positions ``start`` (inclusive) to ``stop`` (exclusive) of the TSV.
 
-    Raises ValueError if the file has fewer than ``stop`` lines (it changed since the shards
-    were planned).
+    Raises InputFileError if the file is empty or has fewer than ``stop`` lines (it changed
+    since the shards were planned).
     """
     if not 0 <= start <= stop:
         raise ValueError(f"invalid row range {start}:{stop}")
+    if stop > start and os.path.getsize(path) == 0:
+        raise InputFileError(path, empty_tsv_message(path))
     with open(path, "rb") as handle:
         handle.seek(_offset_of_line(handle, start, path))
         for index in range(start, stop):
             raw = handle.readline()
             if not raw:
-                raise ValueError(
+                raise InputFileError(
+                    path,
                     f"{path} has only {index} lines but rows up to {stop} were planned; "
-                    "did the TSV change? Rerun snakemake to re-plan the shards."
+                    "did the TSV change? Rerun snakemake to re-plan the shards.",
                 )
             yield parse_line(index, raw)
 
@@ -103,4 +120,8 @@ def _offset_of_line(handle: BinaryIO, index: int, path: str | os.PathLike[str]) 
             return offset + position + 1
         seen += in_block
         offset += len(block)
-    raise ValueError(f"{path} has only {seen} complete lines; row {index} does not exist")
+    raise InputFileError(
+        path,
+        f"{path} has only {seen} complete lines; row {index} does not exist. "
+        "Did the TSV change? Rerun snakemake to re-plan the shards.",
+    )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dialogclip.core.config import ConfigError
+from dialogclip.core.io import read_safetensors_metadata
 from dialogclip.models.naming import QuickGelu, is_checkpoint_path
 
 if TYPE_CHECKING:
@@ -109,10 +110,7 @@ def checkpoint_quickgelu(path: str | Path) -> bool | None:
     """The ``quick_gelu`` record in a ``.safetensors`` checkpoint's metadata (None if absent)."""
     if Path(path).suffix != ".safetensors" or not Path(path).is_file():
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        value = (handle.metadata() or {}).get(QUICKGELU_METADATA_KEY)
+    value = read_safetensors_metadata(path, "CLIP checkpoint").get(QUICKGELU_METADATA_KEY)
     return None if value is None else value.lower() == "true"
 
 
@@ -130,6 +128,15 @@ def resolve_quickgelu(spec: ClipSpec) -> bool:
     return bool(spec.quickgelu)
 
 
+def check_checkpoint(path: str | Path, what: str) -> None:
+    """A missing checkpoint is a FileNotFoundError, a damaged ``.safetensors`` one (checked
+    through its header, which must cover the file) a CorruptFileError, both naming the file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if Path(path).suffix == ".safetensors":
+        read_safetensors_metadata(path, what)
+
+
 def load_clip(
     spec: ClipSpec, device: str | torch.device = "cpu", weights_dir: str | Path | None = None
 ) -> LoadedClip:
@@ -144,17 +151,17 @@ def load_clip(
     register_model_configs()
     if spec.pretrained is None:
         raise ConfigError(f"{spec.architecture}: `pretrained` (a tag or a checkpoint) is required")
-    if is_checkpoint_path(spec.pretrained) and not Path(spec.pretrained).is_file():
-        raise FileNotFoundError(f"CLIP checkpoint not found: {spec.pretrained}")
+    if is_checkpoint_path(spec.pretrained):
+        check_checkpoint(spec.pretrained, "CLIP checkpoint")
     quickgelu = resolve_quickgelu(spec)
-    source, preprocess = spec.pretrained, {}
+    source, tag_preprocess = spec.pretrained, {}
     if weights_dir is not None and not is_checkpoint_path(spec.pretrained):
         from dialogclip.models.weights import local_weights, tag_config
 
         source = str(local_weights(weights_dir, spec.architecture, spec.pretrained))
         # A file carries no preprocessing record: keep the tag's (mean, std, interpolation).
         tag = tag_config(spec.architecture, spec.pretrained)
-        preprocess = {
+        tag_preprocess = {
             f"image_{key}": tag[name]
             for key, name in (
                 ("mean", "mean"),
@@ -169,7 +176,7 @@ def load_clip(
         pretrained=source,
         force_quick_gelu=quickgelu,
         device=device,
-        **preprocess,
+        **tag_preprocess,
         weights_only=True,
     )
     model.eval()
@@ -198,8 +205,7 @@ def load_text_tower(model: Any, checkpoint: str | Path) -> Any:
     from open_clip.factory import load_state_dict
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"text tower checkpoint not found: {path}")
+    check_checkpoint(path, "text tower checkpoint")
     state = load_state_dict(str(path), device="cpu", weights_only=True)
     own = model.state_dict()
     text_keys = [name for name in own if is_text_tower_key(name)]
