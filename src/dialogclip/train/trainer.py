@@ -377,7 +377,6 @@ def fit(
         accelerator.wait_for_everyone()
         return final
 
-    last_saved = position.step if newest is not None else -1
     progress = tqdm(
         total=total_steps,
         initial=position.step,
@@ -404,7 +403,7 @@ def fit(
                 with autocast:
                     loss, parts = objective.loss(batch, gather)
                 if not _all_finite(loss.detach(), accelerator):
-                    raise _diverged(f"loss is {float(loss):g}", step, epoch, index, run_dir)
+                    raise _diverged(f"loss is {float(loss.detach()):g}", step, epoch, index, run_dir)
                 loss.backward()
                 _sum_gradients(params, accelerator)
                 grad_norm = _clip(params, optim.grad_clip)
@@ -414,7 +413,13 @@ def fit(
                     )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                position = _Position(step + 1, epoch, index + 1)
+                end_of_epoch = index + 1 == len(batches)
+                # The position a resume continues from: the next batch, or the next epoch.
+                position = (
+                    _Position(step + 1, epoch + 1, 0)
+                    if end_of_epoch
+                    else _Position(step + 1, epoch, index + 1)
+                )
                 seconds = time.perf_counter() - began
                 record = {
                     "step": position.step,
@@ -441,13 +446,9 @@ def fit(
                         lr,
                         record["samples_per_s"] or 0.0,
                     )
-                if position.step % run.checkpoint_every == 0:
+                if end_of_epoch or position.step % run.checkpoint_every == 0:
                     save(position)
-                    last_saved = position.step
             position = _Position(position.step, epoch + 1, 0)
-            if last_saved != position.step:
-                save(position)
-                last_saved = position.step
     finally:
         progress.close()
         if metrics_file is not None:
