@@ -213,3 +213,40 @@ def test_settings_name_the_bad_field() -> None:
         settings(precision="fp16")
     with pytest.raises(ConfigError, match="'lr': 0"):
         settings(lr=0)
+
+
+def test_plan_batches_larger_than_the_batch_size_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batches of 8 rows, more than batch_size 4"):
+        fit(
+            TinyObjective("third"),
+            SyntheticRows(16),
+            shuffled_batches(16, 8, 3),
+            settings(batch_size=4),
+            QUIET,
+            tmp_path,
+            {},
+        )
+
+
+def test_data_loader_workers_do_not_change_the_result(tmp_path: Path) -> None:
+    results = []
+    for workers in (0, 2):
+        run = RunSettings(checkpoint_every=100, num_workers=workers, progress=False)
+        run_dir = tmp_path / f"workers{workers}"
+        final = fit(
+            TinyObjective("draft"),
+            SyntheticRows(24),
+            shuffled_batches(24, 8, 3),
+            settings(epochs=1),
+            run,
+            run_dir,
+            {},
+        )
+        metrics = [
+            {k: v for k, v in r.items() if k != "samples_per_s"}
+            for r in read_metrics(run_dir / "metrics.jsonl")
+        ]
+        results.append((metrics, load_file(str(final))))
+    (metrics0, weights0), (metrics2, weights2) = results
+    assert metrics0 == metrics2 and len(metrics0) == 3
+    assert all(torch.equal(weights0[name], weights2[name]) for name in weights0)

@@ -105,6 +105,13 @@ def prune(run_dir: Path, keep: int) -> None:
         shutil.rmtree(path)
 
 
+def _readable(path: Path) -> None:
+    # safetensors writes 0600 files; give every checkpoint file the mode open() would (umask).
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -139,6 +146,7 @@ def write_main_files(
     torch.save(optimizer_state, tmp / OPTIMIZER)
     (tmp / STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     for name in (WEIGHTS, OPTIMIZER, STATE):
+        _readable(tmp / name)
         _fsync(tmp / name)
 
 
@@ -146,6 +154,7 @@ def write_rng(tmp: Path, rank: int) -> None:
     """This process's generator states into ``tmp/rng-rank<rank>.pt``."""
     path = tmp / f"rng-rank{rank}.pt"
     torch.save(rng_state(), path)
+    _readable(path)
     _fsync(path)
 
 

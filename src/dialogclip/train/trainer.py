@@ -107,9 +107,23 @@ class RunSettings:
     progress: bool = True  # show a tqdm progress bar (main process)
     keep_checkpoints: int = 2  # complete checkpoints kept; older ones are deleted
 
+    def __post_init__(self) -> None:
+        if min(self.checkpoint_every, self.log_every, self.keep_checkpoints) < 1 or (
+            self.num_workers < 0
+        ):
+            raise ConfigError(
+                f"invalid run settings {self}: checkpoint_every, log_every and keep_checkpoints "
+                f"must be >= 1, num_workers >= 0"
+            )
+
 
 class Objective(Protocol):
-    """A training method: what is trained, the loss, and the artefact to keep."""
+    """A training method: what is trained, the loss, and the artefact to keep.
+
+    Optional: ``to(device)`` (called instead of ``module.to(device)``, for an objective holding
+    more tensors than its module) and ``export_metadata() -> dict[str, str]`` (extra metadata of
+    the final safetensors file).
+    """
 
     module: torch.nn.Module  # the trainable part (params with requires_grad are trained)
 
@@ -393,8 +407,14 @@ def fit(
             if len(batches) != epoch_lengths[epoch]:
                 raise RuntimeError(f"the batch plan is not deterministic (epoch {epoch})")
             start = position.batch if epoch == position.epoch else 0
+            too_big = [len(b) for b in batches if len(b) > optim.batch_size]
+            if too_big:
+                raise ConfigError(
+                    f"the batch plan of epoch {epoch} has batches of {max(too_big)} rows, more "
+                    f"than batch_size {optim.batch_size}"
+                )
+            tick = time.perf_counter()  # samples/s include loading the batch
             for index, rows in _local_batches(batches, start, dataset, rank, world, run):
-                began = time.perf_counter()
                 step = position.step  # 0-based index of this update
                 lr = warmup_cosine_lr(step, optim.lr, optim.warmup_steps, total_steps)
                 for group in optimizer.param_groups:
@@ -403,7 +423,9 @@ def fit(
                 with autocast:
                     loss, parts = objective.loss(batch, gather)
                 if not _all_finite(loss.detach(), accelerator):
-                    raise _diverged(f"loss is {float(loss.detach()):g}", step, epoch, index, run_dir)
+                    raise _diverged(
+                        f"loss is {float(loss.detach()):g}", step, epoch, index, run_dir
+                    )
                 loss.backward()
                 _sum_gradients(params, accelerator)
                 grad_norm = _clip(params, optim.grad_clip)
@@ -420,7 +442,7 @@ def fit(
                     if end_of_epoch
                     else _Position(step + 1, epoch, index + 1)
                 )
-                seconds = time.perf_counter() - began
+                seconds, tick = time.perf_counter() - tick, time.perf_counter()
                 record = {
                     "step": position.step,
                     "epoch": epoch,
