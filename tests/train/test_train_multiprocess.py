@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import free_port, launch, read_metrics, tiny_text_model
+from trainer_helpers import free_port, launch, read_metrics, reaped, tiny_text_model
 
 ARGS = ["--objective", "third", "draft", "--rows", "24", "--batch-size", "8", "--epochs", "2"]
 # Tolerance: the two runs do the same arithmetic except (a) the tower's matmuls run on 4 rows
@@ -33,7 +33,15 @@ def assert_weights_close(got: torch.Tensor, want: torch.Tensor, name: str) -> No
 
 
 def test_two_processes_equal_one_process(tmp_path: Path) -> None:
+    started: list = []
+    with reaped(started):
+        run_both(tmp_path, started)
+    check_results(tmp_path)
+
+
+def run_both(tmp_path: Path, started: list) -> None:
     one = launch(tmp_path / "one", ARGS)
+    started.append(one)
     port = str(free_port())
     ranks = []
     for rank in (0, 1):
@@ -47,10 +55,14 @@ def test_two_processes_equal_one_process(tmp_path: Path) -> None:
         }
         report = ["--gather-report", str(tmp_path / f"gather{rank}.json")]
         ranks.append(launch(tmp_path / "two", [*ARGS, *report], env, log_name=f"rank{rank}"))
+        started.append(ranks[-1])
     for process, log in [(one, tmp_path / "one" / "log.txt")] + [
         (p, tmp_path / "two" / f"rank{r}.txt") for r, p in enumerate(ranks)
     ]:
         assert process.wait(timeout=400) == 0, log.read_text()[-4000:]
+
+
+def check_results(tmp_path: Path) -> None:
 
     # gather_features: rank order, uneven sizes (3 and 4 rows), gradient only on local rows.
     rows0 = [[float(i), float(i)] for i in range(3)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from trainer_helpers import launch, read_metrics
+from trainer_helpers import launch, read_metrics, reaped
 
 from dialogclip.train.checkpoints import VERSIONED_PACKAGES
 
@@ -39,8 +39,17 @@ def comparable(records: list[dict]) -> list[dict]:
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path: Path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
+    started: list = []
+    with reaped(started):
+        run_and_resume(whole, killed, started)
+    check_results(whole, killed)
+
+
+def run_and_resume(whole: Path, killed: Path, started: list) -> None:
     reference = launch(whole, ARGS)
+    started.append(reference)
     victim = launch(killed, [*ARGS, "--hang-at", str(HANG_AT)], log_name="first")
+    started.append(victim)
     metrics = killed / "draft" / "metrics.jsonl"
     wait_for(
         lambda: metrics.exists() and len(metrics.read_text().splitlines()) == HANG_AT - 1,
@@ -63,10 +72,14 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path: Path) -> None:
 
     assert reference.wait(timeout=300) == 0, (whole / "log.txt").read_text()[-3000:]
     rerun = launch(killed, ARGS, log_name="second")
+    started.append(rerun)
     assert rerun.wait(timeout=300) == 0, (killed / "second.txt").read_text()[-3000:]
     log = (killed / "second.txt").read_text()
     assert "resuming from" in log and "draft/checkpoints/step-00000004 (step 4 of 9)" in log
     assert "third/checkpoints/step-00000009 (step 9 of 9)" in log  # finished before the kill
+
+
+def check_results(whole: Path, killed: Path) -> None:
 
     for kind in ("third", "draft"):
         want = load_file(str(whole / kind / "final.safetensors"))

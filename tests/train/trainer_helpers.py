@@ -13,6 +13,7 @@ Run as a script (tests start it in subprocesses, one per process for the multi-p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,19 @@ def launch(
             stderr=subprocess.STDOUT,
             env=full_env,
         )
+
+
+@contextlib.contextmanager
+def reaped(processes: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
+    """Kill (by pid) those of ``processes`` still running when the block ends, e.g. on a
+    failed assertion, so that no test leaves a hung training process behind."""
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def free_port() -> int:
