@@ -1,0 +1,1 @@
+"""Training stage: third tower (CLIP-3Modal) and DRAFT on one shared trainer."""
