@@ -88,5 +88,5 @@ def test_a_missing_weights_file_names_itself_and_the_command(tmp_path: Path) -> 
         "dialogclip fetch-clip-weights --architecture ViT-B-32 --pretrained laion2b_s34b_b79k "
         f"--weights-dir {tmp_path}" in message
     )
-    with pytest.raises(FileNotFoundError, match="snakemake fetch_clip_weights"):
+    with pytest.raises(FileNotFoundError, match="snakemake clip_weights"):
         local_weights(tmp_path, "ViT-B-32", "laion2b_s34b_b79k")

@@ -27,6 +27,14 @@ rule tiny_clip:
         " 2> {log:q}"
 
 
+rule clip_weights:
+    # Target for a machine with network: `snakemake clip_weights` fetches every configured
+    # pretrained tag once; the GPU jobs then read only local files.
+    input:
+        get_clip_weights_outputs(),
+    localrule: True
+
+
 rule fetch_clip_weights:
     output:
         weights=f"{config['weights_dir']}/{{architecture}}__{{tag}}.safetensors",

@@ -48,7 +48,7 @@ def local_weights(weights_dir: str | Path, architecture: str, pretrained: str) -
             f"open_clip weights not found: {path} ({architecture}, pretrained {pretrained}). "
             "Fetch them once on a machine with network: "
             f"`{fetch_command(architecture, pretrained, weights_dir)}` "
-            "(or `snakemake fetch_clip_weights` for every configured model)"
+            "(or `snakemake clip_weights` for every configured model)"
         )
     return path
 
