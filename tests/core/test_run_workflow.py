@@ -14,7 +14,12 @@ from pathlib import Path
 
 from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo
 
-from dialogclip.core.run_workflow import RUN_LOCK, is_snakemake_command, lock_files
+from dialogclip.core.run_workflow import (
+    RUN_LOCK,
+    is_snakemake_command,
+    lock_files,
+    workflow_directory,
+)
 
 RUN_SH = REPO_ROOT / "scripts" / "run.sh"
 # One cheap job (rule tiny_clip), and a longer chain that is still running when we look.
@@ -154,3 +159,17 @@ def test_make_targets_use_run_sh() -> None:
     lines = result.stdout.splitlines()
     assert "bash scripts/run.sh --workflow-profile workflow/profiles/demo" in lines
     assert "bash scripts/run.sh" in lines
+
+
+def test_workflow_directory_comes_from_the_profile(monkeypatch) -> None:
+    # `make demo` names no --directory: the demo profile's `directory:` is where the lock lives.
+    monkeypatch.chdir(REPO_ROOT)
+    demo = REPO_ROOT / "resources" / "demo"
+    assert workflow_directory(["--workflow-profile", "workflow/profiles/demo"]) == (demo, False)
+    assert workflow_directory(["--workflow-profile", "demo", "-n"]) == (demo, True)
+    assert workflow_directory(["--unlock"]) == (REPO_ROOT, True)
+    assert workflow_directory(["-d", "/tmp", "--workflow-profile", "demo"]) == (
+        Path(os.path.realpath("/tmp")),
+        False,
+    )
+    assert workflow_directory(["--no-such-option"]) is None
