@@ -9,13 +9,16 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test lint format clean-demo
+.PHONY: install demo run test lint format clean-demo
 
 install:
 	bash scripts/setup.sh
 
 demo: install
-	snakemake --workflow-profile workflow/profiles/demo
+	bash scripts/run.sh --workflow-profile workflow/profiles/demo
+
+run: install
+	bash scripts/run.sh
 
 test: install
 	pytest

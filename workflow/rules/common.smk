@@ -11,10 +11,17 @@ from dialogclip.core.config import ConfigError, validate_config
 SCHEMA = Path(workflow.source_path("../schemas/config.schema.yaml"))
 
 # Rule shells call `dialogclip`: find the one installed beside the Python running Snakemake even
-# when its environment is not activated (`.venv/bin/snakemake ...`). A conda: env a rule
-# activates still comes first on PATH.
+# when its environment is not activated (`.venv/bin/snakemake ...`). The cluster controller's
+# environment (.venv-controller, docs/cluster.md) has Snakemake but not that command (no torch);
+# there, and in the Slurm jobs, which run the controller's Python too, the command comes from the
+# project's .venv beside the Snakefile. A conda: env a rule activates still comes first on PATH.
 _env_bin = Path(sys.executable).parent
-os.environ.update(PATH=f"{_env_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+_tool_bins = [_env_bin]
+if not (_env_bin / "dialogclip").exists():
+    _tool_bins.append(Path(workflow.basedir).resolve() / ".venv" / "bin")
+os.environ.update(
+    PATH=os.pathsep.join([*map(str, _tool_bins), os.environ.get("PATH", "")])
+)
 
 EVAL_DATASETS = ("coco", "vqa_real", "vqa_abstract")
 NAME = r"[A-Za-z0-9_.-]+"

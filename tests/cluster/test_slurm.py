@@ -1,0 +1,248 @@
+"""The cluster hand-off: the demo DAG through `snakemake --executor slurm` (workflow/profiles/slurm,
+run by scripts/run.sh from the controller environment .venv-controller) against a real one-node
+Slurm on loopback (scripts/slurm_local.sh: munge, slurmctld, slurmd from Debian's packages).
+
+Marker `slurm`, excluded from the default run. Needs root and the packages:
+    bash scripts/slurm_local.sh install && pytest -m slurm tests/cluster
+The controller environment is made here when missing (scripts/setup_controller.sh, ~1-3 min).
+The test cluster declares two placeholder GPUs, so the demo's tiny GPU rules run on its CPUs
+while the GPU request each job carries is read back from Slurm (`scontrol show job`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slurm
+
+CONTROLLER = REPO_ROOT / ".venv-controller" / "bin" / "python"
+PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
+# One ingest shard (download + retry pass), the tiny generator models and BLIP-2 on that shard,
+# the tiny CLIP, its image embeddings and one evaluation: every kind of rule, 7 jobs.
+TARGETS = ("results/dialogue/blip2/00000.parquet", "results/eval/retrieval/tiny/coco.json")
+# Outputs a Slurm run must reproduce exactly (every job is deterministic on CPU).
+COMPARED_SHARDS = (
+    "results/ingest/shards/00000.parquet",
+    "results/ingest/retried/shards/00000.parquet",
+    "results/dialogue/blip2/00000.parquet",
+)
+COMPARED_JSON = ("results/eval/retrieval/tiny/coco.json",)
+
+
+def _profile() -> dict:
+    return yaml.safe_load(PROFILE.read_text())
+
+
+def _env_without_venv() -> dict[str, str]:
+    """The environment minus the project's .venv on PATH: the jobs must find its `dialogclip`
+    through workflow/rules/common.smk, as on a cluster where nothing is activated."""
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != VENV_BIN]
+    return {**os.environ, "PATH": os.pathsep.join(path)}
+
+
+@pytest.fixture(scope="module")
+def controller() -> Path:
+    """.venv-controller: Snakemake + the Slurm plugin, without torch or the dialogclip command."""
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "setup_controller.sh")],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    check = subprocess.run(
+        [str(CONTROLLER), "-m", "pip", "check"], capture_output=True, text=True, timeout=300
+    )
+    assert check.returncode == 0 and "No broken requirements found." in check.stdout, check
+    probe = subprocess.run(
+        [str(CONTROLLER), "-c", "import torch"], capture_output=True, text=True, timeout=120
+    )
+    assert "No module named 'torch'" in probe.stderr
+    assert not (CONTROLLER.parent / "dialogclip").exists()
+    return CONTROLLER
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A one-node Slurm on 127.0.0.1 (partitions cpu and gpu, 2 placeholder GPUs), stopped after
+    the module by its pid files."""
+    script = REPO_ROOT / "scripts" / "slurm_local.sh"
+    state = tmp_path_factory.mktemp("slurm")
+    start = subprocess.run(
+        ["bash", str(script), "start", str(state)], capture_output=True, text=True, timeout=120
+    )
+    try:
+        assert start.returncode == 0, (
+            f"{start.stderr[-3000:]}\n(Slurm missing? run: bash scripts/slurm_local.sh install)"
+        )
+        yield state
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(state)], timeout=120, check=False)
+
+
+def _job_resources(output: str) -> dict[str, list[dict[str, str]]]:
+    """{rule: [the `resources:` of each of its jobs]} from a dry run's job listing."""
+    jobs: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = match[1]
+        elif rule and (match := re.match(r"^\s+resources: (.*)$", line)):
+            pairs = (item.split("=", 1) for item in match[1].split(", "))
+            jobs.setdefault(rule, []).append(dict(pairs))
+            rule = None
+    return jobs
+
+
+def _snakemake_command(python: Path, workdir: Path) -> list[str]:
+    snakefile = str(REPO_ROOT / "Snakefile")
+    return [str(python), "-m", "snakemake", "--snakefile", snakefile, "--directory", str(workdir)]
+
+
+def _dry_run(python: Path, workdir: Path, *args: str) -> str:
+    result = subprocess.run(
+        [*_snakemake_command(python, workdir), "--dry-run", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def test_profile_places_every_gpu_rule(controller: Path, tmp_path: Path) -> None:
+    """On the whole demo DAG: every rule that declares a GPU goes to the profile's GPU partition
+    with the profile's GPUs, memory and wall time; every other rule to the CPU partition; and
+    every rule the profile names exists (a typo would be silently ignored by Snakemake)."""
+    profile = _profile()
+    workdir = copy_demo(tmp_path / "demo")
+    declared = _job_resources(
+        _dry_run(VENV_BIN / "python", workdir, "--workflow-profile", "none", "--cores", "2")
+    )
+    placed = _job_resources(_dry_run(controller, workdir, "--workflow-profile", str(PROFILE)))
+    assert placed.keys() == declared.keys()
+
+    gpu_rules = {rule for rule, jobs in declared.items() if any(int(j.get("gpu", 0)) for j in jobs)}
+    assert {"generate_blip2", "generate_llava", "embed_eval_images"} <= gpu_rules
+    cpu_partition = profile["default-resources"]["slurm_partition"]
+    for rule, jobs in placed.items():
+        for resources in jobs:
+            if rule in gpu_rules:
+                wanted = profile["set-resources"].get(rule, {})
+                assert "gpu" in wanted, f"{rule} declares a GPU; the profile does not place it"
+                assert wanted["slurm_partition"] != cpu_partition, rule
+                for key in ("slurm_partition", "gpu", "mem_mb", "runtime"):
+                    assert resources[key] == str(wanted[key]), (rule, key)
+            else:
+                assert resources["slurm_partition"] == cpu_partition, rule
+                assert "gpu" not in resources and "gres" not in resources, rule
+
+    listed = subprocess.run(
+        [*_snakemake_command(controller, workdir), "--list-rules", "--workflow-profile", "none"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    rules = set(listed.stdout.split())
+    named = set(profile["set-resources"]) | set(profile["set-threads"])
+    assert named <= rules, f"profile names unknown rules: {sorted(named - rules)}"
+
+
+def _slurm_jobs() -> list[dict[str, str]]:
+    """Every job the test cluster knows (finished ones stay listed for MinJobAge=300 s)."""
+    output = subprocess.run(
+        ["scontrol", "show", "job", "-o"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    jobs = []
+    for line in output.splitlines():
+        fields = dict(item.partition("=")[::2] for item in line.split(" ") if "=" in item)
+        if fields.get("Comment", "").startswith("rule_"):
+            jobs.append(fields)
+    return jobs
+
+
+def _rule_of(job: dict[str, str]) -> str:
+    # The plugin's comment: rule_<rule>[_wildcards_<values>].
+    return job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
+
+
+def _time_limit(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+def _shard_rows(path: Path, workdir: Path) -> list[dict]:
+    # Download errors name the absolute path of the missing demo image: compare it relatively.
+    rows = pq.read_table(path).to_pylist()
+    for row in rows:
+        if row.get("error_message"):
+            row["error_message"] = row["error_message"].replace(str(workdir), "<demo>")
+    return rows
+
+
+@pytest.mark.timeout(2400)
+def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_path: Path) -> None:
+    profile = _profile()
+    local = copy_demo(tmp_path / "local")
+    planned = planned_jobs(local, *TARGETS)
+    reference = snakemake(local, *TARGETS, timeout=1200)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+
+    workdir = copy_demo(tmp_path / "slurm")
+    # The documented command (docs/cluster.md); run.sh picks .venv-controller for this profile.
+    command = ["bash", "scripts/run.sh", "--workflow-profile", "workflow/profiles/slurm"]
+    command += ["--directory", str(workdir), *TARGETS]
+    # No slurmdbd on the test cluster: squeue instead of sacct, first status query after 2 s.
+    command += ["--slurm-status-command", "squeue"]
+    command += ["--slurm-init-seconds-before-status-checks", "2"]
+    result = subprocess.run(
+        ["timeout", "1500", *command],
+        cwd=REPO_ROOT,
+        env=_env_without_venv(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    n_jobs = sum(planned.values())
+    assert f"{n_jobs} of {n_jobs} steps (100%) done" in result.stderr
+
+    # What Slurm received: one job per planned job, each with the profile's request.
+    jobs = _slurm_jobs()
+    assert Counter(_rule_of(job) for job in jobs) == planned
+    cpu_partition = profile["default-resources"]["slurm_partition"]
+    gpu_rules = set()
+    for job in jobs:
+        rule = _rule_of(job)
+        assert job["JobState"] == "COMPLETED", job
+        wanted = profile["set-resources"].get(rule, {})
+        if wanted.get("gpu"):
+            gpu_rules.add(rule)
+            assert job["Partition"] == wanted["slurm_partition"], job
+            assert job["TresPerJob"] == f"gres:gpu:{wanted['gpu']}", job
+            assert job["MinMemoryNode"] == f"{wanted['mem_mb']}M", job
+            assert job["TimeLimit"] == _time_limit(wanted["runtime"]), job
+            assert job["NumCPUs"] == str(profile["set-threads"][rule]), job
+        else:
+            assert job["Partition"] == cpu_partition, job
+            assert "TresPerJob" not in job and "TresPerNode" not in job, job
+            if rule in profile["set-threads"]:
+                assert job["NumCPUs"] == str(profile["set-threads"][rule]), job
+    assert gpu_rules == {"generate_blip2", "embed_eval_images", "eval_retrieval"}
+
+    # The same results as the local run.
+    for name in COMPARED_SHARDS:
+        assert _shard_rows(workdir / name, workdir) == _shard_rows(local / name, local), name
+    for name in COMPARED_JSON:
+        assert json.loads((workdir / name).read_text()) == json.loads((local / name).read_text())
