@@ -50,6 +50,7 @@ from dialogclip.core.logging import setup_logging  # noqa: E402
 from dialogclip.generate.backend import GenerationBackend  # noqa: E402
 from dialogclip.generate.config import (  # noqa: E402
     GenerateConfig,
+    MachineSettings,
     SamplingSettings,
     TransformersSettings,
     VllmSettings,
@@ -69,6 +70,7 @@ log = logging.getLogger("bench_generate")
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "generate"
+DECODE_WORKERS = 2
 RESULT = ROOT / "results" / "bench_generate.json"
 
 
@@ -102,17 +104,10 @@ def single_pass(
     """The same work without resumability: decode all, generate all, write the shard once."""
     started = time.perf_counter()
     rows = read_ingested_shard(shard)
-    with ThreadPoolExecutor(max_workers=config.decode.workers or 2) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
         decoded = list(pool.map(lambda data: decode_image(data, config.decode), rows.images))
     settings = generator_settings(generator, config)
-    ctx = RowContext(
-        generator,
-        settings.model,
-        settings.revision,
-        backend.name,
-        config.dialogue.pair_template,
-        config.dialogue.separator,
-    )
+    ctx = RowContext(generator, settings.model, settings.revision, backend.name)
     usable = [i for i, item in enumerate(decoded) if item.image is not None]
     dialogues = make_generator(generator, config).run(
         backend, [decoded[i].image for i in usable], [rows.keys[i] for i in usable]
@@ -131,7 +126,12 @@ def single_pass(
 
 
 def chunked(
-    shard: Path, out_dir: Path, generator: str, config: GenerateConfig, backend: GenerationBackend
+    shard: Path,
+    out_dir: Path,
+    generator: str,
+    config: GenerateConfig,
+    backend: GenerationBackend,
+    chunk_size: int,
 ) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     stats = generate_shard(
@@ -142,6 +142,7 @@ def chunked(
         generator,
         config,
         backend=backend,
+        machine=MachineSettings(chunk_size=chunk_size, decode_workers=DECODE_WORKERS),
     )
     return time.perf_counter() - started, stats
 
@@ -152,18 +153,21 @@ def make_backend(name: str, generator: str, model: str) -> tuple[GenerationBacke
         from dialogclip.generate.vllm_backend import VllmBackend
 
         settings = VllmSettings(
-            dtype="float32",
             enforce_eager=True,
             kv_cache_memory_bytes=256 << 20,
             distributed_executor_backend="uni",
             max_num_seqs=32,
         )
-        backend: GenerationBackend = VllmBackend(model, None, settings, SamplingSettings())
+        backend: GenerationBackend = VllmBackend(
+            model, None, settings, SamplingSettings(), dtype="float32"
+        )
     else:
         from dialogclip.generate.hf_backend import TransformersBackend
 
-        settings_hf = TransformersSettings(dtype="float32", batch_size=8, device="cpu")
-        backend = TransformersBackend(generator, model, None, settings_hf, SamplingSettings())
+        settings_hf = TransformersSettings(batch_size=8, device="cpu")
+        backend = TransformersBackend(
+            generator, model, None, settings_hf, SamplingSettings(), dtype="float32"
+        )
     return backend, time.perf_counter() - started
 
 
@@ -182,10 +186,8 @@ def main() -> int:
         build_tiny_models(models)
     shard = make_shard(OUT / "shard.parquet", args.images)
     base = {
-        "chunk_size": args.chunk_size,
         "blip2": {"model": str(models / "blip2"), "max_new_tokens": 16},
         "llava": {"model": str(models / "llava"), "max_new_tokens": 48},
-        "decode": {"workers": 2},
     }
     throughput, overhead = [], []
     for backend_name in args.backends:
@@ -196,13 +198,15 @@ def main() -> int:
             # selection per new tensor shape (different for each batching pattern).
             for _ in range(2):
                 single_pass(shard, OUT / "single.parquet", generator, config, backend)
-                chunked(shard, OUT / "warmup", generator, config, backend)
+                chunked(shard, OUT / "warmup", generator, config, backend, args.chunk_size)
             single_times, chunk_times, waits, rates = [], [], [], []
             for _ in range(args.repeats):
                 single_times.append(
                     single_pass(shard, OUT / "single.parquet", generator, config, backend)
                 )
-                wall, stats = chunked(shard, OUT / "chunked", generator, config, backend)
+                wall, stats = chunked(
+                    shard, OUT / "chunked", generator, config, backend, args.chunk_size
+                )
                 chunk_times.append(wall)
                 waits.append(stats["timing"]["engine_wait_fraction"])
                 rates.append(stats["timing"]["images_per_s"])

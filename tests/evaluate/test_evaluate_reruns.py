@@ -57,13 +57,19 @@ def test_recall_cutoffs_rerun_only_retrieval(finished_demo: Path, tmp_path: Path
     assert planned_jobs(finished_demo, "--configfile", edited) == {"eval_retrieval": 3}
 
 
-def test_the_text_form_reruns_only_vqa(finished_demo: Path, tmp_path: Path) -> None:
+def test_the_text_form_reruns_vqa_and_the_dialogue_statistics(
+    finished_demo: Path, tmp_path: Path
+) -> None:
     edited = _edited_config(
         finished_demo,
         tmp_path,
         lambda c: c.setdefault("text", {}).update(qa_template="Q: {question} A: {answer}"),
     )
-    assert planned_jobs(finished_demo, "--configfile", edited) == {"eval_vqa": 5}
+    # Never generation: the shards keep raw pairs; the form is applied by their readers.
+    assert planned_jobs(finished_demo, "--configfile", edited) == {
+        "eval_vqa": 5,
+        "dialogue_summary": 2,
+    }
 
 
 def test_a_new_image_tower_embeds_once_for_its_entry(finished_demo: Path, tmp_path: Path) -> None:

@@ -54,9 +54,11 @@ def hf_backends(tiny_models: dict[str, Path]) -> Iterator[dict[str, Any]]:
     from dialogclip.generate.config import SamplingSettings, TransformersSettings
     from dialogclip.generate.hf_backend import TransformersBackend
 
-    settings = TransformersSettings(dtype="float32", batch_size=4, device="cpu")
+    settings = TransformersSettings(batch_size=4, device="cpu")
     backends = {
-        name: TransformersBackend(name, str(tiny_models[name]), None, settings, SamplingSettings())
+        name: TransformersBackend(
+            name, str(tiny_models[name]), None, settings, SamplingSettings(), dtype="float32"
+        )
         for name in ("blip2", "llava")
     }
     yield backends
@@ -73,7 +75,9 @@ def vllm_backends(tiny_models: dict[str, Path]) -> Iterator[dict[str, Any]]:
 
     settings = VllmSettings(**VLLM_CPU_ENGINE)
     backends = {
-        name: VllmBackend(str(tiny_models[name]), None, settings, SamplingSettings())
+        name: VllmBackend(
+            str(tiny_models[name]), None, settings, SamplingSettings(), dtype="float32"
+        )
         for name in ("blip2", "llava")
     }
     yield backends

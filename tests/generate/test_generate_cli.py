@@ -37,6 +37,12 @@ def _command(shard: Path, out: Path, params: dict) -> list[str]:
         "1",  # same threads in every run: same float reductions
         "--params",
         json.dumps(params),
+        "--backend",
+        "transformers",
+        "--chunk-size",
+        "2",
+        "--transformers-batch-size",
+        "4",
     ]
 
 
@@ -44,11 +50,7 @@ def test_sigkilled_job_resumes_and_matches_an_uninterrupted_run(tiny_params, tmp
     shard = write_shard(
         tmp_path / "in" / "00000.parquet", [ingest_row(i, jpeg_bytes(i)) for i in range(24)]
     )
-    params = {
-        **tiny_params,
-        "chunk_size": 2,
-        "blip2": {**tiny_params["blip2"], "max_new_tokens": 16},
-    }
+    params = {**tiny_params, "blip2": {**tiny_params["blip2"], "max_new_tokens": 16}}
     reference = tmp_path / "reference"
     subprocess.run(_command(shard, reference, params), check=True, capture_output=True)
 
@@ -107,7 +109,7 @@ def test_summary_adds_up_the_shards(tmp_path) -> None:
     argv = ["dialogue-summary", "--stats", *map(str, paths), "--output", str(output)]
     assert main(argv) == 0
     summary = read_json(output)
-    assert summary == summarize_stats(shards)
+    assert {k: v for k, v in summary.items() if not k.startswith("text")} == summarize_stats(shards)
     assert summary["rows"] == {"input": 15, "downloaded": 13, "image_errors": 1, "generated": 12}
     assert summary["parse"] == {"ok": 10, "unparsed": 1, "wrong_count": 1}
     assert summary["parse_rate"] == pytest.approx(10 / 12)

@@ -9,11 +9,18 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from generate_helpers import CAPTION_MARKER, bad_images, ingest_row, mixed_rows, write_shard
+from generate_helpers import (
+    CAPTION_MARKER,
+    TINY_MACHINE,
+    bad_images,
+    ingest_row,
+    mixed_rows,
+    write_shard,
+)
 
 from dialogclip.core.io import read_json, read_parquet_metadata
 from dialogclip.generate.backend import Completion, GenerationBackend, GenerationRequest
-from dialogclip.generate.config import generate_config_from_dict
+from dialogclip.generate.config import generate_config_from_dict, machine_settings
 from dialogclip.generate.parsing import PARSE_OK
 from dialogclip.generate.runner import generate_shard
 from dialogclip.generate.schema import DIALOGUE_SCHEMA, STATUS_IMAGE_ERROR, STATUS_SUCCESS
@@ -49,6 +56,7 @@ def _run(tmp: Path, shard: Path, generator: str, params: dict, backend=None, nam
         generator=generator,
         config=generate_config_from_dict(params),
         backend=backend,
+        machine=machine_settings(**TINY_MACHINE),
     )
     return pq.read_table(out / f"{generator}.parquet"), stats, out
 
@@ -106,8 +114,7 @@ def test_blip2_rows_hold_two_turns_and_never_the_caption(blip2_run) -> None:
             "What do you see in this image?",
             "What makes this image unique?",
         ]
-        assert len(row["dialogue_pairs"]) == 2
-        assert row["dialogue"] == " ".join(row["dialogue_pairs"])
+        assert len(row["answers"]) == 2
         assert all(1 <= n <= 6 for n in row["generated_tokens"])
 
 
@@ -148,7 +155,7 @@ def test_llava_rows_are_parsed_or_kept_with_a_status(
         assert row["parse_status"] in ("ok", "wrong_count", "unparsed")
         assert row["responses"][0] is not None  # the raw reply is always kept
         if row["parse_status"] == "unparsed":
-            assert row["questions"] == [] and row["dialogue"] is None
+            assert row["questions"] == [] and row["answers"] == []
     assert sum(stats["parse"].values()) == len(rows)
 
 
@@ -156,7 +163,7 @@ def test_llava_rows_are_parsed_or_kept_with_a_status(
 def test_empty_shard_gives_an_empty_file_without_starting_an_engine(rows, tmp_path) -> None:
     shard = write_shard(tmp_path / "00001.parquet", rows)
     # A model that does not exist: building an engine would fail the test.
-    params = {"backend": "transformers", "blip2": {"model": str(tmp_path / "no-model")}}
+    params = {"blip2": {"model": str(tmp_path / "no-model")}}
     table, stats, _ = _run(tmp_path, shard, "blip2", params)
     assert table.num_rows == 0
     assert table.schema.remove_metadata() == DIALOGUE_SCHEMA

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from dialogclip.generate.config import GenerateConfig
+from dialogclip.generate.config import GenerateConfig, MachineSettings
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +95,25 @@ def resolve_backend(requested: str) -> str:
 
 
 def create_backend(
-    backend: str, generator: str, model: str, revision: str | None, config: GenerateConfig
+    backend: str,
+    generator: str,
+    model: str,
+    revision: str | None,
+    config: GenerateConfig,
+    machine: MachineSettings,
 ) -> GenerationBackend:
-    """Build the named backend (``vllm`` or ``transformers``) for ``generator``'s model."""
+    """Build the named backend (``vllm`` or ``transformers``) for ``generator``'s model: the
+    science (dtype, sampling) from ``config``, memory and batching from ``machine``."""
     if backend == "vllm":
         from dialogclip.generate.vllm_backend import VllmBackend
 
-        return VllmBackend(model, revision, config.vllm, config.sampling)
+        return VllmBackend(model, revision, machine.vllm, config.sampling, dtype=config.dtype)
     if backend == "transformers":
         from dialogclip.generate.hf_backend import TransformersBackend
 
-        return TransformersBackend(generator, model, revision, config.transformers, config.sampling)
+        return TransformersBackend(
+            generator, model, revision, machine.transformers, config.sampling, dtype=config.dtype
+        )
     raise ValueError(f"unknown backend {backend!r}")
 
 

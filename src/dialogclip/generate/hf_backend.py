@@ -47,6 +47,7 @@ class TransformersBackend(GenerationBackend):
         revision: str | None,
         settings: TransformersSettings,
         sampling: SamplingSettings,
+        dtype: str = "auto",
     ) -> None:
         import torch
         from transformers import AutoProcessor
@@ -54,16 +55,16 @@ class TransformersBackend(GenerationBackend):
         device = settings.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = _torch_dtype(settings.dtype, device)
-        log.info("transformers: loading %s (%s, %s)", model, device, dtype)
+        torch_dtype = _torch_dtype(dtype, device)
+        log.info("transformers: loading %s (%s, %s)", model, device, torch_dtype)
         loaded = (
             model_class(generator)
-            .from_pretrained(model, revision=revision, dtype=dtype)
+            .from_pretrained(model, revision=revision, dtype=torch_dtype)
             .to(device)
             .eval()
         )
         processor = AutoProcessor.from_pretrained(model, revision=revision)
-        self._setup(loaded, processor, settings, sampling, device, dtype)
+        self._setup(loaded, processor, settings, sampling, device, torch_dtype)
 
     @classmethod
     def from_loaded(
@@ -213,5 +214,5 @@ def _torch_dtype(name: str, device: str) -> Any:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise ConfigError(f"generate.transformers.dtype: unknown torch dtype {name!r}")
+        raise ConfigError(f"generate.dtype: unknown torch dtype {name!r}")
     return dtype

@@ -7,9 +7,13 @@ A job killed at any moment (SIGKILL included) and started again keeps the chunks
 fingerprint matches and generates only the rest; under greedy decoding the assembled shard is
 then identical to an uninterrupted run's. The work folder is removed once the shard is written.
 
-Images are decoded in a background thread pool while the engine works on the previous chunk
-(``decode.prefetch_chunks`` ahead); the time the engine spends waiting for decoded images is
-measured and reported (``timing.engine_wait_fraction`` in the stats).
+The job's science (:class:`~dialogclip.generate.config.GenerateConfig`) goes into the shard's
+Parquet metadata and the fingerprint; its machine settings
+(:class:`~dialogclip.generate.config.MachineSettings`: backend choice, chunk size, batch sizes,
+memory, workers) go into the stats only. Images are decoded in a background thread pool while
+the engine works on the previous chunk (``prefetch_chunks`` ahead); the time the engine spends
+waiting for decoded images is measured and reported (``timing.engine_wait_fraction`` in the
+stats).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from dialogclip.core.io import (
     write_parquet_atomic,
 )
 from dialogclip.generate.backend import GenerationBackend, create_backend, resolve_backend
-from dialogclip.generate.config import DecodeSettings, GenerateConfig
+from dialogclip.generate.config import DecodeSettings, GenerateConfig, MachineSettings
 from dialogclip.generate.generators import generator_settings, make_generator
 from dialogclip.generate.images import DecodedImage, decode_image
 from dialogclip.generate.schema import (
@@ -115,30 +119,24 @@ def package_versions() -> dict[str, str | None]:
 
 
 def output_metadata(generator: str, backend: str, config: GenerateConfig) -> dict[str, Any]:
-    """Provenance stored in the Parquet metadata: model, prompts, sampling, engine, versions.
+    """Provenance stored in the Parquet metadata: model, prompts, sampling, dtype, versions.
 
-    Only what determines the rows goes here (no timings), so a resumed shard's file equals an
-    uninterrupted run's.
+    Only what determines the rows goes here (no timings, no machine settings), so a resumed
+    shard's file equals an uninterrupted run's.
     """
     settings = generator_settings(generator, config)
-    engine = config.vllm if backend == "vllm" else config.transformers
     return {
         "generator": generator,
         "model": settings.model,
         "revision": settings.revision,
         "backend": backend,
+        "dtype": config.dtype,
         "generator_settings": dataclasses.asdict(settings),
         "sampling": {
             **dataclasses.asdict(config.sampling),
             "max_new_tokens": settings.max_new_tokens,
         },
-        "dialogue_text": dataclasses.asdict(config.dialogue),
-        "engine": dataclasses.asdict(engine),
-        "decode": {
-            key: value
-            for key, value in dataclasses.asdict(config.decode).items()
-            if key in ("shortest_side", "min_side", "max_pixels")
-        },
+        "decode": dataclasses.asdict(config.decode),
         "versions": package_versions(),
     }
 
@@ -270,21 +268,23 @@ def generate_shard(
     generator: str,
     config: GenerateConfig,
     backend: GenerationBackend | None = None,
-    threads: int | None = None,
+    machine: MachineSettings | None = None,
 ) -> dict[str, Any]:
     """Generate the dialogue shard of ``generator`` for one ingested shard; returns the stats.
 
+    ``config``: the science; ``machine``: how to run it here (default: ``MachineSettings()``).
     ``backend``: an engine to use (and leave open), e.g. one shared by several calls; by
-    default one is built from ``config`` (and closed) only if some chunk still needs work.
+    default one is built (and closed) only if some chunk still needs work.
     """
     started = time.perf_counter()
+    machine = machine or MachineSettings()
     shard_path = Path(shard_path)
     rows = read_ingested_shard(shard_path)
-    backend_name = backend.name if backend is not None else resolve_backend(config.backend)
+    backend_name = backend.name if backend is not None else resolve_backend(machine.backend)
     settings = generator_settings(generator, config)
     metadata = output_metadata(generator, backend_name, config)
-    fingerprint = _fingerprint(metadata, config.chunk_size, file_sha256(shard_path))
-    chunks = chunk_ranges(len(rows.keys), config.chunk_size)
+    fingerprint = _fingerprint(metadata, machine.chunk_size, file_sha256(shard_path))
+    chunks = chunk_ranges(len(rows.keys), machine.chunk_size)
     store = ChunkStore(work_dir, fingerprint)
     done = store.finished(len(chunks))
     pending = [index for index in range(len(chunks)) if index not in done]
@@ -295,7 +295,7 @@ def generate_shard(
         len(rows.keys),
         rows.n_input_rows,
         len(chunks),
-        config.chunk_size,
+        machine.chunk_size,
         len(done),
     )
     if done:
@@ -305,8 +305,6 @@ def generate_shard(
         model=settings.model,
         revision=settings.revision,
         backend=backend_name,
-        pair_template=config.dialogue.pair_template,
-        separator=config.dialogue.separator,
     )
     clock = EngineClock()
     engine_settings = None
@@ -314,13 +312,13 @@ def generate_shard(
         own_backend = backend is None
         if backend is None:
             backend = create_backend(
-                backend_name, generator, settings.model, settings.revision, config
+                backend_name, generator, settings.model, settings.revision, config, machine
             )
         engine_settings = backend.settings()
         log.info("engine settings: %s", engine_settings)
         try:
             _run_chunks(
-                rows, chunks, pending, store, backend, generator, config, ctx, clock, threads
+                rows, chunks, pending, store, backend, generator, config, machine, ctx, clock
             )
         finally:
             if own_backend:
@@ -330,12 +328,13 @@ def generate_shard(
     stats = shard_stats(table, rows, generator, backend_name, settings.model)
     stats["chunks"] = {
         "total": len(chunks),
-        "chunk_size": config.chunk_size,
+        "chunk_size": machine.chunk_size,
         "resumed": len(done),
         "computed": len(pending),
     }
     stats["timing"] = {"wall_s": round(time.perf_counter() - started, 3), **clock.as_dict()}
     stats["engine"] = engine_settings
+    stats["machine"] = dataclasses.asdict(machine)
     write_json_atomic(stats, stats_path)
     store.remove()
     _log_summary(stats)
@@ -357,19 +356,19 @@ def _run_chunks(
     backend: GenerationBackend,
     generator: str,
     config: GenerateConfig,
+    machine: MachineSettings,
     ctx: RowContext,
     clock: EngineClock,
-    threads: int | None,
 ) -> None:
     dialogue_generator = make_generator(generator, config)
-    workers = config.decode.workers or threads or os.cpu_count() or 1
+    workers = machine.decode_workers or machine.threads or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         prefetcher = DecodePrefetcher(
             pool,
             rows.images,
             [chunks[i] for i in pending],
             config.decode,
-            config.decode.prefetch_chunks,
+            machine.prefetch_chunks,
         )
         for position, index in enumerate(pending):
             chunk = chunks[index]

@@ -40,6 +40,7 @@ class VllmBackend(GenerationBackend):
         revision: str | None,
         settings: VllmSettings,
         sampling: SamplingSettings,
+        dtype: str = "auto",
         **engine_overrides: Any,
     ) -> None:
         from vllm import LLM
@@ -50,7 +51,7 @@ class VllmBackend(GenerationBackend):
             "model": model,
             "revision": revision,
             "tokenizer_revision": revision,
-            "dtype": settings.dtype,
+            "dtype": dtype,
             "seed": sampling.seed,
             "gpu_memory_utilization": settings.gpu_memory_utilization,
             "tensor_parallel_size": settings.tensor_parallel_size,
