@@ -133,7 +133,8 @@ def test_demo_generation_dag_with_vllm_on_cuda(tmp_path: Path, vllm_engine: dict
     config["generate"]["vllm"] = vllm_engine
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     targets = ["results/dialogue/blip2/summary.json", "results/dialogue/llava/summary.json"]
-    result = snakemake(workdir, "--resources", "gpu=1", *targets, timeout=900)
+    # Targets first: --resources takes every word after it.
+    result = snakemake(workdir, *targets, "--resources", "gpu=1", timeout=900)
     assert result.returncode == 0, result.stderr[-6000:]
 
     for generator in ("blip2", "llava"):
