@@ -9,10 +9,14 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo run test lint format clean-demo
+.PHONY: install install-gpu demo run test lint format clean-demo
 
 install:
 	bash scripts/setup.sh
+
+# On a machine with NVIDIA GPUs: CUDA torch + vLLM's CUDA build into .venv (docs/gpu.md).
+install-gpu:
+	bash scripts/setup.sh --gpu
 
 demo: install
 	bash scripts/run.sh --workflow-profile workflow/profiles/demo

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from dialogclip import __version__
 from dialogclip.core.config import ConfigError
+from dialogclip.core.devices import claim_gpus
 from dialogclip.core.io import InputFileError
 from dialogclip.core.logging import setup_logging
 
@@ -41,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="take N free GPUs of this node before the command runs (sets CUDA_VISIBLE_DEVICES;"
+        " see dialogclip.core.devices); rules pass --gpus {resources.gpu}",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -55,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         setup_logging(args.log_level)
+        # Before the command's handler imports torch: CUDA reads CUDA_VISIBLE_DEVICES once.
+        claim_gpus(args.gpus)
         return int(args.func(args) or 0)
     except USER_ERRORS as err:
         log.error("%s", err)

@@ -1,6 +1,11 @@
-"""The environment files must pin exactly what pyproject.toml pins (conda cannot run here), and
-the Snakemake controller's (envs/controller.txt) must differ from the project only where it has
-to (numpy) and hold no torch or vLLM."""
+"""The environments must pin exactly what pyproject.toml / envs/gpu-requirements.txt pin, and the
+Snakemake controller's (envs/controller.txt) must differ from the project only where it has to
+(numpy) and hold no torch or vLLM.
+
+conda cannot run here; these tests keep the files in step and check the parts of the GPU install
+that can be checked without a GPU (the conflict with the CPU torch pin that makes the package go
+in with --no-deps, the post-deploy script that does it).
+"""
 
 import re
 import tomllib
@@ -26,17 +31,64 @@ def _pyproject_pins(repo_root: Path, extras: tuple[str, ...]) -> dict[str, str]:
     return _pins(requirements)
 
 
-def _conda_pip_pins(path: Path) -> dict[str, str]:
+def _conda_pip_lines(path: Path) -> list[str]:
     env = yaml.safe_load(path.read_text())
     pip_sections = [dep["pip"] for dep in env["dependencies"] if isinstance(dep, dict)]
     assert len(pip_sections) == 1, f"{path}: expected one pip section"
-    return _pins([line for line in pip_sections[0] if not line.startswith("-e ")])
+    return pip_sections[0]
+
+
+def _conda_pip_pins(path: Path) -> dict[str, str]:
+    return _pins([line for line in _conda_pip_lines(path) if not line.startswith("-e ")])
+
+
+def _gpu_requirements(repo_root: Path) -> dict[str, str]:
+    lines = (repo_root / "envs" / "gpu-requirements.txt").read_text().splitlines()
+    return _pins([line for line in lines if line.strip() and not line.startswith("#")])
 
 
 def test_dialogclip_env_matches_pyproject(repo_root: Path) -> None:
     assert _conda_pip_pins(repo_root / "envs" / "dialogclip.yaml") == _pyproject_pins(
         repo_root, extras=("vllm-cpu",)
     )
+
+
+def test_dialogclip_env_installs_this_checkout(repo_root: Path) -> None:
+    # Snakemake copies the env file into .snakemake/conda/ and conda runs pip there: a relative
+    # path would name the working directory's .snakemake/, not the repository.
+    lines = _conda_pip_lines(repo_root / "envs" / "dialogclip.yaml")
+    assert [line for line in lines if line.startswith("-e ")] == ["-e ${DIALOGCLIP_ROOT}"]
+
+
+def test_gpu_env_matches_gpu_requirements(repo_root: Path) -> None:
+    env = repo_root / "envs" / "dialogclip-gpu.yaml"
+    assert not [line for line in _conda_pip_lines(env) if line.startswith("-")], (
+        f"{env}: the package goes in through the post-deploy script, without dependencies"
+    )
+    assert _conda_pip_pins(env) == _gpu_requirements(repo_root)
+
+
+def test_gpu_requirements_are_pyproject_with_the_cuda_stack(repo_root: Path) -> None:
+    # The same packages at the same versions, except that vLLM's CUDA build replaces vllm-cpu and
+    # brings the torch/torchvision its METADATA requires (vllm 0.33.0: torch==2.14.0,
+    # torchvision==0.29.0).
+    gpu = _gpu_requirements(repo_root)
+    cpu = _pyproject_pins(repo_root, extras=())
+    cuda_stack = {"torch": "2.14.0", "torchvision": "0.29.0", "vllm": "0.33.0"}
+    assert {name: gpu[name] for name in cuda_stack} == cuda_stack
+    assert {k: v for k, v in gpu.items() if k not in cuda_stack} == {
+        k: v for k, v in cpu.items() if k not in cuda_stack
+    }
+    # Why the package is installed with --no-deps: its base pin forbids the CUDA torch.
+    assert cpu["torch"] != gpu["torch"]
+
+
+def test_gpu_installs_add_the_package_without_dependencies(repo_root: Path) -> None:
+    post_deploy = (repo_root / "envs" / "dialogclip-gpu.post-deploy.sh").read_text()
+    assert 'pip install --no-deps -e "$DIALOGCLIP_ROOT"' in post_deploy
+    setup = (repo_root / "scripts" / "setup.sh").read_text()
+    assert "pip_install -r envs/gpu-requirements.txt" in setup
+    assert "pip_install --no-deps -e ." in setup
 
 
 def _requirements_pins(path: Path) -> dict[str, str]:
@@ -68,5 +120,8 @@ def test_every_env_file_is_checked(repo_root: Path) -> None:
     # A new file in envs/ needs its own comparison above.
     assert sorted(p.name for p in (repo_root / "envs").iterdir()) == [
         "controller.txt",
+        "dialogclip-gpu.post-deploy.sh",
+        "dialogclip-gpu.yaml",
         "dialogclip.yaml",
+        "gpu-requirements.txt",
     ]

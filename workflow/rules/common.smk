@@ -22,6 +22,9 @@ if not (_env_bin / "dialogclip").exists():
 os.environ.update(
     PATH=os.pathsep.join([*map(str, _tool_bins), os.environ.get("PATH", "")])
 )
+# The conda envs (--software-deployment-method conda) install this checkout: Snakemake copies
+# an env file under .snakemake/conda/, so envs/*.yaml name the repository through this variable.
+os.environ.setdefault("DIALOGCLIP_ROOT", str(Path(workflow.basedir).resolve()))
 
 EVAL_DATASETS = ("coco", "vqa_real", "vqa_abstract")
 NAME = r"[A-Za-z0-9_.-]+"
@@ -70,7 +73,9 @@ def check_config():
                 "(evaluate.<dataset> is null)"
             )
     if problems:
-        raise ConfigError("invalid workflow config:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise ConfigError(
+            "invalid workflow config:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
 
 
 try:

@@ -66,7 +66,7 @@ rule embed_eval_images:
     benchmark:
         "benchmarks/embed_eval_images/{image_model}/{dataset}.tsv"
     conda:
-        "../../envs/dialogclip.yaml"
+        "../../envs/dialogclip-gpu.yaml"
     threads: 4
     resources:
         gpu=1,
@@ -77,7 +77,7 @@ rule embed_eval_images:
         cfg=get_embed_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip embed-images --params {params.cfg:q} --threads {threads}"
+        "dialogclip --gpus {resources.gpu} embed-images --params {params.cfg:q} --threads {threads}"
         " --weights-dir {params.weights_dir:q}"
         " --batch-size {resources.batch_size}"
         " --output {output.emb:q} 2> {log:q}"
@@ -95,7 +95,7 @@ rule eval_retrieval:
     benchmark:
         "benchmarks/eval_retrieval/{model}/{retrieval_set}.tsv"
     conda:
-        "../../envs/dialogclip.yaml"
+        "../../envs/dialogclip-gpu.yaml"
     threads: 4
     resources:
         gpu=1,
@@ -106,7 +106,7 @@ rule eval_retrieval:
         cfg=get_retrieval_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip eval-retrieval --params {params.cfg:q} --threads {threads}"
+        "dialogclip --gpus {resources.gpu} eval-retrieval --params {params.cfg:q} --threads {threads}"
         " --weights-dir {params.weights_dir:q}"
         " --batch-size {resources.batch_size}"
         " --image-emb {input.emb:q} --output {output.metrics:q} 2> {log:q}"
@@ -125,7 +125,7 @@ rule eval_vqa:
     benchmark:
         "benchmarks/eval_vqa/{model}/{vqa_set}.tsv"
     conda:
-        "../../envs/dialogclip.yaml"
+        "../../envs/dialogclip-gpu.yaml"
     threads: 4
     resources:
         gpu=1,
@@ -136,7 +136,7 @@ rule eval_vqa:
         cfg=get_vqa_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip eval-vqa --params {params.cfg:q} --threads {threads}"
+        "dialogclip --gpus {resources.gpu} eval-vqa --params {params.cfg:q} --threads {threads}"
         " --weights-dir {params.weights_dir:q}"
         " --batch-size {resources.batch_size}"
         " --image-emb {input.emb:q} --results {output.results:q}"

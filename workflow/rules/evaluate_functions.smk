@@ -21,7 +21,9 @@ def get_eval_models():
 
 def get_model_datasets(entry):
     """The evaluation sets of one model entry: its `datasets`, else every configured set."""
-    configured = [name for name in EVAL_DATASETS if config["evaluate"][name] is not None]
+    configured = [
+        name for name in EVAL_DATASETS if config["evaluate"][name] is not None
+    ]
     if entry["datasets"] is None:
         return configured
     return [name for name in configured if name in entry["datasets"]]

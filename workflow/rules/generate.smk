@@ -37,7 +37,7 @@ rule generate_blip2:
     benchmark:
         "benchmarks/generate_blip2/{shard}.tsv"
     conda:
-        "../../envs/dialogclip.yaml"
+        "../../envs/dialogclip-gpu.yaml"
     threads: 4
     resources:
         gpu=1,
@@ -60,7 +60,7 @@ rule generate_blip2:
         cfg=get_generate_params("blip2"),
         work_dir="results/dialogue/blip2/.chunks/{shard}",
     shell:
-        "dialogclip generate-dialogue --generator blip2 --shard {input.shard:q}"
+        "dialogclip --gpus {resources.gpu} generate-dialogue --generator blip2 --shard {input.shard:q}"
         " --output {output.parquet:q} --stats {output.stats:q}"
         " --work-dir {params.work_dir:q} --threads {threads} --params {params.cfg:q}"
         " --backend {resources.backend} --chunk-size {resources.chunk_size}"
@@ -90,7 +90,7 @@ rule generate_llava:
     benchmark:
         "benchmarks/generate_llava/{shard}.tsv"
     conda:
-        "../../envs/dialogclip.yaml"
+        "../../envs/dialogclip-gpu.yaml"
     threads: 4
     resources:
         gpu=1,
@@ -113,7 +113,7 @@ rule generate_llava:
         cfg=get_generate_params("llava"),
         work_dir="results/dialogue/llava/.chunks/{shard}",
     shell:
-        "dialogclip generate-dialogue --generator llava --shard {input.shard:q}"
+        "dialogclip --gpus {resources.gpu} generate-dialogue --generator llava --shard {input.shard:q}"
         " --output {output.parquet:q} --stats {output.stats:q}"
         " --work-dir {params.work_dir:q} --threads {threads} --params {params.cfg:q}"
         " --backend {resources.backend} --chunk-size {resources.chunk_size}"

@@ -88,7 +88,13 @@ class DraftObjective:
         image = gather(_unit(batch["image_emb"]))  # [N, D], no graph
         s = self.settings
         total, parts = draft_loss(
-            image, caption, dialogue, self.logit_scale, s.a, s.mmd_weight, _floats(s.sigmas),
+            image,
+            caption,
+            dialogue,
+            self.logit_scale,
+            s.a,
+            s.mmd_weight,
+            _floats(s.sigmas),
             s.symmetric,
         )
         return total, {name: float(value) for name, value in parts.items()}
