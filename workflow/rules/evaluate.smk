@@ -49,7 +49,7 @@ rule fetch_clip_weights:
         mem_mb=8000,
         runtime=60,
     params:
-        weights_dir=config["weights_dir"],
+        weights_dir=get_fetched_weights_dir,
     shell:
         "dialogclip fetch-clip-weights --architecture {wildcards.architecture:q}"
         " --pretrained {wildcards.tag:q} --weights-dir {params.weights_dir:q} 2> {log:q}"

@@ -144,3 +144,8 @@ def get_clip_weights_outputs():
             if not is_checkpoint_path(entry["pretrained"])
         }
     )
+
+
+def get_fetched_weights_dir(wildcards, output):
+    """The folder fetch_clip_weights writes into (its output's)."""
+    return str(Path(output.weights).parent)
