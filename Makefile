@@ -32,7 +32,7 @@ format: install
 	snakefmt Snakefile workflow
 
 clean-demo:
-	rm -rf resources/demo/results resources/demo/logs resources/demo/benchmarks resources/demo/.snakemake
+	rm -rf resources/demo/results resources/demo/logs resources/demo/benchmarks resources/demo/.snakemake resources/demo/report.html
 
 # The README's rule graph: the demo's DAG of rules (the same rules as the full run), rendered by
 # graphviz's `dot` (Debian package graphviz: scripts/install_browser.sh). Rerun after adding or
