@@ -55,6 +55,8 @@ rule report:
         page="results/report/report.md",
     log:
         "logs/report/report.log",
+    benchmark:
+        "benchmarks/report/report.tsv"
     localrule: True
     conda:
         "../../envs/dialogclip.yaml"
