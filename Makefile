@@ -9,7 +9,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install install-gpu demo run test lint format clean-demo
+.PHONY: install install-gpu demo run test lint format clean-demo rulegraph
 
 install:
 	bash scripts/setup.sh
@@ -39,4 +39,13 @@ format: install
 	snakefmt Snakefile workflow
 
 clean-demo:
-	rm -rf resources/demo/results resources/demo/logs resources/demo/benchmarks resources/demo/.snakemake
+	rm -rf resources/demo/results resources/demo/logs resources/demo/benchmarks resources/demo/.snakemake resources/demo/report.html
+
+# The README's rule graph: the demo's DAG of rules (the same rules as the full run), rendered by
+# graphviz's `dot` (Debian package graphviz: scripts/install_browser.sh). Rerun after adding or
+# renaming a rule; commit docs/rulegraph.png.
+rulegraph: install
+	snakemake --workflow-profile workflow/profiles/demo --rulegraph > docs/.rulegraph.dot
+	dot -Tpng -Gdpi=96 docs/.rulegraph.dot -o docs/.rulegraph.png
+	mv docs/.rulegraph.png docs/rulegraph.png
+	rm -f docs/.rulegraph.dot

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "dialogclip.ingest.commands",
     "dialogclip.generate.commands",
     "dialogclip.evaluate.commands",
+    "dialogclip.report.commands",
 )
 
 log = logging.getLogger("dialogclip")

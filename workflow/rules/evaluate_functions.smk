@@ -103,6 +103,13 @@ def get_eval_files(wildcards):
     return [ancient(files[key]) for key in keys if files.get(key)]
 
 
+def get_eval_entry(name):
+    """The entry as its evaluation jobs receive it: without thesis_row, which only the report
+    reads (linking an entry to the thesis reruns the report, not the evaluation)."""
+    entry = get_eval_models()[name]
+    return {key: value for key, value in entry.items() if key != "thesis_row"}
+
+
 def _eval_job(model, wildcards, **settings):
     """One evaluation job's science as JSON (machine settings are command-line flags)."""
     dataset = _dataset(wildcards)
@@ -124,14 +131,14 @@ def get_embed_params(wildcards):
 
 def get_retrieval_params(wildcards):
     """One retrieval job as JSON: the model entry, the dataset and its files, recall cut-offs."""
-    model = get_eval_models()[wildcards.model]
+    model = get_eval_entry(wildcards.model)
     return _eval_job(model, wildcards, ks=config["evaluate"]["ks"])
 
 
 def get_vqa_params(wildcards):
     """One VQA job as JSON; candidates take the one text form of pairs (text.qa_template).
     A function: Snakemake would read the template's {question} as a wildcard."""
-    model = get_eval_models()[wildcards.model]
+    model = get_eval_entry(wildcards.model)
     return _eval_job(model, wildcards, template=config["text"]["qa_template"])
 
 

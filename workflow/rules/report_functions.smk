@@ -1,0 +1,201 @@
+# Input functions and parameters of the report stage (workflow/rules/report.smk includes this
+# file: `snakemake --lint` wants Python functions and rules in separate snakefiles).
+from dialogclip.core.config import load_yaml
+
+# The thesis' numbers live in the repository, whatever the working directory (the demo runs in
+# resources/demo/): an absolute path, an input of the report.
+THESIS_NUMBERS = str(Path(workflow.basedir) / "resources" / "thesis" / "numbers.yaml")
+REPORT_PLOTS = (
+    "recall_bars",
+    "beta_curve",
+    "vqa_answer_types",
+    "download_errors",
+    "parse_rates",
+    "training_loss",
+    "dialogue_clipscore",
+    "dialogue_tokens",
+)
+REPORT_ENTRY_FIELDS = (
+    "name",
+    "architecture",
+    "pretrained",
+    "quickgelu",
+    "text_variant",
+    "other",
+    "beta",
+    "thesis_row",
+    "datasets",
+)
+QUALITY_TABLE = "dialogue_quality"
+
+
+def is_report_active():
+    return config["report"]["activate"]
+
+
+def is_dialogue_quality_active():
+    return config["report"]["dialogue_quality"]["activate"] and bool(get_generators())
+
+
+@cache
+def get_thesis_numbers():
+    """numbers.yaml as read (its table names decide the report's table files)."""
+    return load_yaml(THESIS_NUMBERS)
+
+
+def check_thesis_rows():
+    """Every evaluate.models thesis_row must be a row of numbers.yaml (checked at load time)."""
+    rows = get_thesis_numbers()["rows"]
+    for entry in config["evaluate"]["models"]:
+        if entry["thesis_row"] is not None and entry["thesis_row"] not in rows:
+            raise WorkflowError(
+                f"evaluate.models: {entry['name']} has thesis_row {entry['thesis_row']!r}, "
+                f"which is not a row of {THESIS_NUMBERS}"
+            )
+
+
+def get_report_tables():
+    """The report's tables: those of numbers.yaml, then the dialogue-quality table."""
+    return [*get_thesis_numbers()["tables"], QUALITY_TABLE]
+
+
+def get_report_table_outputs():
+    """{name: report-flagged HTML table}: the named outputs the report embeds."""
+    outputs = {}
+    for name in get_report_tables():
+        caption = Path(workflow.basedir) / "workflow" / "report" / f"table_{name}.rst"
+        outputs[f"table_{name}"] = report(
+            f"results/report/tables/{name}.html",
+            caption=str(
+                caption if caption.is_file() else caption.with_name("table.rst")
+            ),
+            category="Tables",
+            labels={"table": name},
+        )
+    return outputs
+
+
+def get_report_plot_outputs():
+    """{name: report-flagged PNG plot}."""
+    return {
+        f"plot_{name}": report(
+            f"results/report/plots/{name}.png",
+            caption=str(
+                Path(workflow.basedir) / "workflow" / "report" / f"plot_{name}.rst"
+            ),
+            category="Plots",
+            labels={"plot": name},
+        )
+        for name in REPORT_PLOTS
+    }
+
+
+def get_report_text_outputs():
+    """The Markdown and CSV twins of every table (not embedded: the HTML is)."""
+    return [
+        f"results/report/tables/{name}{suffix}"
+        for name in get_report_tables()
+        for suffix in (".md", ".csv")
+    ]
+
+
+def get_dialogue_quality_outputs():
+    """Per generator: the dialogue-quality summary and its per-image table."""
+    if not is_dialogue_quality_active():
+        return []
+    return expand(
+        "results/report/dialogue_quality/{generator}.{ext}",
+        generator=get_generators(),
+        ext=("json", "parquet"),
+    )
+
+
+def get_report_outputs():
+    """Everything the report stage adds to the target `all`."""
+    if not is_report_active():
+        return []
+    return ["results/report/report.md", *get_dialogue_quality_outputs()]
+
+
+def get_training_metrics():
+    """Training runs' metrics.jsonl files that exist now (training writes
+    results/train/**/metrics.jsonl); a training stage that declares them as outputs should
+    hand them over here instead, so the report waits for them."""
+    return sorted(str(path) for path in Path("results/train").glob("**/metrics.jsonl"))
+
+
+def get_report_params(wildcards):
+    """What decides the tables: the evaluation entries (their fields that place a result), the
+    generators, the number format. As JSON, a param: editing an entry's beta reruns the report.
+    """
+    models = [
+        {field: entry[field] for field in REPORT_ENTRY_FIELDS}
+        for entry in config["evaluate"]["models"]
+    ]
+    return json.dumps(
+        {
+            "models": models,
+            "generators": get_generators(),
+            "decimals": config["report"]["decimals"],
+        },
+        sort_keys=True,
+    )
+
+
+def get_report_eval_inputs(wildcards):
+    """Every evaluation result (evaluate stage outputs)."""
+    return get_evaluate_outputs()
+
+
+def get_report_dialogue_summaries(wildcards):
+    return expand(
+        "results/dialogue/{generator}/summary.json", generator=get_generators()
+    )
+
+
+def get_report_quality_inputs(wildcards):
+    return [path for path in get_dialogue_quality_outputs() if path.endswith(".json")]
+
+
+def get_quality_dialogue_shards(wildcards):
+    """Every dialogue shard of the generator."""
+    return expand(
+        "results/dialogue/{generator}/{shard}.parquet",
+        generator=wildcards.generator,
+        shard=get_shards(),
+    )
+
+
+def get_quality_ingested_shards(wildcards):
+    """The final ingested shards (captions and images), named as the dialogue shards."""
+    return [ingested_shard(shard) for shard in get_shards()]
+
+
+def get_report_clip_checkpoint(wildcards):
+    """report.clip's checkpoint when it is a file (a rule may build it, as tiny_clip in the
+    demo), else nothing."""
+    pretrained = config["report"]["clip"]["pretrained"]
+    return [pretrained] if is_checkpoint_path(pretrained) else []
+
+
+def get_dialogue_quality_params(wildcards):
+    """The text form, the scoring CLIP and the dialogue_quality settings, as JSON (not the
+    batch size: a machine setting, the rule's resource). A function: the text form's
+    {question} would be read as a wildcard."""
+    quality = {
+        key: value
+        for key, value in config["report"]["dialogue_quality"].items()
+        if key != "activate"
+    }
+    return json.dumps(
+        {
+            "text": config["text"],
+            "clip": config["report"]["clip"],
+            "dialogue_quality": quality,
+        },
+        sort_keys=True,
+    )
+
+
+if is_report_active():
+    check_thesis_rows()
