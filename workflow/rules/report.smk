@@ -23,7 +23,7 @@ rule dialogue_quality:
     wildcard_constraints:
         generator="blip2|llava",
     conda:
-        "../../envs/dialogclip.yaml"
+        "../../envs/dialogclip-gpu.yaml"
     threads: 4
     resources:
         gpu=1,
@@ -33,8 +33,10 @@ rule dialogue_quality:
         batch_size=256,
     params:
         cfg=get_dialogue_quality_params,
+        weights_dir=config["weights_dir"],
     shell:
-        "dialogclip dialogue-quality --params {params.cfg:q} --generator {wildcards.generator}"
+        "dialogclip --gpus {resources.gpu} dialogue-quality --params {params.cfg:q}"
+        " --generator {wildcards.generator} --weights-dir {params.weights_dir:q}"
         " --dialogue {input.dialogue:q} --ingested {input.ingested:q}"
         " --output {output.json:q} --per-image {output.parquet:q}"
         " --batch-size {resources.batch_size} --threads {threads} 2> {log:q}"

@@ -172,10 +172,10 @@ def get_quality_ingested_shards(wildcards):
 
 
 def get_report_clip_checkpoint(wildcards):
-    """report.clip's checkpoint when it is a file (a rule may build it, as tiny_clip in the
-    demo), else nothing."""
-    pretrained = config["report"]["clip"]["pretrained"]
-    return [pretrained] if is_checkpoint_path(pretrained) else []
+    """report.clip's weights: a checkpoint file (a rule may build it, as tiny_clip in the demo)
+    or a pretrained tag's weights fetched into weights_dir."""
+    clip = config["report"]["clip"]
+    return get_weights_file(clip["architecture"], clip["pretrained"])
 
 
 def get_dialogue_quality_params(wildcards):

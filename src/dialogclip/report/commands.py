@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quality.add_argument("--per-image", required=True, type=Path, help="per-image Parquet")
     quality.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     quality.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    quality.add_argument(
+        "--weights-dir", type=Path, default=None, help="fetched pretrained weights (weights_dir)"
+    )
     quality.set_defaults(func=_dialogue_quality)
 
     report = subparsers.add_parser("report", help="tables beside the thesis' numbers, and plots")
@@ -79,6 +82,7 @@ def _dialogue_quality(args: argparse.Namespace) -> int:
         settings,
         text,
         batch_size=args.batch_size,
+        weights_dir=args.weights_dir,
     )
     write_parquet_atomic(table, args.per_image, metadata={"dialogue_quality": summary["clip"]})
     write_json_atomic(summary, args.output)

@@ -280,14 +280,16 @@ def dialogue_quality(
     text: TextForms,
     batch_size: int = 64,
     device: str | None = None,
+    weights_dir: Path | None = None,
 ) -> tuple[dict[str, Any], pa.Table]:
-    """The statistics of one generator (summary JSON) and one row per generated image."""
+    """The statistics of one generator (summary JSON) and one row per generated image;
+    ``weights_dir``: where a pretrained tag's fetched weights are (config ``weights_dir``)."""
     import torch
 
     from dialogclip.models.openclip import load_clip
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_clip(clip.spec, device=device)
+    loaded = load_clip(clip.spec, device=device, weights_dir=weights_dir)
     context_length = int(
         getattr(loaded.tokenizer, "context_length", None) or loaded.model.context_length
     )
