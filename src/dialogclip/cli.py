@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "dialogclip.ingest.commands",
     "dialogclip.generate.commands",
     "dialogclip.evaluate.commands",
+    "dialogclip.train.commands",
 )
 
 log = logging.getLogger("dialogclip")
