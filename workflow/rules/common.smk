@@ -35,7 +35,12 @@ def params_json(*keys):
 
 def get_final_output():
     """Every file the target `all` asks for: the outputs of each activated stage."""
-    return [*get_ingest_outputs(), *get_generate_outputs(), *get_evaluate_outputs()]
+    return [
+        *get_ingest_outputs(),
+        *get_generate_outputs(),
+        *get_evaluate_outputs(),
+        *get_train_outputs(),
+    ]
 
 
 @cache

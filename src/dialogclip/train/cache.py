@@ -330,8 +330,9 @@ def _empty(clip: LoadedClip) -> np.ndarray:
     """[0, D]: a shard without one usable row still gets its (empty) cache, of the right width."""
     import torch
 
+    device = next(clip.model.parameters()).device
     with torch.inference_mode():
-        dim = int(clip.model.encode_text(clip.tokenizer([""])).shape[-1])
+        dim = int(clip.model.encode_text(clip.tokenizer([""]).to(device)).shape[-1])
     return np.empty((0, dim), dtype=EMB_DTYPE)
 
 

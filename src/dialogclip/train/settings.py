@@ -34,6 +34,7 @@ SAMPLE_FORMS = ("concatenated", "pairs")
 # METHOD.md section 3: the third tower reads the concatenated dialogue, DRAFT one pair a sample.
 DEFAULT_SAMPLE_FORM = {"third_tower": "concatenated", "draft": "pairs"}
 WITH_TRUNCATED = "-with_truncated"
+PAIR_TEXT_KEYS = ("qa_template",)  # the text settings a per-pair sample depends on
 RUN_FIELDS = (
     "name",
     "method",
@@ -113,12 +114,14 @@ class TrainRun:
         }
 
     def rows_params(self, text: dict[str, Any]) -> dict[str, Any]:
-        """What a rows file depends on besides its inputs (the rows jobs' params)."""
+        """What a rows file depends on besides its inputs (the rows jobs' params): of the
+        ``text`` section, one sample per pair reads only the pair template."""
+        used = PAIR_TEXT_KEYS if self.form == "pairs" else tuple(text)
         return {
             "architecture": self.architecture,
             "sample_form": self.form,
             "include_truncated": self.include_truncated,
-            "text": dict(text),
+            "text": {key: text[key] for key in used if key in text},
         }
 
     def image_cache(self, shard: str) -> str:
