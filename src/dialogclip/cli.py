@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "dialogclip.generate.commands",
     "dialogclip.evaluate.commands",
     "dialogclip.report.commands",
+    "dialogclip.train.commands",
 )
 
 log = logging.getLogger("dialogclip")

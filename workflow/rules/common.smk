@@ -102,6 +102,7 @@ def get_final_output():
         *get_generate_outputs(),
         *get_evaluate_outputs(),
         *get_report_outputs(),
+        *get_train_outputs(),
     ]
 
 

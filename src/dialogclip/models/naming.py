@@ -5,7 +5,10 @@ so the Snakefile can import it cheaply).
   it) rather than an open_clip pretrained tag?
 - :func:`image_model_key`: one name per image tower (architecture, weights, activation). The
   image embeddings of an evaluation set are cached under it, so every text variant built on the
-  same image tower reuses them.
+  same image tower reuses them; the training image-embedding caches use it too.
+- :func:`text_model_key`: the same for a frozen text tower (training's caption-embedding caches).
+- :func:`architecture_key`: an architecture as a file-name part (training rows are tokenised
+  with the architecture's tokenizer and keyed by it).
 """
 
 from __future__ import annotations
@@ -49,3 +52,19 @@ def image_model_key(architecture: str, pretrained: str, quickgelu: QuickGelu = "
         weights = pretrained
     key = f"{architecture}__{weights}__{quickgelu_label(quickgelu)}"
     return _UNSAFE.sub("_", key)
+
+
+def text_model_key(architecture: str, pretrained: str, quickgelu: QuickGelu = "auto") -> str:
+    """A file-name-safe key for one frozen text tower, e.g. ``ViT-B-32__laion400m_e32__auto``.
+
+    A text tower depends on exactly what the image tower does (the weights, and the activation:
+    QuickGELU vs GELU changes the text transformer's outputs too), so the key has the same form
+    as :func:`image_model_key`; it has its own name so the two can diverge (say, if the image
+    preprocessing became configurable) without touching the callers.
+    """
+    return image_model_key(architecture, pretrained, quickgelu)
+
+
+def architecture_key(architecture: str) -> str:
+    """An open_clip architecture name as a file-name part (``hf-hub:org/x`` -> ``hf-hub_org_x``)."""
+    return _UNSAFE.sub("_", architecture)

@@ -1,0 +1,110 @@
+"""Commands of the train stage (data part: frozen-tower caches, training rows).
+
+``--params`` carries what the output depends on (the rule's params); ``--batch-size``,
+``--device`` and ``--threads`` are machine settings (the rule's resources and threads), which
+never change what is computed beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from dialogclip.core.cli_utils import add_params_argument
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add this stage's commands to the `dialogclip` parser."""
+    images = subparsers.add_parser(
+        "embed-train-images",
+        help="frozen image-tower embeddings I(x) of one ingested shard (training cache)",
+    )
+    _add_cache_arguments(images)
+    images.set_defaults(func=_embed_train_images)
+
+    captions = subparsers.add_parser(
+        "embed-train-captions",
+        help="frozen text-tower embeddings T(caption) of one ingested shard (training cache)",
+    )
+    _add_cache_arguments(captions)
+    captions.set_defaults(func=_embed_train_captions)
+
+    rows = subparsers.add_parser(
+        "train-rows",
+        help="training rows of one shard: ingested images joined with one generator's dialogue",
+    )
+    add_params_argument(rows, "train rows (architecture, sample_form, include_truncated, text)")
+    rows.add_argument("--ingested", required=True, type=Path, help="ingested shard .parquet")
+    rows.add_argument("--dialogue", required=True, type=Path, help="dialogue shard .parquet")
+    rows.add_argument("--output", required=True, type=Path, help="rows .arrow to write")
+    rows.add_argument("--stats", required=True, type=Path, help="stats .json to write")
+    rows.set_defaults(func=_train_rows)
+
+
+def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    add_params_argument(parser, "tower (architecture, pretrained, quickgelu)")
+    parser.add_argument("--shard", required=True, type=Path, help="ingested shard .parquet")
+    parser.add_argument("--output", required=True, type=Path, help="cache .arrow to write")
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per forward pass")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch, decoding)")
+
+
+def _tower_spec(params: dict):
+    from dialogclip.core.config import ConfigError
+    from dialogclip.models.openclip import ClipSpec
+
+    unknown = sorted(set(params) - {"architecture", "pretrained", "quickgelu"})
+    if unknown or "architecture" not in params or "pretrained" not in params:
+        raise ConfigError(
+            f"--params needs architecture and pretrained (and optionally quickgelu), got {params}"
+        )
+    return ClipSpec(params["architecture"], params["pretrained"], params.get("quickgelu", "auto"))
+
+
+def _set_threads(threads: int | None) -> None:
+    # Parallel jobs on one machine must not each take every core.
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _embed_train_images(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    from dialogclip.train.cache import embed_shard_images
+
+    embed_shard_images(
+        args.shard,
+        _tower_spec(args.params),
+        args.output,
+        batch_size=args.batch_size,
+        device=args.device,
+        threads=args.threads or 1,
+    )
+    return 0
+
+
+def _embed_train_captions(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    from dialogclip.train.cache import embed_shard_captions
+
+    embed_shard_captions(
+        args.shard,
+        _tower_spec(args.params),
+        args.output,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    return 0
+
+
+def _train_rows(args: argparse.Namespace) -> int:
+    from dialogclip.train.rows import build_rows, rows_settings_from_params, write_rows
+
+    settings = rows_settings_from_params(args.params)
+    write_rows(build_rows(args.ingested, args.dialogue, settings), args.output, args.stats)
+    return 0

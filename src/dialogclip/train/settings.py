@@ -1,0 +1,172 @@
+"""The ``train`` section of the config, typed, and the names of the files a run reads.
+
+Standard library and ``dialogclip.core`` / ``dialogclip.models.naming`` only: the workflow
+imports it to plan the jobs.
+
+Each run (an entry of ``train.runs``) is a method on an OpenCLIP model with one generator's
+dialogue. What its data depend on decides where they live, so runs share every file they can:
+
+- image embeddings: ``results/train/emb/image/{image_model}/{shard}.arrow`` - the model only
+  (``image_model_key``): a third-tower run and a DRAFT run on the same model share them;
+- caption embeddings (third tower only): ``results/train/emb/text/{text_model}/{shard}.arrow``;
+- rows: ``results/train/rows/{generator}/{architecture}/{rows_form}/{shard}.arrow`` - the
+  generator, the tokenizer (a function of the architecture), the sample form and whether
+  truncated replies count (``rows_form``, e.g. ``pairs`` or ``concatenated-with_truncated``);
+  the config's ``text`` section is a parameter of the rows job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dialogclip.core.config import ConfigError
+from dialogclip.models.naming import (
+    QuickGelu,
+    architecture_key,
+    image_model_key,
+    text_model_key,
+)
+
+METHODS = ("third_tower", "draft")
+GENERATORS = ("blip2", "llava")
+SAMPLE_FORMS = ("concatenated", "pairs")
+# METHOD.md section 3: the third tower reads the concatenated dialogue, DRAFT one pair a sample.
+DEFAULT_SAMPLE_FORM = {"third_tower": "concatenated", "draft": "pairs"}
+WITH_TRUNCATED = "-with_truncated"
+PAIR_TEXT_KEYS = ("qa_template",)  # the text settings a per-pair sample depends on
+RUN_FIELDS = (
+    "name",
+    "method",
+    "architecture",
+    "pretrained",
+    "quickgelu",
+    "generator",
+    "sample_form",
+    "include_truncated",
+    "optim",
+)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One training run (an entry of ``train.runs``)."""
+
+    name: str  # names the run's outputs
+    method: str  # "third_tower" (CLIP-3Modal) or "draft"
+    architecture: str  # open_clip model name, e.g. ViT-B-32
+    pretrained: str  # open_clip pretrained tag or checkpoint path
+    generator: str  # whose dialogue: "blip2" or "llava"
+    quickgelu: QuickGelu = "auto"  # as evaluate.models[].quickgelu
+    sample_form: str | None = None  # "concatenated" / "pairs"; None: the method's default
+    include_truncated: bool = False  # count replies cut at the generator's token limit
+    optim: dict[str, Any] = field(default_factory=dict)  # hyperparameters (training rules)
+
+    def __post_init__(self) -> None:
+        where = f"train.runs[{self.name}]"
+        if self.method not in METHODS:
+            raise ConfigError(f"{where}.method must be one of {METHODS}, got {self.method!r}")
+        if self.generator not in GENERATORS:
+            raise ConfigError(
+                f"{where}.generator must be one of {GENERATORS}, got {self.generator!r}"
+            )
+        if self.sample_form is not None and self.sample_form not in SAMPLE_FORMS:
+            raise ConfigError(
+                f"{where}.sample_form must be one of {SAMPLE_FORMS} or null, "
+                f"got {self.sample_form!r}"
+            )
+
+    @property
+    def form(self) -> str:
+        """The sample form used: the configured one, else the method's default."""
+        return self.sample_form or DEFAULT_SAMPLE_FORM[self.method]
+
+    @property
+    def rows_form(self) -> str:
+        """The rows folder name: the form, marked when truncated replies count."""
+        return self.form + (WITH_TRUNCATED if self.include_truncated else "")
+
+    @property
+    def architecture_key(self) -> str:
+        return architecture_key(self.architecture)
+
+    @property
+    def image_model(self) -> str:
+        """Cache key of the frozen image tower I."""
+        return image_model_key(self.architecture, self.pretrained, self.quickgelu)
+
+    @property
+    def text_model(self) -> str:
+        """Cache key of the frozen caption tower T."""
+        return text_model_key(self.architecture, self.pretrained, self.quickgelu)
+
+    @property
+    def uses_caption_cache(self) -> bool:
+        """The third tower compares G(z) with the frozen T(y); DRAFT trains T itself."""
+        return self.method == "third_tower"
+
+    def tower_params(self) -> dict[str, Any]:
+        """What a frozen-tower cache depends on (the embedding jobs' params)."""
+        return {
+            "architecture": self.architecture,
+            "pretrained": self.pretrained,
+            "quickgelu": self.quickgelu,
+        }
+
+    def rows_params(self, text: dict[str, Any]) -> dict[str, Any]:
+        """What a rows file depends on besides its inputs (the rows jobs' params): of the
+        ``text`` section, one sample per pair reads only the pair template."""
+        used = PAIR_TEXT_KEYS if self.form == "pairs" else tuple(text)
+        return {
+            "architecture": self.architecture,
+            "sample_form": self.form,
+            "include_truncated": self.include_truncated,
+            "text": {key: text[key] for key in used if key in text},
+        }
+
+    def image_cache(self, shard: str) -> str:
+        return f"results/train/emb/image/{self.image_model}/{shard}.arrow"
+
+    def caption_cache(self, shard: str) -> str:
+        return f"results/train/emb/text/{self.text_model}/{shard}.arrow"
+
+    def rows_file(self, shard: str) -> str:
+        return f"{self.rows_dir}/{shard}.arrow"
+
+    def rows_stats(self, shard: str) -> str:
+        return f"{self.rows_dir}/stats/{shard}.json"
+
+    @property
+    def rows_dir(self) -> str:
+        return f"results/train/rows/{self.generator}/{self.architecture_key}/{self.rows_form}"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The ``train`` section."""
+
+    activate: bool = False  # plan the training targets
+    runs: tuple[TrainRun, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [run.name for run in self.runs]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ConfigError(f"train.runs: duplicated name(s) {duplicated}")
+
+
+def train_settings_from_dict(data: dict[str, Any]) -> TrainSettings:
+    """Build :class:`TrainSettings` from the (schema-validated) ``train`` section."""
+    unknown = sorted(set(data) - {"activate", "runs"})
+    if unknown:
+        raise ConfigError(f"train: unknown key(s) {unknown}; allowed keys: ['activate', 'runs']")
+    runs = []
+    for i, entry in enumerate(data.get("runs", [])):
+        extra = sorted(set(entry) - set(RUN_FIELDS))
+        if extra:
+            raise ConfigError(f"train.runs[{i}]: unknown key(s) {extra}")
+        missing = sorted({"name", "method", "architecture", "pretrained", "generator"} - set(entry))
+        if missing:
+            raise ConfigError(f"train.runs[{i}]: missing required key(s) {missing}")
+        runs.append(TrainRun(**entry))
+    return TrainSettings(activate=bool(data.get("activate", False)), runs=tuple(runs))

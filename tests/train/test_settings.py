@@ -1,0 +1,99 @@
+"""The `train` config section: schema, typed runs, and the files a run reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dialogclip.core.config import ConfigError, load_yaml, validate_config
+from dialogclip.models.naming import image_model_key
+from dialogclip.train.settings import TrainRun, train_settings_from_dict
+
+RUN = {
+    "name": "draft-b32",
+    "method": "draft",
+    "architecture": "ViT-B-32",
+    "pretrained": "laion400m_e32",
+    "generator": "llava",
+}
+
+
+def _config(repo_root: Path, train: dict) -> dict:
+    config = load_yaml(repo_root / "config.yaml")
+    config["train"] = train
+    return config
+
+
+def test_schema_fills_the_defaults(repo_root: Path) -> None:
+    config = validate_config(
+        _config(repo_root, {"runs": [dict(RUN)]}), repo_root / "workflow/schemas/config.schema.yaml"
+    )
+    assert config["train"] == {
+        "activate": False,
+        "runs": [
+            {
+                **RUN,
+                "quickgelu": "auto",
+                "sample_form": None,
+                "include_truncated": False,
+                "optim": {},
+            }
+        ],
+    }
+
+
+def test_schema_names_a_bad_key(repo_root: Path) -> None:
+    bad = {"runs": [{**RUN, "method": "lora", "batch": 3}]}
+    with pytest.raises(ConfigError) as err:
+        validate_config(_config(repo_root, bad), repo_root / "workflow/schemas/config.schema.yaml")
+    assert "train.runs.0: unknown key(s) ['batch']" in str(err.value)
+    assert "train.runs.0.method: 'lora' is not one of ['third_tower', 'draft']" in str(err.value)
+
+
+def test_runs_share_the_image_cache_and_pick_their_form() -> None:
+    settings = train_settings_from_dict(
+        {"activate": True, "runs": [RUN, {**RUN, "name": "c3m", "method": "third_tower"}]}
+    )
+    draft, third = settings.runs
+    assert (draft.form, third.form) == ("pairs", "concatenated")
+    assert (
+        draft.image_cache("00003")
+        == third.image_cache("00003")
+        == (f"results/train/emb/image/{image_model_key('ViT-B-32', 'laion400m_e32')}/00003.arrow")
+    )
+    assert (draft.uses_caption_cache, third.uses_caption_cache) == (False, True)
+    assert draft.rows_file("00003") == "results/train/rows/llava/ViT-B-32/pairs/00003.arrow"
+    truncated = TrainRun(**{**RUN, "include_truncated": True, "sample_form": "concatenated"})
+    assert truncated.rows_stats("00003") == (
+        "results/train/rows/llava/ViT-B-32/concatenated-with_truncated/stats/00003.json"
+    )
+
+
+def test_rows_params_hold_only_the_text_settings_used() -> None:
+    text = {"qa_template": "{question} {answer}", "pair_separator": " ", "long_texts": "truncate"}
+    pairs = TrainRun(**RUN).rows_params(text)
+    assert pairs == {
+        "architecture": "ViT-B-32",
+        "sample_form": "pairs",
+        "include_truncated": False,
+        "text": {"qa_template": "{question} {answer}"},
+    }
+    concatenated = TrainRun(**{**RUN, "sample_form": "concatenated"}).rows_params(text)
+    assert concatenated["text"] == text
+    assert TrainRun(**RUN).tower_params() == {
+        "architecture": "ViT-B-32",
+        "pretrained": "laion400m_e32",
+        "quickgelu": "auto",
+    }
+
+
+def test_bad_runs_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"train.runs: duplicated name\(s\) \['draft-b32'\]"):
+        train_settings_from_dict({"runs": [RUN, RUN]})
+    with pytest.raises(ConfigError, match=r"train.runs\[x\].method must be one of"):
+        TrainRun(**{**RUN, "name": "x", "method": "lora"})
+    with pytest.raises(
+        ConfigError, match=r"train.runs\[0\]: missing required key\(s\) \['generator'\]"
+    ):
+        train_settings_from_dict({"runs": [{k: v for k, v in RUN.items() if k != "generator"}]})

@@ -1,0 +1,94 @@
+# Stage: train (data part). Per ingested shard: the frozen image tower's embeddings I(x)
+# (one cache per image tower, shared by every run on it), the frozen text tower's caption
+# embeddings T(y) (third-tower runs), and the training rows (one generator's dialogue joined on
+# key, in a text form, tokenised once). Batch size, device and threads are machine settings:
+# resources / threads, overridable in a profile, never parameters. Targets only with
+# train.activate; get_train_outputs() and the input functions are in train_functions.smk.
+
+
+include: "train_functions.smk"
+
+
+rule embed_train_images:
+    input:
+        shard=get_ingested_shard,
+        checkpoint=get_train_image_checkpoint,
+    output:
+        emb="results/train/emb/image/{image_model}/{shard}.arrow",
+    log:
+        "logs/embed_train_images/{image_model}/{shard}.log",
+    benchmark:
+        "benchmarks/embed_train_images/{image_model}/{shard}.tsv"
+    wildcard_constraints:
+        image_model=r"[A-Za-z0-9_.-]+",
+    conda:
+        "../../envs/dialogclip.yaml"
+    threads: 4  # image decoding
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=60,
+        batch_size=256,  # images per forward pass
+    params:
+        cfg=get_train_image_params,
+    shell:
+        "dialogclip embed-train-images --params {params.cfg:q} --shard {input.shard:q}"
+        " --output {output.emb:q} --batch-size {resources.batch_size}"
+        " --threads {threads} 2> {log:q}"
+
+
+rule embed_train_captions:
+    input:
+        shard=get_ingested_shard,
+        checkpoint=get_train_text_checkpoint,
+    output:
+        emb="results/train/emb/text/{text_model}/{shard}.arrow",
+    log:
+        "logs/embed_train_captions/{text_model}/{shard}.log",
+    benchmark:
+        "benchmarks/embed_train_captions/{text_model}/{shard}.tsv"
+    wildcard_constraints:
+        text_model=r"[A-Za-z0-9_.-]+",
+    conda:
+        "../../envs/dialogclip.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=30,
+        batch_size=512,  # captions per forward pass
+    params:
+        cfg=get_train_text_params,
+    shell:
+        "dialogclip embed-train-captions --params {params.cfg:q} --shard {input.shard:q}"
+        " --output {output.emb:q} --batch-size {resources.batch_size}"
+        " --threads {threads} 2> {log:q}"
+
+
+rule train_rows:
+    input:
+        ingested=get_ingested_shard,
+        dialogue="results/dialogue/{generator}/{shard}.parquet",
+    output:
+        rows="results/train/rows/{generator}/{architecture}/{rows_form}/{shard}.arrow",
+        stats="results/train/rows/{generator}/{architecture}/{rows_form}/stats/{shard}.json",
+    log:
+        "logs/train_rows/{generator}/{architecture}/{rows_form}/{shard}.log",
+    benchmark:
+        "benchmarks/train_rows/{generator}/{architecture}/{rows_form}/{shard}.tsv"
+    wildcard_constraints:
+        generator="blip2|llava",
+        architecture=r"[A-Za-z0-9_.-]+",
+        rows_form=r"(concatenated|pairs)(-with_truncated)?",
+    conda:
+        "../../envs/dialogclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        cfg=get_train_rows_params,
+    shell:
+        "dialogclip train-rows --params {params.cfg:q} --ingested {input.ingested:q}"
+        " --dialogue {input.dialogue:q} --output {output.rows:q} --stats {output.stats:q}"
+        " 2> {log:q}"
