@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -53,3 +54,34 @@ def test_evaluation_results_have_clip_benchmark_fields(demo_run: Path) -> None:
             demo_run / "results" / "eval" / "vqa" / "tiny" / f"{dataset}_results.json"
         )
         assert sorted(a["question_id"] for a in answers) == list(range(1, 13))
+
+
+def test_every_training_run_leaves_a_tower_metrics_and_its_evaluations(demo_run: Path) -> None:
+    from safetensors import safe_open
+
+    runs = {"tiny-c3m-blip2": 6, "tiny-draft-llava": 2, "tiny-draft-llava-nommd": 2}
+    for run, n_betas in runs.items():
+        final = demo_run / "results" / "train" / "runs" / run / "final.safetensors"
+        with safe_open(str(final), framework="pt") as handle:
+            assert "transformer.resblocks.0.attn.in_proj_weight" in set(handle.keys())
+        lines = (final.parent / "metrics.jsonl").read_text().splitlines()
+        assert lines and all(
+            {"step", "loss", "lr", "samples_per_s"} <= set(json.loads(line)) for line in lines
+        )
+        variants = sorted(
+            p.name
+            for p in (demo_run / "results" / "eval" / "retrieval").iterdir()
+            if p.name.startswith(f"{run}-beta")
+        )
+        assert len(variants) == n_betas, variants
+    draft = [
+        json.loads(line)
+        for line in (demo_run / "results/train/runs/tiny-draft-llava/metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert all({"contrastive", "mmd"} <= set(line) for line in draft)
+    for dataset in ("vqa_real", "vqa_abstract"):
+        record = read_json(demo_run / f"results/eval/vqa/tiny-draft-llava-beta0.9/{dataset}.json")
+        assert record["text_variant"] == "embedding_blend" and record["beta"] == 0.9
+        assert record["other"] == "results/train/runs/tiny-draft-llava/final.safetensors"

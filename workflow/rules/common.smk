@@ -41,6 +41,7 @@ wildcard_constraints:
     vqa_set="vqa_real|vqa_abstract",
     architecture=r"[A-Za-z0-9_.-]+?",
     tag=r"[A-Za-z0-9_.-]+",
+    run=NAME,
 
 
 def check_config():

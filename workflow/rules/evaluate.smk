@@ -31,7 +31,7 @@ rule clip_weights:
     # Target for a machine with network: `snakemake clip_weights` fetches every configured
     # pretrained tag once; the GPU jobs then read only local files.
     input:
-        get_clip_weights_outputs(),
+        get_clip_weights_outputs,
     localrule: True
 
 

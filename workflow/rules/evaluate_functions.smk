@@ -15,8 +15,18 @@ def is_evaluate_active():
 
 
 def get_eval_models():
-    """The evaluate.models entries by name (names are unique: checked in common.smk)."""
-    return {entry["name"]: entry for entry in config["evaluate"]["models"]}
+    """The evaluation entries by name: evaluate.models, then the variants of every training run
+    (get_trained_eval_entries in train_functions.smk). Names are unique (checked there and in
+    common.smk)."""
+    entries = {entry["name"]: entry for entry in config["evaluate"]["models"]}
+    for entry in get_trained_eval_entries():
+        if entry["name"] in entries:
+            raise WorkflowError(
+                f"evaluate.models: {entry['name']} is also the name of an evaluation variant of "
+                "a training run; rename one of them"
+            )
+        entries[entry["name"]] = entry
+    return entries
 
 
 def get_model_datasets(entry):
@@ -142,13 +152,23 @@ def get_vqa_params(wildcards):
     return _eval_job(model, wildcards, template=config["text"]["qa_template"])
 
 
-def get_clip_weights_outputs():
-    """The fetched weight files of every configured pretrained tag (rule fetch_clip_weights)."""
+def get_clip_weights_outputs(wildcards):
+    """The fetched weight files of every configured pretrained tag, for fetch_clip_weights -
+    the evaluation entries', the training runs' and the report's scoring CLIP."""
+    models = [
+        (entry["architecture"], entry["pretrained"])
+        for entry in get_eval_models().values()
+    ]
+    if is_train_active():
+        models += [(run.architecture, run.pretrained) for run in get_train_runs()]
+    if config["report"]["activate"]:
+        clip = config["report"]["clip"]
+        models.append((clip["architecture"], clip["pretrained"]))
     return sorted(
         {
-            get_weights_file(entry["architecture"], entry["pretrained"])
-            for entry in get_eval_models().values()
-            if not is_checkpoint_path(entry["pretrained"])
+            get_weights_file(architecture, pretrained)
+            for architecture, pretrained in models
+            if not is_checkpoint_path(pretrained)
         }
     )
 

@@ -49,7 +49,7 @@ rule report:
         ingest="results/ingest/summary.json",
         dialogue=get_report_dialogue_summaries,
         quality=get_report_quality_inputs,
-        train=get_training_metrics(),
+        train=get_training_metrics,
     output:
         **get_report_table_outputs(),
         **get_report_plot_outputs(),

@@ -117,11 +117,11 @@ def get_report_outputs():
     return ["results/report/report.md", *get_dialogue_quality_outputs()]
 
 
-def get_training_metrics():
-    """Training runs' metrics.jsonl files that exist now (training writes
-    results/train/**/metrics.jsonl); a training stage that declares them as outputs should
-    hand them over here instead, so the report waits for them."""
-    return sorted(str(path) for path in Path("results/train").glob("**/metrics.jsonl"))
+def get_training_metrics(wildcards):
+    """The metrics.jsonl of every training run (outputs of train_run: the report waits)."""
+    if not is_train_active():
+        return []
+    return [run.metrics for run in get_train_runs()]
 
 
 def get_report_params(wildcards):

@@ -22,7 +22,7 @@ rule embed_train_images:
     wildcard_constraints:
         image_model=r"[A-Za-z0-9_.-]+",
     conda:
-        "../../envs/dialogclip.yaml"
+        "../../envs/dialogclip-gpu.yaml"
     threads: 4  # image decoding
     resources:
         gpu=1,
@@ -31,9 +31,11 @@ rule embed_train_images:
         batch_size=256,  # images per forward pass
     params:
         cfg=get_train_image_params,
+        weights_dir=config["weights_dir"],
     shell:
-        "dialogclip embed-train-images --params {params.cfg:q} --shard {input.shard:q}"
+        "dialogclip --gpus {resources.gpu} embed-train-images --params {params.cfg:q} --shard {input.shard:q}"
         " --output {output.emb:q} --batch-size {resources.batch_size}"
+        " --weights-dir {params.weights_dir:q}"
         " --threads {threads} 2> {log:q}"
 
 
@@ -50,7 +52,7 @@ rule embed_train_captions:
     wildcard_constraints:
         text_model=r"[A-Za-z0-9_.-]+",
     conda:
-        "../../envs/dialogclip.yaml"
+        "../../envs/dialogclip-gpu.yaml"
     threads: 2
     resources:
         gpu=1,
@@ -59,9 +61,11 @@ rule embed_train_captions:
         batch_size=512,  # captions per forward pass
     params:
         cfg=get_train_text_params,
+        weights_dir=config["weights_dir"],
     shell:
-        "dialogclip embed-train-captions --params {params.cfg:q} --shard {input.shard:q}"
+        "dialogclip --gpus {resources.gpu} embed-train-captions --params {params.cfg:q} --shard {input.shard:q}"
         " --output {output.emb:q} --batch-size {resources.batch_size}"
+        " --weights-dir {params.weights_dir:q}"
         " --threads {threads} 2> {log:q}"
 
 
@@ -92,3 +96,37 @@ rule train_rows:
         "dialogclip train-rows --params {params.cfg:q} --ingested {input.ingested:q}"
         " --dialogue {input.dialogue:q} --output {output.rows:q} --stats {output.stats:q}"
         " 2> {log:q}"
+
+
+rule train_run:
+    input:
+        unpack(get_train_run_inputs),
+    output:
+        final="results/train/runs/{run}/final.safetensors",
+        metrics="results/train/runs/{run}/metrics.jsonl",
+    log:
+        "logs/train_run/{run}.log",
+    benchmark:
+        "benchmarks/train_run/{run}.tsv"
+    conda:
+        "../../envs/dialogclip-gpu.yaml"
+    threads: 2
+    resources:
+        gpu=1,  # with processes > 1: as many GPUs as processes
+        mem_mb=32000,
+        runtime=720,
+        processes=1,  # data-parallel processes (the global batch stays optim.batch_size)
+        checkpoint_every=500,  # optimizer updates between checkpoints
+        num_workers=0,  # DataLoader workers per process
+    params:
+        cfg=get_train_run_params,
+        run_dir=get_train_run_dir,
+        caption_emb=get_caption_emb_flag,
+        weights_dir=config["weights_dir"],
+    shell:
+        "dialogclip --gpus {resources.gpu} train --params {params.cfg:q}"
+        " --rows {input.rows:q} --image-emb {input.image_emb:q} {params.caption_emb}"
+        " --run-dir {params.run_dir:q} --final {output.final:q} --metrics {output.metrics:q}"
+        " --weights-dir {params.weights_dir:q} --threads {threads}"
+        " --processes {resources.processes} --checkpoint-every {resources.checkpoint_every}"
+        " --num-workers {resources.num_workers} 2> {log:q}"

@@ -1,6 +1,9 @@
 # Input functions and parameters of the train stage (workflow/rules/train.smk includes this
 # file: `snakemake --lint` wants Python functions and rules in separate snakefiles). The file
 # names come from dialogclip.train.settings, so the workflow and the code agree on them.
+import hashlib
+import shlex
+
 from dialogclip.train.settings import train_settings_from_dict
 
 
@@ -25,12 +28,14 @@ def is_train_active():
 
 
 def get_train_outputs():
-    """The data of every run (image and caption caches, rows and their stats), once each
-    (runs share what they have in common); nothing unless train.activate."""
+    """Every run's trained tower and metrics, and the data behind them (image and caption
+    caches, rows and their stats, once each: runs share what they have in common); nothing
+    unless train.activate."""
     if not is_train_active():
         return []
     outputs = []
     for run in get_train_runs():
+        outputs += [run.final, run.metrics]
         for shard in get_shards():
             outputs.append(run.image_cache(shard))
             if run.uses_caption_cache:
@@ -70,15 +75,15 @@ def get_train_text_params(wildcards):
 
 
 def get_train_image_checkpoint(wildcards):
-    """The image tower's checkpoint when it is a file (a rule may build it), else nothing."""
-    pretrained = _train_tower("image", wildcards.image_model)["pretrained"]
-    return [pretrained] if is_checkpoint_path(pretrained) else []
+    """The image tower's weights: a checkpoint file or a fetched pretrained tag."""
+    tower = _train_tower("image", wildcards.image_model)
+    return get_weights_file(tower["architecture"], tower["pretrained"])
 
 
 def get_train_text_checkpoint(wildcards):
-    """The caption tower's checkpoint when it is a file, else nothing."""
-    pretrained = _train_tower("text", wildcards.text_model)["pretrained"]
-    return [pretrained] if is_checkpoint_path(pretrained) else []
+    """The caption tower's weights: a checkpoint file or a fetched pretrained tag."""
+    tower = _train_tower("text", wildcards.text_model)
+    return get_weights_file(tower["architecture"], tower["pretrained"])
 
 
 def get_train_rows_params(wildcards):
@@ -96,3 +101,95 @@ def get_train_rows_params(wildcards):
         f"no train run reads {wildcards.generator} rows of {wildcards.architecture} "
         f"in the form {wildcards.rows_form}"
     )
+
+
+def get_train_run(wildcards):
+    """The train.runs entry of wildcards.run (typed)."""
+    for run in get_train_runs():
+        if run.name == wildcards.run:
+            return run
+    raise WorkflowError(f"no train.runs entry is named {wildcards.run}")
+
+
+def _run_entry(name):
+    """The run's config entry as the schema filled it (plain types, for JSON)."""
+    return next(entry for entry in config["train"]["runs"] if entry["name"] == name)
+
+
+def get_train_run_inputs(wildcards):
+    """What a run reads: per shard its rows and image cache (and caption cache for the third
+    tower), and the pretrained weights. Named lists, in shard order."""
+    run = get_train_run(wildcards)
+    shards = get_shards()
+    inputs = {
+        "rows": [run.rows_file(shard) for shard in shards],
+        "image_emb": [run.image_cache(shard) for shard in shards],
+        "caption_emb": [],
+        "weights": get_weights_file(run.architecture, run.pretrained),
+    }
+    if run.uses_caption_cache:
+        inputs["caption_emb"] = [run.caption_cache(shard) for shard in shards]
+    return inputs
+
+
+def get_train_run_params(wildcards):
+    """The run's entry as JSON: everything its result depends on besides the data files. A
+    function: a text template inside it must not be read as wildcards."""
+    return json.dumps(_run_entry(wildcards.run), sort_keys=True)
+
+
+def get_train_run_dir(wildcards):
+    """Where the run keeps checkpoints: one folder per configuration, so a rerun after an edit
+    starts afresh while a rerun after a crash resumes (the trainer refuses to resume from a
+    checkpoint of other settings)."""
+    digest = hashlib.sha1(get_train_run_params(wildcards).encode()).hexdigest()[:12]
+    return f"results/train/runs/{wildcards.run}/work/{digest}"
+
+
+def get_caption_emb_flag(wildcards, input):
+    """`--caption-emb FILES` for the third tower; nothing for DRAFT."""
+    if not input.caption_emb:
+        return ""
+    return "--caption-emb " + " ".join(shlex.quote(path) for path in input.caption_emb)
+
+
+DEFAULT_EVAL_BETAS = {
+    "third_tower": [
+        1.0,
+        0.95,
+        0.9,
+        0.8,
+        0.6,
+        0.0,
+    ],  # the thesis' ablation and "only 3rd"
+    "draft": [0.9, 0.0],  # DRAFT + blend, DRAFT alone
+}
+
+
+def get_trained_eval_entries():
+    """The evaluation entries of every run (train.runs[].evaluate): `{run}-beta{beta}`, the
+    trained tower blended with the original model's by `variant`, beta weighting the original.
+    They share the baseline's image tower, hence its image-embedding cache."""
+    if not is_train_active():
+        return []
+    entries = []
+    for run in get_train_runs():
+        settings = run.evaluate
+        rows = {
+            float(beta): row for beta, row in settings.get("thesis_rows", {}).items()
+        }
+        for beta in settings.get("betas") or DEFAULT_EVAL_BETAS[run.method]:
+            entries.append(
+                {
+                    "name": f"{run.name}-beta{float(beta):g}",
+                    "architecture": run.architecture,
+                    "pretrained": run.pretrained,
+                    "quickgelu": run.quickgelu,
+                    "text_variant": settings.get("variant", "embedding_blend"),
+                    "other": run.final,
+                    "beta": float(beta),
+                    "datasets": settings.get("datasets"),
+                    "thesis_row": rows.get(float(beta)),
+                }
+            )
+    return entries

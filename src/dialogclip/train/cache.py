@@ -234,6 +234,7 @@ def embed_shard_images(
     batch_size: int = 256,
     device: str = "auto",
     threads: int = 1,
+    weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """I(x) of the shard's success rows into the cache ``output``; returns a summary."""
     import torch
@@ -244,7 +245,7 @@ def embed_shard_images(
     shard, started = Path(shard), time.perf_counter()
     n_rows, n_success = count_rows(shard)  # first: a missing shard fails before the model loads
     torch_device = resolve_device(device)
-    clip = load_clip(spec, device=torch_device)
+    clip = load_clip(spec, device=torch_device, weights_dir=weights_dir)
     keys: list[str] = []
     chunks: list[np.ndarray] = []
     errors: list[dict[str, str]] = []
@@ -296,6 +297,7 @@ def embed_shard_captions(
     output: str | Path,
     batch_size: int = 256,
     device: str = "auto",
+    weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """T(caption) of the shard's success rows into the cache ``output``; returns a summary."""
     import torch
@@ -306,7 +308,7 @@ def embed_shard_captions(
     shard, started = Path(shard), time.perf_counter()
     n_rows, n_success = count_rows(shard)  # first: a missing shard fails before the model loads
     torch_device = resolve_device(device)
-    clip = load_clip(spec, device=torch_device)
+    clip = load_clip(spec, device=torch_device, weights_dir=weights_dir)
     keys: list[str] = []
     chunks: list[np.ndarray] = []
     for batch in iter_success_rows(shard, ["key", "caption"], batch_size):

@@ -43,6 +43,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rows.add_argument("--stats", required=True, type=Path, help="stats .json to write")
     rows.set_defaults(func=_train_rows)
 
+    train = subparsers.add_parser(
+        "train",
+        help="train one run (third tower or DRAFT) on its cached data; resumes from checkpoints",
+    )
+    add_params_argument(train, "one train.runs entry")
+    train.add_argument("--rows", required=True, nargs="+", type=Path, help="rows .arrow files")
+    train.add_argument(
+        "--image-emb", required=True, nargs="+", type=Path, help="image caches, one per shard"
+    )
+    train.add_argument(
+        "--caption-emb", nargs="*", type=Path, default=[], help="caption caches (third tower)"
+    )
+    train.add_argument("--run-dir", required=True, type=Path, help="checkpoints and metrics")
+    train.add_argument("--final", required=True, type=Path, help="trained tower .safetensors")
+    train.add_argument("--metrics", required=True, type=Path, help="metrics .jsonl copy")
+    train.add_argument(
+        "--weights-dir", type=Path, default=None, help="fetched pretrained weights (weights_dir)"
+    )
+    # Machine settings (rule resources): never part of the result.
+    train.add_argument("--checkpoint-every", type=int, default=500, help="updates per checkpoint")
+    train.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    train.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="data-parallel processes (one per GPU); >1 relaunches under torch.distributed.run",
+    )
+    train.set_defaults(func=_train)
+
 
 def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_argument(parser, "tower (architecture, pretrained, quickgelu)")
@@ -51,6 +81,9 @@ def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="rows per forward pass")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch, decoding)")
+    parser.add_argument(
+        "--weights-dir", type=Path, default=None, help="fetched pretrained weights (weights_dir)"
+    )
 
 
 def _tower_spec(params: dict):
@@ -84,6 +117,7 @@ def _embed_train_images(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         threads=args.threads or 1,
+        weights_dir=args.weights_dir,
     )
     return 0
 
@@ -98,6 +132,7 @@ def _embed_train_captions(args: argparse.Namespace) -> int:
         args.output,
         batch_size=args.batch_size,
         device=args.device,
+        weights_dir=args.weights_dir,
     )
     return 0
 
@@ -107,4 +142,40 @@ def _train_rows(args: argparse.Namespace) -> int:
 
     settings = rows_settings_from_params(args.params)
     write_rows(build_rows(args.ingested, args.dialogue, settings), args.output, args.stats)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    if args.processes > 1 and "LOCAL_RANK" not in os.environ:
+        # One process per GPU: relaunch this same command under torchrun, which sets the
+        # ranks the trainer's accelerate reads; the relaunched processes take this branch no more.
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        argv += [f"--nproc-per-node={args.processes}", "-m", "dialogclip.cli", *sys.argv[1:]]
+        log.info("relaunching with %d processes: %s", args.processes, " ".join(argv))
+        os.execv(sys.executable, argv)
+    _set_threads(args.threads)
+    from dialogclip.core.config import ConfigError
+    from dialogclip.train.datasets import ShardFiles
+    from dialogclip.train.run import publish, train_run
+    from dialogclip.train.trainer import RunSettings
+
+    if len(args.rows) != len(args.image_emb) or (
+        args.caption_emb and len(args.caption_emb) != len(args.rows)
+    ):
+        raise ConfigError(
+            f"train: {len(args.rows)} rows files but {len(args.image_emb)} image caches and "
+            f"{len(args.caption_emb)} caption caches (one of each per shard)"
+        )
+    captions = args.caption_emb or [None] * len(args.rows)
+    shards = [
+        ShardFiles(rows, image, caption)
+        for rows, image, caption in zip(args.rows, args.image_emb, captions, strict=True)
+    ]
+    machine = RunSettings(checkpoint_every=args.checkpoint_every, num_workers=args.num_workers)
+    train_run(args.params, shards, args.run_dir, machine, args.weights_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        publish(args.run_dir, args.final, args.metrics)
     return 0

@@ -44,7 +44,10 @@ RUN_FIELDS = (
     "generator",
     "sample_form",
     "include_truncated",
+    "trainable_blocks",
     "optim",
+    "loss",
+    "evaluate",
 )
 
 
@@ -60,7 +63,10 @@ class TrainRun:
     quickgelu: QuickGelu = "auto"  # as evaluate.models[].quickgelu
     sample_form: str | None = None  # "concatenated" / "pairs"; None: the method's default
     include_truncated: bool = False  # count replies cut at the generator's token limit
-    optim: dict[str, Any] = field(default_factory=dict)  # hyperparameters (training rules)
+    trainable_blocks: int | None = None  # train the last k blocks (+ norm, projection); None: all
+    optim: dict[str, Any] = field(default_factory=dict)  # OptimSettings (dialogclip.train.trainer)
+    loss: dict[str, Any] = field(default_factory=dict)  # ThirdTowerLoss / DraftLoss fields
+    evaluate: dict[str, Any] = field(default_factory=dict)  # the evaluation variants of the run
 
     def __post_init__(self) -> None:
         where = f"train.runs[{self.name}]"
@@ -112,6 +118,16 @@ class TrainRun:
             "pretrained": self.pretrained,
             "quickgelu": self.quickgelu,
         }
+
+    @property
+    def final(self) -> str:
+        """The trained tower (the run's artefact, evaluate's ``other``)."""
+        return f"results/train/runs/{self.name}/final.safetensors"
+
+    @property
+    def metrics(self) -> str:
+        """The run's per-step metrics (JSON lines)."""
+        return f"results/train/runs/{self.name}/metrics.jsonl"
 
     def rows_params(self, text: dict[str, Any]) -> dict[str, Any]:
         """What a rows file depends on besides its inputs (the rows jobs' params): of the
