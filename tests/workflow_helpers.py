@@ -81,3 +81,41 @@ def planned_jobs(workdir: Path, *args: str) -> Counter[str]:
         if rule not in ("all", "total"):
             jobs[rule] = int(count)
     return jobs
+
+
+# What the finished demo redoes after a change to one generator's dialogue (all shards): its
+# statistics, its training rows, the runs that learn from it, their evaluation variants and the
+# report (resources/demo/config.yaml: a third tower on BLIP-2, evaluated at six betas on COCO;
+# two DRAFT runs on LLaVA, each at two betas on COCO and both VQA sets).
+DEMO_AFTER_DIALOGUE = {
+    "blip2": Counter(
+        {
+            "dialogue_summary": 1,
+            "dialogue_quality": 1,
+            "train_rows": 3,
+            "train_run": 1,
+            "eval_retrieval": 6,
+            "report": 1,
+        }
+    ),
+    "llava": Counter(
+        {
+            "dialogue_summary": 1,
+            "dialogue_quality": 1,
+            "train_rows": 3,
+            "train_run": 2,
+            "eval_retrieval": 4,
+            "eval_vqa": 8,
+            "report": 1,
+        }
+    ),
+}
+
+
+def demo_after_dialogue(*generators: str) -> Counter[str]:
+    """The jobs a change to these generators' dialogue reruns downstream (one report)."""
+    total: Counter[str] = Counter()
+    for generator in generators:
+        total += DEMO_AFTER_DIALOGUE[generator]
+    total["report"] = 1
+    return total

@@ -49,15 +49,20 @@ def test_a_beta_edit_reruns_only_that_entrys_evaluations(
     assert planned_jobs(finished_demo, "--configfile", edited) == {
         "eval_retrieval": 1,
         "eval_vqa": 2,
+        "report": 1,
     }
 
 
 def test_recall_cutoffs_rerun_only_retrieval(finished_demo: Path, tmp_path: Path) -> None:
     edited = _edited_config(finished_demo, tmp_path, lambda c: c["evaluate"].update(ks=[1, 2]))
-    assert planned_jobs(finished_demo, "--configfile", edited) == {"eval_retrieval": 3}
+    # The three entries and the ten variants of the training runs evaluated on COCO.
+    assert planned_jobs(finished_demo, "--configfile", edited) == {
+        "eval_retrieval": 13,
+        "report": 1,
+    }
 
 
-def test_the_text_form_reruns_vqa_and_the_dialogue_statistics(
+def test_the_text_form_reruns_what_reads_texts_never_generation(
     finished_demo: Path, tmp_path: Path
 ) -> None:
     edited = _edited_config(
@@ -65,10 +70,16 @@ def test_the_text_form_reruns_vqa_and_the_dialogue_statistics(
         tmp_path,
         lambda c: c.setdefault("text", {}).update(qa_template="Q: {question} A: {answer}"),
     )
-    # Never generation: the shards keep raw pairs; the form is applied by their readers.
+    # Never generation: the shards keep raw pairs; the form is applied by their readers (VQA
+    # candidates, training samples, statistics).
     assert planned_jobs(finished_demo, "--configfile", edited) == {
-        "eval_vqa": 5,
+        "eval_vqa": 13,
+        "eval_retrieval": 10,
+        "train_rows": 6,
+        "train_run": 3,
         "dialogue_summary": 2,
+        "dialogue_quality": 2,
+        "report": 1,
     }
 
 
@@ -81,6 +92,7 @@ def test_a_new_image_tower_embeds_once_for_its_entry(finished_demo: Path, tmp_pa
         "embed_eval_images": 3,
         "eval_retrieval": 1,
         "eval_vqa": 2,
+        "report": 1,
     }
 
 
@@ -98,4 +110,5 @@ def test_switching_evaluation_off_plans_no_evaluation(finished_demo: Path, tmp_p
         config["evaluate"]["coco"]["annotations"] = "eval/missing.json"  # not needed now
 
     edited = _edited_config(finished_demo, tmp_path, edit)
-    assert planned_jobs(finished_demo, "--configfile", edited) == {}
+    # The report is redone without the evaluations; nothing is evaluated.
+    assert planned_jobs(finished_demo, "--configfile", edited) == {"report": 1}

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from workflow_helpers import planned_jobs, snakemake
+from workflow_helpers import demo_after_dialogue, planned_jobs, snakemake
 
 from dialogclip.core.config import load_yaml
 from dialogclip.core.shards import ShardPlan, count_lines
@@ -46,13 +46,6 @@ MACHINE_EDITS: dict[str, int | str] = {
 def _n_shards(demo: Path) -> int:
     config = load_yaml(demo / "config.yaml")["cc3m"]
     return len(ShardPlan(count_lines(demo / config["tsv"]), config["shard_size"]).names)
-
-
-def _n_vqa_evaluations(demo: Path) -> int:
-    """The VQA evaluations the finished run wrote (their candidates use text.qa_template)."""
-    return len(
-        [p for p in (demo / "results/eval/vqa").glob("*/*.json") if "_results" not in p.name]
-    )
 
 
 def _overlay(tmp_path: Path, edit: dict[str, Any]) -> str:
@@ -96,7 +89,9 @@ def test_machine_settings_from_a_profile_rerun_nothing(finished_demo: Path, tmp_
 
 def _shell_flags(output: str, generator: str) -> list[dict[str, str]]:
     """The machine flags of every generate-dialogue command of ``generator`` a dry run prints."""
-    commands = re.findall(rf"dialogclip generate-dialogue --generator {generator} .*", output)
+    commands = re.findall(
+        rf"dialogclip --gpus \d+ generate-dialogue --generator {generator} .*", output
+    )
     flags = []
     for command in commands:
         words = shlex.split(command.split(" 2> ")[0])
@@ -140,31 +135,53 @@ def test_rule_defaults_and_overrides_reach_the_command(finished_demo: Path) -> N
 def test_editing_generation_science_reruns_exactly_its_jobs(
     finished_demo: Path, tmp_path: Path, edit: dict, generators: list[str]
 ) -> None:
-    """Each edited generator's jobs on every shard, and its summary; nothing downstream reads
-    the dialogue shards yet."""
+    """Each edited generator's jobs on every shard, and what reads its dialogue: statistics,
+    training rows, the runs on it, their evaluations, the report."""
     n_shards = _n_shards(finished_demo)
     expected = Counter({f"generate_{name}": n_shards for name in generators})
-    expected["dialogue_summary"] = len(generators)
+    expected += demo_after_dialogue(*generators)
     configfile = _overlay(tmp_path, {"generate": edit})
     assert planned_jobs(finished_demo, "--configfile", configfile) == expected
 
 
+# The pair template reaches every sample (DRAFT pairs, the joined dialogue) and the VQA
+# candidates; the separator and the long-text policy only the joined dialogue (third tower).
+EVERY_TEXT = Counter(
+    {
+        "dialogue_summary": 2,
+        "dialogue_quality": 2,
+        "train_rows": 6,
+        "train_run": 3,
+        "eval_retrieval": 10,
+        "eval_vqa": 13,
+        "report": 1,
+    }
+)
+JOINED_TEXT = Counter(
+    {
+        "dialogue_summary": 2,
+        "dialogue_quality": 2,
+        "train_rows": 3,
+        "train_run": 1,
+        "eval_retrieval": 6,
+        "report": 1,
+    }
+)
+
+
 @pytest.mark.parametrize(
-    ("edit", "vqa_too"),
+    ("edit", "expected"),
     [
-        ({"qa_template": "Question: {question} Answer: {answer}"}, True),
-        ({"pair_separator": " | "}, False),
-        ({"long_texts": "drop_pairs"}, False),
+        ({"qa_template": "Question: {question} Answer: {answer}"}, EVERY_TEXT),
+        ({"pair_separator": " | "}, JOINED_TEXT),
+        ({"long_texts": "drop_pairs"}, JOINED_TEXT),
     ],
 )
 def test_editing_the_text_form_never_reruns_generation(
-    finished_demo: Path, tmp_path: Path, edit: dict, vqa_too: bool
+    finished_demo: Path, tmp_path: Path, edit: dict, expected: Counter
 ) -> None:
-    """The text form redoes the dialogue summaries (they measure the texts) and, for the pair
-    template, the VQA evaluations (their candidates are pairs); never a dialogue shard."""
-    expected = Counter({"dialogue_summary": 2})
-    if vqa_too:
-        expected["eval_vqa"] = _n_vqa_evaluations(finished_demo)
+    """The text form redoes what reads texts (statistics, training rows and what follows them,
+    VQA candidates); never a dialogue shard."""
     configfile = _overlay(tmp_path, {"text": edit})
     assert planned_jobs(finished_demo, "--configfile", configfile) == expected
 

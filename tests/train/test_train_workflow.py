@@ -18,26 +18,20 @@ from dialogclip.train.rows import read_rows
 
 TINY = "results/models/tiny-clip-0.safetensors"
 SHARDS = ("00000", "00001", "00002")  # the demo's 70 TSV rows in shards of 32
-RUNS = [
+# The demo's runs (resources/demo/config.yaml): a third tower on BLIP-2, DRAFT with and without
+# MMD on LLaVA pairs. One image tower: 3 image caches, not 9; the third tower adds the captions;
+# both DRAFT runs read the same rows. Each run adds its evaluation variants: the third tower six
+# betas on COCO, each DRAFT run two betas on COCO and both VQA sets.
+TRAIN_JOBS = Counter(
     {
-        "name": "c3m-blip2",
-        "method": "third_tower",
-        "architecture": "tiny-clip",
-        "pretrained": TINY,
-        "generator": "blip2",
-        # The demo's random BLIP-2 always talks until max_new_tokens: without this, no rows.
-        "include_truncated": True,
-    },
-    {
-        "name": "draft-llava",
-        "method": "draft",
-        "architecture": "tiny-clip",
-        "pretrained": TINY,
-        "generator": "llava",
-    },
-]
-# Both runs share one image tower: 3 image caches, not 6; the third tower adds the captions.
-TRAIN_JOBS = Counter({"embed_train_images": 3, "embed_train_captions": 3, "train_rows": 6})
+        "embed_train_images": 3,
+        "embed_train_captions": 3,
+        "train_rows": 6,
+        "train_run": 3,
+        "eval_retrieval": 6 + 2 + 2,
+        "eval_vqa": 4 + 4,
+    }
+)
 MODEL = image_model_key("tiny-clip", TINY)
 
 
@@ -48,43 +42,33 @@ def _edit_config(workdir: Path, edit) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _activate(config: dict) -> None:
-    config["train"] = {"activate": True, "runs": [dict(run) for run in RUNS]}
+def _deactivate(config: dict) -> None:
+    config["train"]["activate"] = False
 
 
-def test_fresh_demo_plans_the_train_jobs_with_the_rest(tmp_path: Path) -> None:
+def test_the_demo_plans_the_train_jobs_with_the_rest(tmp_path: Path) -> None:
     workdir = copy_demo(tmp_path / "demo")
+    with_training = planned_jobs(workdir)
+    _edit_config(workdir, _deactivate)
     without = planned_jobs(workdir)
-    assert not set(TRAIN_JOBS) & set(without)  # train.activate defaults to false
-    _edit_config(workdir, _activate)
-    assert planned_jobs(workdir) == without + TRAIN_JOBS
+    assert not {"embed_train_images", "train_rows", "train_run"} & set(without)
+    assert with_training == without + TRAIN_JOBS
 
 
 def test_a_run_on_dialogue_that_is_not_generated_is_refused(tmp_path: Path) -> None:
     workdir = copy_demo(tmp_path / "demo")
-
-    def edit(config):
-        _activate(config)
-        config["generate"]["generators"] = ["llava"]
-
-    _edit_config(workdir, edit)
+    _edit_config(workdir, lambda config: config["generate"].update(generators=["llava"]))
     result = snakemake(workdir, "--dry-run", timeout=300)
     assert result.returncode != 0
-    assert "c3m-blip2 trains on blip2 dialogue, which generate.generators ['llava']" in (
+    assert "tiny-c3m-blip2 trains on blip2 dialogue, which generate.generators ['llava']" in (
         result.stdout + result.stderr
     )
 
 
 @pytest.fixture(scope="module")
-def trained(finished_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The finished demo with train activated and its training data made."""
-    workdir = copy_demo(tmp_path_factory.mktemp("train") / "demo", source=finished_demo)
-    assert planned_jobs(workdir) == Counter()
-    _edit_config(workdir, _activate)
-    assert planned_jobs(workdir) == TRAIN_JOBS
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return workdir
+def trained(finished_demo: Path) -> Path:
+    """The finished demo: its three runs trained and evaluated (dry runs only)."""
+    return finished_demo
 
 
 def test_nothing_left_and_machine_settings_rerun_nothing(trained: Path) -> None:
@@ -95,48 +79,83 @@ def test_nothing_left_and_machine_settings_rerun_nothing(trained: Path) -> None:
             "--set-resources",
             "embed_train_images:batch_size=3",
             "embed_train_captions:batch_size=5",
+            "train_run:checkpoint_every=3",
+            "train_run:num_workers=1",
+            "train_run:processes=2",
             "--set-threads",
             "embed_train_images=1",
+            "train_run=1",
         )
         == Counter()
     )
 
 
+THIRD_TOWER_EVALS = {"eval_retrieval": 6, "report": 1}
+DRAFT_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        # A new model for the third tower: its caches and (new tokenizer) its rows.
+        # A training hyperparameter: that run and what depends on it, nothing else.
         (
-            lambda c: c["train"]["runs"][0].update(architecture="ViT-B-32"),
-            {"embed_train_images": 3, "embed_train_captions": 3, "train_rows": 3},
+            lambda c: c["train"]["runs"][0]["optim"].update(lr=0.5),
+            {"train_run": 1, **THIRD_TOWER_EVALS},
         ),
-        # Other weights for DRAFT: a new image cache; the rows (same tokenizer) stay.
+        (
+            lambda c: c["train"]["runs"][2]["loss"].update(mmd_weight=0.5),
+            {"train_run": 1, **DRAFT_EVALS},
+        ),
+        # Other weights for DRAFT: a new image tower, embedded for training and evaluation.
         (
             lambda c: c["train"]["runs"][1].update(
                 pretrained="results/models/tiny-clip-1.safetensors"
             ),
-            {"embed_train_images": 3},
+            {"embed_train_images": 3, "embed_eval_images": 3, "train_run": 1, **DRAFT_EVALS},
         ),
-        # QuickGELU changes both towers of the third tower.
+        # QuickGELU changes both frozen towers of the third tower.
         (
             lambda c: c["train"]["runs"][0].update(quickgelu=True),
-            {"embed_train_images": 3, "embed_train_captions": 3},
+            {
+                "embed_train_images": 3,
+                "embed_train_captions": 3,
+                "embed_eval_images": 1,
+                "train_run": 1,
+                **THIRD_TOWER_EVALS,
+            },
         ),
-        (lambda c: c["train"]["runs"][1].update(include_truncated=True), {"train_rows": 3}),
-        # The separator joins pairs: only the concatenated (third-tower) rows read it.
-        (lambda c: c.setdefault("text", {}).update(pair_separator=" / "), {"train_rows": 3}),
-        (lambda c: c["train"]["runs"][1].update(sample_form="concatenated"), {"train_rows": 3}),
-        # Hyperparameters are not the data's business.
-        (lambda c: c["train"]["runs"][0].update(optim={"lr": 0.1}), {}),
+        (
+            lambda c: c["train"]["runs"][1].update(include_truncated=False),
+            {"train_rows": 3, "train_run": 1, **DRAFT_EVALS},
+        ),
+        # The separator joins pairs: only the concatenated (third-tower) rows read it, and the
+        # dialogue statistics.
+        (
+            lambda c: c.setdefault("text", {}).update(pair_separator=" / "),
+            {
+                "train_rows": 3,
+                "train_run": 1,
+                "dialogue_summary": 2,
+                "dialogue_quality": 2,
+                **THIRD_TOWER_EVALS,
+            },
+        ),
+        # Evaluation variants are the evaluation's business: a new beta, one new evaluation.
+        (
+            lambda c: c["train"]["runs"][0]["evaluate"].update(betas=[0.9, 0.5]),
+            {"eval_retrieval": 1, "report": 1},
+        ),
     ],
-    ids=["architecture", "pretrained", "quickgelu", "truncated", "separator", "form", "optim"],
+    ids=["lr", "mmd_weight", "pretrained", "quickgelu", "truncated", "separator", "betas"],
 )
 def test_science_edits_rerun_exactly_what_depends_on_them(
     trained: Path, tmp_path: Path, edit, expected
 ) -> None:
-    workdir = copy_demo(tmp_path / "demo", source=trained)
-    _edit_config(workdir, edit)
-    assert planned_jobs(workdir) == Counter(expected)
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    edit(config)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    assert planned_jobs(trained, "--configfile", str(edited)) == Counter(expected)
 
 
 def test_written_files_join_into_datasets(trained: Path) -> None:
@@ -148,15 +167,17 @@ def test_written_files_join_into_datasets(trained: Path) -> None:
     ]
     assert sorted(str(p.relative_to(rows_dir)) for p in rows_dir.glob("*/*/*")) == [
         "blip2/tiny-clip/concatenated-with_truncated",
-        "llava/tiny-clip/pairs",
+        "llava/tiny-clip/pairs-with_truncated",
     ]
     for shard in SHARDS:
-        stats = read_json(rows_dir / f"llava/tiny-clip/pairs/stats/{shard}.json")
+        stats = read_json(rows_dir / f"llava/tiny-clip/pairs-with_truncated/stats/{shard}.json")
         images = stats["images"]
         assert images["kept"] + images["n_excluded"] == images["input"]
         ingested = read_embedding_cache(emb / "image" / MODEL / f"{shard}.arrow").metadata
         assert images["input"] == ingested["n_input_rows"]
-        assert stats["rows"] == len(read_rows(rows_dir / f"llava/tiny-clip/pairs/{shard}.arrow"))
+        assert stats["rows"] == len(
+            read_rows(rows_dir / f"llava/tiny-clip/pairs-with_truncated/{shard}.arrow")
+        )
     third = ThirdTowerDataset(
         [
             ShardFiles(
@@ -170,7 +191,8 @@ def test_written_files_join_into_datasets(trained: Path) -> None:
     draft = DraftDataset(
         [
             ShardFiles(
-                rows_dir / f"llava/tiny-clip/pairs/{s}.arrow", emb / "image" / MODEL / f"{s}.arrow"
+                rows_dir / f"llava/tiny-clip/pairs-with_truncated/{s}.arrow",
+                emb / "image" / MODEL / f"{s}.arrow",
             )
             for s in SHARDS
         ]

@@ -133,9 +133,11 @@ def get_train_run_inputs(wildcards):
 
 
 def get_train_run_params(wildcards):
-    """The run's entry as JSON: everything its result depends on besides the data files. A
-    function: a text template inside it must not be read as wildcards."""
-    return json.dumps(_run_entry(wildcards.run), sort_keys=True)
+    """The run's entry as JSON: everything its result depends on besides the data files (not
+    its `evaluate` variants, which only the evaluation reads). A function: a text template
+    inside it must not be read as wildcards."""
+    entry = {k: v for k, v in _run_entry(wildcards.run).items() if k != "evaluate"}
+    return json.dumps(entry, sort_keys=True)
 
 
 def get_train_run_dir(wildcards):
