@@ -360,6 +360,7 @@ def main() -> int:
             "chunk_size": args.chunk_size,
             "repeats": args.repeats,
             "threads": args.threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "max_new_tokens": {"blip2": 16, "llava": 48},
             "dtype": "auto (float32 on CPU)",
             "image_size": [256, 192],

@@ -3,6 +3,10 @@ defaults of vLLM on CPU."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -117,7 +121,32 @@ def test_vllm_cpu_defaults_yield_to_the_config_and_environment() -> None:
     # vLLM's own variables: a KV cache in GiB, multiprocessing switched on by the user.
     environ = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     assert cpu_engine_defaults(VllmSettings(), environ) == {"env": {}, "enforce_eager": True}
+    # An explicit "uni" executor gets multiprocessing off (vLLM would turn it into "mp").
+    assert cpu_engine_defaults(VllmSettings(distributed_executor_backend="uni"), {}) == {
+        "env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+        "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
+        "enforce_eager": True,
+    }
     # Tensor parallel needs vLLM's worker processes.
     assert "distributed_executor_backend" not in cpu_engine_defaults(
         VllmSettings(tensor_parallel_size=2), environ={}
     )
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_a_job_process_makes_openmp_waits_passive_before_torch_loads(preset, expected) -> None:
+    """Importing the runner (as ``dialogclip generate-dialogue`` does before torch) sets
+    OMP_WAIT_POLICY=PASSIVE unless the environment chose a policy."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = (
+        "import os, sys\n"
+        "import dialogclip.generate.runner\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(os.environ['OMP_WAIT_POLICY'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == expected

@@ -59,11 +59,13 @@ def cpu_engine_defaults(settings: VllmSettings, environ: Mapping[str, str]) -> d
     defaults: dict[str, Any] = {"env": {}}
     if settings.kv_cache_memory_bytes is None and not environ.get(KV_CACHE_ENV):
         defaults["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-    if settings.distributed_executor_backend is None and settings.tensor_parallel_size == 1:
+    executor = settings.distributed_executor_backend
+    if executor in (None, "uni") and settings.tensor_parallel_size == 1:
+        # "uni" needs multiprocessing off: vLLM's CPU platform replaces it by "mp" otherwise.
         if MULTIPROCESSING_ENV not in environ:
             defaults["env"][MULTIPROCESSING_ENV] = "0"
-        if environ.get(MULTIPROCESSING_ENV, "0") == "0":  # in-process unless the user said so
-            defaults["distributed_executor_backend"] = "uni"
+        if executor is None and environ.get(MULTIPROCESSING_ENV, "0") == "0":
+            defaults["distributed_executor_backend"] = "uni"  # unless the user wants processes
     if settings.enforce_eager is None:
         defaults["enforce_eager"] = True
     return defaults
