@@ -66,6 +66,7 @@ from dialogclip.core.logging import setup_logging  # noqa: E402
 from dialogclip.generate.backend import GenerationBackend  # noqa: E402
 from dialogclip.generate.config import (  # noqa: E402
     GenerateConfig,
+    MachineSettings,
     SamplingSettings,
     TransformersSettings,
     VllmSettings,
@@ -85,6 +86,7 @@ log = logging.getLogger("bench_generate")
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "out" / "generate"
+DECODE_WORKERS = 2
 RESULT = ROOT / "results" / "bench_generate.json"
 
 
@@ -118,17 +120,10 @@ def single_pass(
     """The same work without resumability: decode all, generate all, write the shard once."""
     started = time.perf_counter()
     rows = read_ingested_shard(shard)
-    with ThreadPoolExecutor(max_workers=config.decode.workers or 2) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
         decoded = list(pool.map(lambda data: decode_image(data, config.decode), rows.images))
     settings = generator_settings(generator, config)
-    ctx = RowContext(
-        generator,
-        settings.model,
-        settings.revision,
-        backend.name,
-        config.dialogue.pair_template,
-        config.dialogue.separator,
-    )
+    ctx = RowContext(generator, settings.model, settings.revision, backend.name)
     usable = [i for i, item in enumerate(decoded) if item.image is not None]
     dialogues = make_generator(generator, config).run(
         backend, [decoded[i].image for i in usable], [rows.keys[i] for i in usable]
@@ -147,7 +142,12 @@ def single_pass(
 
 
 def chunked(
-    shard: Path, out_dir: Path, generator: str, config: GenerateConfig, backend: GenerationBackend
+    shard: Path,
+    out_dir: Path,
+    generator: str,
+    config: GenerateConfig,
+    backend: GenerationBackend,
+    chunk_size: int,
 ) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     stats = generate_shard(
@@ -158,6 +158,7 @@ def chunked(
         generator,
         config,
         backend=backend,
+        machine=MachineSettings(chunk_size=chunk_size, decode_workers=DECODE_WORKERS),
     )
     return time.perf_counter() - started, stats
 
@@ -178,34 +179,35 @@ def make_backend(name: str, generator: str, model: str) -> tuple[GenerationBacke
     return backend, time.perf_counter() - started
 
 
-# Job variants: extra params of the generate section and the environment of the job.
-JOB_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "transformers": ("transformers", {}),
-    "vllm": ("vllm", {}),  # the CPU defaults of vllm_backend.py
+# Job variants: the machine flags of the job (the rules' resources; the rest keep their
+# defaults, as in the workflow).
+JOB_VARIANTS: dict[str, dict[str, str]] = {
+    "transformers": {"backend": "transformers"},
+    "vllm": {"backend": "vllm"},  # the CPU defaults of vllm_backend.py
     # vLLM's own CPU defaults: engine core and worker processes, torch.compile at every start.
-    "vllm-mp-compiled": (
-        "vllm",
-        {"vllm": {"distributed_executor_backend": "mp", "enforce_eager": False}},
-    ),
+    "vllm-mp-compiled": {"backend": "vllm", "vllm_executor": "mp", "vllm_enforce_eager": "0"},
 }
 # Variables a developer's shell or the test suite may set: a job must run on its own defaults.
 JOB_ENV_DROPPED = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "OMP_NUM_THREADS")
 
 
 def run_job(
-    variant: str, generator: str, shard: Path, base: dict[str, Any], threads: int
+    variant: str, generator: str, shard: Path, params: dict[str, Any], machine: dict[str, Any]
 ) -> dict[str, Any]:
-    """One cold ``dialogclip generate-dialogue`` job; its wall time and its stats' timings."""
-    backend, extra = JOB_VARIANTS[variant]
-    params = {**base, "backend": backend, **extra}
+    """One cold ``dialogclip generate-dialogue`` job; its wall time and its stats' timings.
+
+    ``params``: the generate section; ``machine``: flags (``threads`` and MACHINE_FLAGS names).
+    """
+    flags = {**machine, **JOB_VARIANTS[variant]}
     out = OUT / "job" / f"{variant}-{generator}"
     command = [
         sys.executable, "-m", "dialogclip.cli", "generate-dialogue",
         "--generator", generator, "--shard", str(shard),
         "--output", str(out / "shard.parquet"), "--stats", str(out / "stats.json"),
-        "--work-dir", str(out / ".chunks"), "--threads", str(threads),
-        "--params", json.dumps(params),
+        "--work-dir", str(out / ".chunks"), "--params", json.dumps(params),
     ]  # fmt: skip
+    for name, value in flags.items():
+        command += ["--" + name.replace("_", "-"), str(value)]
     env = {key: value for key, value in os.environ.items() if key not in JOB_ENV_DROPPED}
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -221,7 +223,7 @@ def run_job(
         "variant": variant,
         "generator": generator,
         "images": images,
-        "threads": threads,
+        "threads": flags["threads"],
         "job_wall_s": round(wall, 2),
         "job_images_per_s": round(images / wall, 3),
         "engine_start_s": timing["engine_start_s"],
@@ -265,10 +267,8 @@ def main() -> int:
         build_tiny_models(models)
     shard = make_shard(OUT / "shard.parquet", args.images)
     base = {
-        "chunk_size": args.chunk_size,
         "blip2": {"model": str(models / "blip2"), "max_new_tokens": 16},
         "llava": {"model": str(models / "llava"), "max_new_tokens": 48},
-        "decode": {"workers": 2},
     }
     throughput, overhead = [], []
     for backend_name in [] if args.skip_warm else args.backends:
@@ -279,13 +279,15 @@ def main() -> int:
             # selection per new tensor shape (different for each batching pattern).
             for _ in range(2):
                 single_pass(shard, OUT / "single.parquet", generator, config, backend)
-                chunked(shard, OUT / "warmup", generator, config, backend)
+                chunked(shard, OUT / "warmup", generator, config, backend, args.chunk_size)
             single_times, chunk_times, waits, rates = [], [], [], []
             for _ in range(args.repeats):
                 single_times.append(
                     single_pass(shard, OUT / "single.parquet", generator, config, backend)
                 )
-                wall, stats = chunked(shard, OUT / "chunked", generator, config, backend)
+                wall, stats = chunked(
+                    shard, OUT / "chunked", generator, config, backend, args.chunk_size
+                )
                 chunk_times.append(wall)
                 waits.append(stats["timing"]["engine_wait_fraction"])
                 rates.append(stats["timing"]["images_per_s"])
@@ -324,8 +326,8 @@ def main() -> int:
 
     # Cold jobs as the workflow runs them, the demo's LLaVA settings (structured output).
     job_shard = make_shard(OUT / "job-shard.parquet", args.job_images)
+    job_machine = {"threads": args.threads, "chunk_size": args.job_chunk_size}
     job_base = {
-        "chunk_size": args.job_chunk_size,
         "blip2": {"model": str(models / "blip2"), "max_new_tokens": 12},
         "llava": {
             "model": str(models / "llava"),
@@ -338,7 +340,7 @@ def main() -> int:
     for _ in range(args.job_repeats):
         for variant in args.job_variants:
             for generator in ("blip2", "llava"):
-                jobs.append(run_job(variant, generator, job_shard, job_base, args.threads))
+                jobs.append(run_job(variant, generator, job_shard, job_base, job_machine))
                 log.info("%s", {k: v for k, v in jobs[-1].items() if k != "engine"})
 
     by_key = {(row["backend"], row["generator"]): row["images_per_s"] for row in throughput}
@@ -369,6 +371,7 @@ def main() -> int:
                 "chunk_size": args.job_chunk_size,
                 "repeats": args.job_repeats,
                 "params": job_base,
+                "machine": job_machine,
             },
         },
         "throughput": throughput,

@@ -135,15 +135,17 @@ def _fixed_length_vllm(model_dir: Path, smoke: bool) -> Any:
 
     if smoke:
         settings = VllmSettings(
-            dtype="float32",
             enforce_eager=True,
             max_num_seqs=16,
             kv_cache_memory_bytes=256 << 20,
             distributed_executor_backend="uni",
         )
     else:
-        settings = VllmSettings(dtype="bfloat16", gpu_memory_utilization=0.9, max_num_seqs=256)
-    return FixedLengthVllm(str(model_dir), None, settings, SamplingSettings(), load_format="dummy")
+        settings = VllmSettings(gpu_memory_utilization=0.9, max_num_seqs=256)
+    dtype = "float32" if smoke else "bfloat16"
+    return FixedLengthVllm(
+        str(model_dir), None, settings, SamplingSettings(), dtype=dtype, load_format="dummy"
+    )
 
 
 def _random_transformers(model_dir: Path, generator: str, batch_size: int, smoke: bool) -> Any:
@@ -162,16 +164,14 @@ def _random_transformers(model_dir: Path, generator: str, batch_size: int, smoke
         model = model_class(generator)._from_config(config, dtype=dtype).eval()
     model.generation_config = GenerationConfig.from_pretrained(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)
-    settings = TransformersSettings(
-        dtype=str(dtype).removeprefix("torch."), batch_size=batch_size, device=device
-    )
+    settings = TransformersSettings(batch_size=batch_size, device=device)
     backend = TransformersBackend.from_loaded(model, processor, settings, SamplingSettings())
     backend.stop_ids = []  # no early stop: every request generates max_new_tokens
     return backend
 
 
 def run_case(args: argparse.Namespace) -> dict[str, Any]:
-    from dialogclip.generate.config import generate_config_from_dict
+    from dialogclip.generate.config import MachineSettings, generate_config_from_dict
     from dialogclip.generate.runner import generate_shard
 
     generator, backend_name = args.case.split(":")
@@ -182,12 +182,11 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     shard = make_shard(work / "shard.parquet", n_images)
     warmup = make_shard(work / "warmup.parquet", min(n_images, 2 * args.batch_size))
     params = {
-        "chunk_size": args.chunk_size,
         "blip2": {"model": str(model_dir), "max_new_tokens": args.blip2_tokens_per_turn},
         "llava": {"model": str(model_dir), "max_new_tokens": args.llava_tokens},
-        "decode": {"workers": 4},
     }
     config = generate_config_from_dict(params)
+    machine = MachineSettings(chunk_size=args.chunk_size, decode_workers=4)
     started = time.perf_counter()
     if backend_name == "vllm":
         backend = _fixed_length_vllm(model_dir, args.smoke)
@@ -205,6 +204,7 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
             generator,
             config,
             backend=backend,
+            machine=machine,
         )
         return time.perf_counter() - begin, stats
 

@@ -51,13 +51,16 @@ def tiny_params(tiny_models: dict[str, Path]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def hf_backends(tiny_models: dict[str, Path]) -> Iterator[dict[str, Any]]:
-    """transformers backends (fp32, CPU) of both tiny models, shared by the session."""
+    """transformers backends (CPU, dtype auto: float32) of both tiny models, shared by the
+    session."""
     from dialogclip.generate.config import SamplingSettings, TransformersSettings
     from dialogclip.generate.hf_backend import TransformersBackend
 
-    settings = TransformersSettings(dtype="float32", batch_size=4, device="cpu")
+    settings = TransformersSettings(batch_size=4, device="cpu")
     backends = {
-        name: TransformersBackend(name, str(tiny_models[name]), None, settings, SamplingSettings())
+        name: TransformersBackend(
+            name, str(tiny_models[name]), None, settings, SamplingSettings(), dtype="auto"
+        )
         for name in ("blip2", "llava")
     }
     yield backends
@@ -75,7 +78,7 @@ def vllm_backends(tiny_models: dict[str, Path]) -> Iterator[dict[str, Any]]:
 
     settings = VllmSettings(**VLLM_CPU_ENGINE)
     backends = {
-        name: VllmBackend(str(tiny_models[name]), None, settings, SamplingSettings())
+        name: VllmBackend(str(tiny_models[name]), None, settings, SamplingSettings(), dtype="auto")
         for name in ("blip2", "llava")
     }
     yield backends
@@ -98,9 +101,10 @@ def newline_eos_backends(
     from dialogclip.generate.vllm_backend import VllmBackend
 
     model = str(build_tiny_blip2(tmp_path_factory.mktemp("newline") / "blip2", newline_eos=True))
-    settings = TransformersSettings(dtype="auto", batch_size=4, device="cpu")
-    hf = TransformersBackend("blip2", model, None, settings, SamplingSettings())
-    vllm = VllmBackend(model, None, VllmSettings(**VLLM_CPU_ENGINE), SamplingSettings())
+    settings = TransformersSettings(batch_size=4, device="cpu")
+    hf = TransformersBackend("blip2", model, None, settings, SamplingSettings(), dtype="auto")
+    engine = VllmSettings(**VLLM_CPU_ENGINE)
+    vllm = VllmBackend(model, None, engine, SamplingSettings(), dtype="auto")
     yield hf, vllm
     hf.close()
     vllm.close()

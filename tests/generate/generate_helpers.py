@@ -18,14 +18,20 @@ from dialogclip.ingest.shard import SHARD_SCHEMA
 
 CAPTION_MARKER = "zebracaption"  # must never reach a prompt
 
-# Tiny-model settings shared by the tests: short replies keep the CPU runs quick.
+# Tiny-model settings shared by the tests (the generate section): short replies keep the CPU
+# runs quick.
 TINY_PARAMS: dict[str, Any] = {
-    "backend": "transformers",
-    "chunk_size": 3,
+    "dtype": "float32",
     "blip2": {"max_new_tokens": 6},
     "llava": {"max_new_tokens": 24, "structured_max_chars": 12},
-    "transformers": {"dtype": "float32", "batch_size": 4},
-    "decode": {"workers": 2},
+}
+
+# Machine settings of the tests (in the workflow: rule resources passed as command-line flags).
+TINY_MACHINE: dict[str, Any] = {
+    "backend": "transformers",
+    "chunk_size": 3,
+    "decode_workers": 2,
+    "transformers_batch_size": 4,
 }
 
 # dtype stays "auto": float32 on CPU, as in the transformers backend.

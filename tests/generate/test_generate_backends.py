@@ -17,7 +17,12 @@ from dialogclip.generate.backend import (
     resolve_dtype,
     resolve_engine,
 )
-from dialogclip.generate.config import VllmSettings, generate_config_from_dict
+from dialogclip.generate.config import (
+    MachineSettings,
+    VllmSettings,
+    generate_config_from_dict,
+    machine_settings,
+)
 from dialogclip.generate.hf_backend import SeededSampler, nucleus_mask
 from dialogclip.generate.vllm_backend import CPU_KV_CACHE_BYTES, cpu_engine_defaults
 
@@ -26,10 +31,12 @@ CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU 
 
 @CPU_ONLY
 def test_auto_dtype_resolves_alike_in_both_backends() -> None:
-    config = generate_config_from_dict({})  # dtype: auto in both sections
-    assert config.vllm.dtype == config.transformers.dtype == "auto"
-    assert resolve_engine("vllm", config) == EngineTarget("vllm", "cpu", "float32")
-    assert resolve_engine("transformers", config) == EngineTarget("transformers", "cpu", "float32")
+    config, machine = generate_config_from_dict({}), MachineSettings()
+    assert config.dtype == "auto"
+    assert resolve_engine("vllm", config, machine) == EngineTarget("vllm", "cpu", "float32")
+    assert resolve_engine("transformers", config, machine) == EngineTarget(
+        "transformers", "cpu", "float32"
+    )
 
 
 @CPU_ONLY
@@ -43,14 +50,18 @@ def test_dtype_names_resolve_to_torch_dtypes() -> None:
     assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
     assert resolve_dtype("float16", "cuda") is torch.float16
     for bad in ("int8", "float33", "device"):
-        with pytest.raises(ConfigError, match=rf"generate.vllm.dtype: .*'{bad}'"):
-            resolve_dtype(bad, "cpu", "vllm.dtype")
+        with pytest.raises(ConfigError, match=rf"generate\.dtype: .*'{bad}'"):
+            resolve_dtype(bad, "cpu")
 
 
-def test_an_unknown_dtype_in_the_config_names_its_key() -> None:
-    config = generate_config_from_dict({"transformers": {"dtype": "fp32"}})
-    with pytest.raises(ConfigError, match=r"generate\.transformers\.dtype: .*'fp32'"):
-        resolve_engine("transformers", config)
+def test_a_transformers_device_is_kept_and_vllm_follows_its_build() -> None:
+    config = generate_config_from_dict({"dtype": "bfloat16"})
+    machine = machine_settings(transformers_device="cpu")
+    assert resolve_engine("transformers", config, machine) == EngineTarget(
+        "transformers", "cpu", "bfloat16"
+    )
+    with pytest.raises(ValueError, match="unknown backend 'auto'"):
+        resolve_engine("auto", config, machine)  # resolve_backend decides first
 
 
 def _naive_nucleus(probs: list[float], top_p: float) -> set[int]:

@@ -1,8 +1,24 @@
 # Stage: generate. Dialogue from the image alone (the caption is never shown): BLIP-2 two-turn
 # and LLaVA-1.5 three-QA, one job per ingested shard and generator, resumable by chunk inside
-# the job (finished chunks under results/dialogue/{generator}/.chunks/{shard}/). Backend vLLM on
-# GPU, transformers otherwise (generate.backend: auto). Machine settings (gpu, mem_mb, runtime,
-# threads) are defaults that profiles override with set-resources / set-threads.
+# the job (finished chunks under results/dialogue/{generator}/.chunks/{shard}/).
+# Science in params, machine in resources: params carry the generate section (models, prompts,
+# sampling, dtype, image preprocessing), so editing it reruns the jobs that read it. Everything
+# about how a job runs on its node is a resource with its default here, passed on the shell line
+# as a flag of the same name (dialogclip.generate.config.MACHINE_FLAGS): Snakemake never reruns
+# a job for a resource, and a profile overrides them with set-resources / set-threads:
+#   backend                  auto | vllm | transformers (auto: vllm when CUDA and vLLM exist).
+#                            Machine, not science: at a fixed dtype both give the same greedy
+#                            replies (parity tests), as any batch size does; rows record it.
+#   chunk_size               images per persisted chunk (the unit of resume)
+#   decode_workers           image-decode threads (0 = threads)
+#   prefetch_chunks          chunks decoded ahead of the engine
+#   transformers_batch_size  images per generate call;  transformers_device  auto | cuda | cpu
+#   vllm_gpu_memory_percent  percent of GPU memory for vLLM (an int: Snakemake rounds floats)
+#   vllm_kv_cache_mib        KV cache size in MiB (0 = from the percent on GPU, 1 GiB on CPU)
+#   vllm_max_model_len       context length (0 = the model's; a reply it would cut stops the job)
+#   vllm_max_num_seqs, vllm_tensor_parallel_size (raise gpu with it)
+#   vllm_enforce_eager       auto (eager on CPU, compiled on GPU) | 0 | 1
+#   vllm_executor            auto (vLLM's choice on GPU, in-process "uni" on CPU) | uni | mp | ray
 
 # get_generate_outputs() and the rules' input functions are in generate_functions.smk.
 
@@ -28,6 +44,19 @@ rule generate_blip2:
         gpu=1,
         mem_mb=24000,
         runtime=180,
+        backend="auto",
+        chunk_size=512,
+        decode_workers=0,
+        prefetch_chunks=1,
+        transformers_batch_size=8,
+        transformers_device="auto",
+        vllm_gpu_memory_percent=90,
+        vllm_kv_cache_mib=0,
+        vllm_max_model_len=0,
+        vllm_max_num_seqs=256,
+        vllm_tensor_parallel_size=1,
+        vllm_enforce_eager="auto",
+        vllm_executor="auto",
     params:
         cfg=get_generate_params("blip2"),
         work_dir="results/dialogue/blip2/.chunks/{shard}",
@@ -35,6 +64,18 @@ rule generate_blip2:
         "dialogclip generate-dialogue --generator blip2 --shard {input.shard:q}"
         " --output {output.parquet:q} --stats {output.stats:q}"
         " --work-dir {params.work_dir:q} --threads {threads} --params {params.cfg:q}"
+        " --backend {resources.backend} --chunk-size {resources.chunk_size}"
+        " --decode-workers {resources.decode_workers}"
+        " --prefetch-chunks {resources.prefetch_chunks}"
+        " --transformers-batch-size {resources.transformers_batch_size}"
+        " --transformers-device {resources.transformers_device}"
+        " --vllm-gpu-memory-percent {resources.vllm_gpu_memory_percent}"
+        " --vllm-kv-cache-mib {resources.vllm_kv_cache_mib}"
+        " --vllm-max-model-len {resources.vllm_max_model_len}"
+        " --vllm-max-num-seqs {resources.vllm_max_num_seqs}"
+        " --vllm-tensor-parallel-size {resources.vllm_tensor_parallel_size}"
+        " --vllm-enforce-eager {resources.vllm_enforce_eager}"
+        " --vllm-executor {resources.vllm_executor}"
         " 2> {log:q}"
 
 
@@ -56,6 +97,19 @@ rule generate_llava:
         gpu=1,
         mem_mb=40000,
         runtime=240,
+        backend="auto",
+        chunk_size=512,
+        decode_workers=0,
+        prefetch_chunks=1,
+        transformers_batch_size=8,
+        transformers_device="auto",
+        vllm_gpu_memory_percent=90,
+        vllm_kv_cache_mib=0,
+        vllm_max_model_len=0,
+        vllm_max_num_seqs=256,
+        vllm_tensor_parallel_size=1,
+        vllm_enforce_eager="auto",
+        vllm_executor="auto",
     params:
         cfg=get_generate_params("llava"),
         work_dir="results/dialogue/llava/.chunks/{shard}",
@@ -63,12 +117,25 @@ rule generate_llava:
         "dialogclip generate-dialogue --generator llava --shard {input.shard:q}"
         " --output {output.parquet:q} --stats {output.stats:q}"
         " --work-dir {params.work_dir:q} --threads {threads} --params {params.cfg:q}"
+        " --backend {resources.backend} --chunk-size {resources.chunk_size}"
+        " --decode-workers {resources.decode_workers}"
+        " --prefetch-chunks {resources.prefetch_chunks}"
+        " --transformers-batch-size {resources.transformers_batch_size}"
+        " --transformers-device {resources.transformers_device}"
+        " --vllm-gpu-memory-percent {resources.vllm_gpu_memory_percent}"
+        " --vllm-kv-cache-mib {resources.vllm_kv_cache_mib}"
+        " --vllm-max-model-len {resources.vllm_max_model_len}"
+        " --vllm-max-num-seqs {resources.vllm_max_num_seqs}"
+        " --vllm-tensor-parallel-size {resources.vllm_tensor_parallel_size}"
+        " --vllm-enforce-eager {resources.vllm_enforce_eager}"
+        " --vllm-executor {resources.vllm_executor}"
         " 2> {log:q}"
 
 
 rule dialogue_summary:
     input:
         stats=get_dialogue_stats,
+        shards=get_dialogue_shards,
     output:
         json="results/dialogue/{generator}/summary.json",
     log:
@@ -80,10 +147,17 @@ rule dialogue_summary:
         "../../envs/dialogclip.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        # The text form and the tokenizers measure the dialogue texts: a text edit redoes only
+        # this cheap summary, never generation.
+        text=get_text_params,
+        architectures=get_text_architectures(),
     shell:
-        "dialogclip dialogue-summary --stats {input.stats:q} --output {output.json:q} 2> {log:q}"
+        "dialogclip dialogue-summary --stats {input.stats:q} --shards {input.shards:q}"
+        " --text {params.text:q} --architectures {params.architectures:q}"
+        " --output {output.json:q} 2> {log:q}"
 
 
 rule tiny_models:

@@ -26,8 +26,9 @@ def get_generate_outputs():
 
 
 def get_generate_params(generator):
-    """An input function for a rule's params: the generate section as JSON, without the other
-    generator's settings, so editing the LLaVA prompt reruns the LLaVA jobs only.
+    """An input function for a rule's params: the generate section (science only: the schema
+    admits no machine setting) as JSON, without the other generator's settings, so editing the
+    LLaVA prompt reruns the LLaVA jobs only.
 
     A function, not a string: Snakemake would read the prompts' {question} as a wildcard.
     """
@@ -42,6 +43,20 @@ def get_generate_params(generator):
         return json.dumps(section, sort_keys=True)
 
     return generate_params
+
+
+def get_text_params(wildcards):
+    """The text section (the one text form of question/answer pairs) as JSON. A function:
+    Snakemake would read the template's {question} as a wildcard."""
+    return json.dumps(config["text"], sort_keys=True)
+
+
+def get_text_architectures():
+    """The CLIP architectures whose tokenizers read the dialogue texts: for now the distinct
+    architectures of evaluate.models (training models join when the training stages land).
+    """
+    models = (config.get("evaluate") or {}).get("models") or []
+    return sorted({entry["architecture"] for entry in models})
 
 
 def get_local_model(generator):
@@ -61,6 +76,15 @@ def get_dialogue_stats(wildcards):
     """The per-shard stats files of one generator, for its summary."""
     return expand(
         "results/dialogue/{generator}/stats/{shard}.json",
+        generator=wildcards.generator,
+        shard=get_shards(),
+    )
+
+
+def get_dialogue_shards(wildcards):
+    """The dialogue shards of one generator (the summary measures their texts)."""
+    return expand(
+        "results/dialogue/{generator}/{shard}.parquet",
         generator=wildcards.generator,
         shard=get_shards(),
     )

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from dialogclip.core.config import ConfigError
-from dialogclip.generate.config import GenerateConfig
+from dialogclip.generate.config import GenerateConfig, MachineSettings
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +157,15 @@ def resolve_device(backend: str, requested: str = "auto") -> str:
     return requested
 
 
-def resolve_dtype(setting: str, device: str, key: str = "dtype") -> Any:
-    """The torch dtype that the config value ``setting`` means on ``device``; both backends
-    resolve their ``dtype`` through this one function.
+def resolve_dtype(setting: str, device: str) -> Any:
+    """The torch dtype that ``generate.dtype`` = ``setting`` means on ``device``; both backends
+    resolve it through this one function.
 
     ``auto`` -> bfloat16 on CUDA (float16 on GPUs without bfloat16), float32 on CPU. It does not
     depend on the checkpoint's stored dtype, so both backends, and a resumed job, agree on the
     precision before any model loads. (vLLM's own ``auto`` would run a float32 checkpoint in
     bfloat16 on a CPU with AVX512-BF16 while transformers runs float32: about half of the
-    demo's replies then differ.) ``key`` names the setting in errors.
+    demo's replies then differ.)
     """
     import torch
 
@@ -175,37 +175,45 @@ def resolve_dtype(setting: str, device: str, key: str = "dtype") -> Any:
         return torch.float32
     dtype = getattr(torch, setting, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ConfigError(f"generate.{key}: unknown floating-point torch dtype {setting!r}")
+        raise ConfigError(f"generate.dtype: unknown floating-point torch dtype {setting!r}")
     return dtype
 
 
-def resolve_engine(backend: str, config: GenerateConfig) -> EngineTarget:
-    """The device and dtype ``backend`` (``vllm`` or ``transformers``) runs with under
-    ``config``."""
-    if backend == "vllm":
-        device = resolve_device("vllm")
-        dtype = resolve_dtype(config.vllm.dtype, device, "vllm.dtype")
-    elif backend == "transformers":
-        device = resolve_device("transformers", config.transformers.device)
-        dtype = resolve_dtype(config.transformers.dtype, device, "transformers.dtype")
-    else:
+def engine_target(backend: str, dtype: str, device: str = "auto") -> EngineTarget:
+    """``backend`` with ``dtype`` (the ``generate.dtype`` value) and ``device`` (transformers'
+    device setting; vLLM's is its build's) resolved."""
+    resolved_device = resolve_device(backend, device)
+    resolved = resolve_dtype(dtype, resolved_device)
+    return EngineTarget(backend, resolved_device, str(resolved).removeprefix("torch."))
+
+
+def resolve_engine(backend: str, config: GenerateConfig, machine: MachineSettings) -> EngineTarget:
+    """The device and dtype ``backend`` (``vllm`` or ``transformers``) runs with for ``config``
+    (the dtype) on ``machine`` (the transformers device)."""
+    if backend not in ("vllm", "transformers"):
         raise ValueError(f"unknown backend {backend!r}")
-    return EngineTarget(backend, device, str(dtype).removeprefix("torch."))
+    return engine_target(backend, config.dtype, machine.transformers.device)
 
 
 def create_backend(
-    target: EngineTarget, generator: str, model: str, revision: str | None, config: GenerateConfig
+    target: EngineTarget,
+    generator: str,
+    model: str,
+    revision: str | None,
+    config: GenerateConfig,
+    machine: MachineSettings,
 ) -> GenerationBackend:
-    """Build ``target``'s backend for ``generator``'s model, on its device and in its dtype."""
+    """Build ``target``'s backend for ``generator``'s model, on its device and in its dtype:
+    sampling from ``config``, memory and batching from ``machine``."""
     if target.backend == "vllm":
         from dialogclip.generate.vllm_backend import VllmBackend
 
-        return VllmBackend(model, revision, config.vllm, config.sampling, target=target)
+        return VllmBackend(model, revision, machine.vllm, config.sampling, target=target)
     if target.backend == "transformers":
         from dialogclip.generate.hf_backend import TransformersBackend
 
         return TransformersBackend(
-            generator, model, revision, config.transformers, config.sampling, target=target
+            generator, model, revision, machine.transformers, config.sampling, target=target
         )
     raise ValueError(f"unknown backend {target.backend!r}")
 

@@ -1,8 +1,10 @@
 """Commands of the generate stage.
 
 - ``dialogclip generate-dialogue``: one generator on one ingested shard (rules generate_blip2,
-  generate_llava);
-- ``dialogclip dialogue-summary``: per-shard parse rates and counts in one JSON (rule
+  generate_llava): the science as ``--params JSON`` (the ``generate`` section), the machine
+  settings as flags (the rules' resources, ``MACHINE_FLAGS``);
+- ``dialogclip dialogue-summary``: per-shard parse rates and counts in one JSON, and how many
+  dialogue texts (in the ``text`` form) exceed each configured CLIP tokenizer's context (rule
   dialogue_summary);
 - ``dialogclip make-tiny-models DIR``: tiny random LLaVA-1.5 and BLIP-2 checkpoints for the
   demo and the tests (rule tiny_models).
@@ -11,14 +13,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from dialogclip.core.cli_utils import add_params_argument
+from dialogclip.core.cli_utils import add_params_argument, parse_params
+from dialogclip.core.config import section_from_dict
 from dialogclip.core.io import TMP_PREFIX, read_json, write_json_atomic
+from dialogclip.core.text_forms import TextForms
+from dialogclip.generate.config import BACKENDS, MACHINE_FLAGS
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +47,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the job")
     add_params_argument(parser, "generate")
+    machine = parser.add_argument_group(
+        "machine settings (the rule's resources of the same names; never change a row)"
+    )
+    for flag in MACHINE_FLAGS:
+        machine.add_argument(
+            flag.flag,
+            dest=flag.name,
+            type=type(flag.default),
+            default=flag.default,
+            choices=BACKENDS if flag.name == "backend" else None,
+            help=f"{flag.help} (default {flag.default})",
+        )
     parser.set_defaults(func=_generate_dialogue)
 
     parser = subparsers.add_parser(
-        "dialogue-summary", help="collect the per-shard stats of one generator into one JSON"
+        "dialogue-summary",
+        help="collect the per-shard stats of one generator into one JSON, with the dialogue "
+        "texts' lengths for each CLIP tokenizer",
     )
     parser.add_argument("--stats", nargs="*", type=Path, default=[], help="per-shard stats")
+    parser.add_argument(
+        "--shards", nargs="*", type=Path, default=[], help="the dialogue shards (Parquet)"
+    )
+    parser.add_argument(
+        "--text",
+        type=parse_params,
+        default={},
+        help="JSON object with the 'text' section of the workflow config (the text form)",
+    )
+    parser.add_argument(
+        "--architectures",
+        nargs="*",
+        default=[],
+        help="open_clip architectures whose tokenizers measure the dialogue texts",
+    )
     parser.add_argument("--output", required=True, type=Path)
     parser.set_defaults(func=_dialogue_summary)
 
@@ -60,10 +95,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _generate_dialogue(args: argparse.Namespace) -> int:
-    from dialogclip.generate.config import generate_config_from_dict
+    from dialogclip.generate.config import generate_config_from_dict, machine_settings
     from dialogclip.generate.runner import generate_shard
 
     config = generate_config_from_dict(args.params)
+    machine = machine_settings(
+        threads=args.threads, **{flag.name: getattr(args, flag.name) for flag in MACHINE_FLAGS}
+    )
     if args.threads:
         import torch
 
@@ -76,7 +114,7 @@ def _generate_dialogue(args: argparse.Namespace) -> int:
         work_dir=work_dir,
         generator=args.generator,
         config=config,
-        threads=args.threads,
+        machine=machine,
     )
     return 0
 
@@ -102,8 +140,14 @@ def summarize_stats(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _dialogue_summary(args: argparse.Namespace) -> int:
+    from dialogclip.generate.text_lengths import read_pairs, text_length_summary, token_counter
+
     stats = {path.stem: read_json(path) for path in args.stats}
     summary = summarize_stats(stats)
+    forms = section_from_dict(TextForms, args.text, "text")
+    counters = [token_counter(architecture) for architecture in args.architectures]
+    summary["text"] = dataclasses.asdict(forms)
+    summary["text_lengths"] = text_length_summary(read_pairs(args.shards), forms, counters)
     write_json_atomic(summary, args.output)
     log.info(
         "%d shard(s): %d dialogues, parse rate %s",
@@ -111,6 +155,18 @@ def _dialogue_summary(args: argparse.Namespace) -> int:
         summary["rows"]["generated"],
         summary["parse_rate"],
     )
+    lengths = summary["text_lengths"]
+    for architecture, figures in lengths["architectures"].items():
+        log.info(
+            "%s: %d of %d dialogue texts exceed its %d-token context (%s); under "
+            "long_texts: drop_pairs %d would lose pairs",
+            architecture,
+            figures["n_too_long"],
+            lengths["n_texts"],
+            figures["context_length"],
+            figures["fraction_too_long"],
+            figures["drop_pairs"]["n_losing_pairs"],
+        )
     return 0
 
 

@@ -1,8 +1,21 @@
-"""The ``generate`` section of the workflow config as typed, documented dataclasses.
+"""Settings of a generation job, split by what they change: science vs machine.
 
-The JSON schema (``workflow/schemas/config.schema.yaml``, section ``generate``) describes the
-same keys with the same defaults; the rule passes the section to ``dialogclip generate-dialogue``
-as ``--params JSON`` and :func:`generate_config_from_dict` turns it into a :class:`GenerateConfig`.
+- :class:`GenerateConfig`, the science: the ``generate`` section of the workflow config
+  (``workflow/schemas/config.schema.yaml`` describes the same keys with the same defaults). It
+  decides the rows: models, prompts, sampling, token budgets, dtype, image preprocessing. The
+  rule passes it as ``--params JSON`` (a Snakemake param, so editing it reruns the jobs that
+  read it) and :func:`generate_config_from_dict` types it.
+- :class:`MachineSettings`, the machine: how a job runs on the node it got (backend, chunking,
+  batch sizes, KV-cache memory, parallelism, decode workers). These are rule ``resources:`` and
+  ``threads:`` with defaults in ``workflow/rules/generate.smk``, overridable in a profile with
+  ``set-resources`` / ``set-threads``, and handed to ``dialogclip generate-dialogue`` as
+  command-line flags (:data:`MACHINE_FLAGS`). Snakemake never reruns a job for a resource, so
+  tuning them never redoes a finished shard. None of them changes a row beyond floating-point
+  rounding: the two backends and any batch size give identical greedy token ids at float32
+  (tests/generate/test_generate_parity.py); the dtype, which does change them, is science.
+
+The runner stores the science in every dialogue shard's Parquet metadata and the machine
+settings in the shard's stats JSON.
 """
 
 from __future__ import annotations
@@ -15,9 +28,14 @@ from dialogclip.core.config import ConfigError, section_from_dict
 
 GENERATORS = ("blip2", "llava")
 BACKENDS = ("auto", "vllm", "transformers")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # METHOD.md section 3: the thesis' BLIP-2 questions, asked in sequence.
 BLIP2_QUESTIONS = ("What do you see in this image?", "What makes this image unique?")
+# An earlier BLIP-2 turn inside a later prompt, as BLIP-2's own multi-turn example writes it
+# (salesforce/LAVIS projects/blip2/README.md at 2e96b27: template "Question: {} Answer: {}.",
+# turns joined by a space): turn 2 reads "Question: q1 Answer: a1. Question: q2 Answer:".
+BLIP2_CONTEXT_TEMPLATE = "Question: {question} Answer: {answer}."
 
 # The thesis asks LLaVA for "three fundamental questions" without giving the wording (choice).
 LLAVA_QUESTION = (
@@ -31,6 +49,9 @@ LLAVA_STRUCTURED_QUESTION = (
 )
 
 
+# --- science: the `generate` section (rule params) ---------------------------------------------
+
+
 @dataclass(frozen=True)
 class Blip2Settings:
     """BLIP-2: a dialogue of len(questions) turns, each turn seeing the earlier ones."""
@@ -39,6 +60,9 @@ class Blip2Settings:
     revision: str | None = None  # hub branch/tag/commit; None = the default branch
     questions: list[str] = field(default_factory=lambda: list(BLIP2_QUESTIONS))
     prompt_template: str = "Question: {question} Answer:"  # BLIP-2 OPT prompt form
+    # An earlier turn (question + its answer) in the prompt of a later turn; turns are joined
+    # by a space, the current question follows in prompt_template.
+    context_template: str = BLIP2_CONTEXT_TEMPLATE
     max_new_tokens: int = 40  # per turn
 
 
@@ -67,46 +91,9 @@ class SamplingSettings:
 
 
 @dataclass(frozen=True)
-class DialogueTextSettings:
-    """How parsed pairs become the text fed to the text towers."""
-
-    pair_template: str = "Question: {question} Answer: {answer}"
-    separator: str = " "  # between pairs in the concatenated form
-
-
-@dataclass(frozen=True)
-class VllmSettings:
-    """Arguments of the offline ``vllm.LLM`` engine (one engine per job)."""
-
-    dtype: str = "auto"
-    max_model_len: int | None = None  # None = the model's own limit
-    gpu_memory_utilization: float = 0.9
-    tensor_parallel_size: int = 1
-    max_num_seqs: int = 256
-    # None: eager on CPU (torch.compile there costs every job 6-40 s and gains nothing
-    # measurable), compiled with CUDA graphs on GPU.
-    enforce_eager: bool | None = None
-    # Overrides gpu_memory_utilization when set; None on CPU = 1 GiB (vllm_backend.py).
-    kv_cache_memory_bytes: int | None = None
-    # None: vLLM's choice on GPU; on CPU "uni", the engine in the job's own process.
-    distributed_executor_backend: str | None = None
-
-
-@dataclass(frozen=True)
-class TransformersSettings:
-    """The transformers ``generate`` backend (the CPU path)."""
-
-    dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on CPU
-    batch_size: int = 8
-    device: str = "auto"  # auto = cuda when available, else cpu
-
-
-@dataclass(frozen=True)
 class DecodeSettings:
-    """Image decoding in the background pool."""
+    """Image preprocessing before the model's own processor (what the model is shown)."""
 
-    workers: int | None = None  # decode threads; None = the job's threads
-    prefetch_chunks: int = 1  # chunks decoded ahead of the one being generated
     shortest_side: int | None = 512  # downscale larger images to this shorter side (None: never)
     min_side: int = 10  # images with a smaller side are recorded as errors
     max_pixels: int = 64_000_000  # larger images are recorded as errors (decompression bombs)
@@ -114,25 +101,20 @@ class DecodeSettings:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """The whole ``generate`` section."""
+    """The ``generate`` section: everything that decides a dialogue shard's rows."""
 
-    generators: list[str] = field(default_factory=lambda: list(GENERATORS))
-    backend: str = "auto"
-    chunk_size: int = 512  # images per persisted chunk (the unit of resume)
+    generators: list[str] = field(default_factory=lambda: list(GENERATORS))  # which to run
+    # Weights/activations of both backends; auto = bfloat16 on CUDA, float32 on CPU.
+    dtype: str = "auto"
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    dialogue: DialogueTextSettings = field(default_factory=DialogueTextSettings)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
     blip2: Blip2Settings = field(default_factory=Blip2Settings)
     llava: LlavaSettings = field(default_factory=LlavaSettings)
-    vllm: VllmSettings = field(default_factory=VllmSettings)
-    transformers: TransformersSettings = field(default_factory=TransformersSettings)
-    decode: DecodeSettings = field(default_factory=DecodeSettings)
 
     def __post_init__(self) -> None:
         _check(set(self.generators) <= set(GENERATORS), f"generators must be among {GENERATORS}")
-        _check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}")
-        _check(self.chunk_size >= 1, "chunk_size must be >= 1")
+        _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         _check(len(self.blip2.questions) >= 1, "blip2.questions must not be empty")
-        _check(self.transformers.batch_size >= 1, "transformers.batch_size must be >= 1")
         _check(self.sampling.temperature >= 0, "sampling.temperature must be >= 0")
         for name, template in (
             ("blip2.prompt_template", self.blip2.prompt_template),
@@ -140,9 +122,9 @@ class GenerateConfig:
         ):
             _check("{question}" in template, f"{name} must contain '{{question}}'")
         _check(
-            "{question}" in self.dialogue.pair_template
-            and "{answer}" in self.dialogue.pair_template,
-            "dialogue.pair_template must contain '{question}' and '{answer}'",
+            "{question}" in self.blip2.context_template
+            and "{answer}" in self.blip2.context_template,
+            "blip2.context_template must contain '{question}' and '{answer}'",
         )
 
 
@@ -154,3 +136,140 @@ def _check(condition: bool, message: str) -> None:
 def generate_config_from_dict(data: Mapping[str, Any]) -> GenerateConfig:
     """Build a :class:`GenerateConfig` from the config section (unknown keys raise)."""
     return section_from_dict(GenerateConfig, data, "generate")
+
+
+# --- machine: rule resources/threads (command-line flags) --------------------------------------
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """Memory and parallelism of the offline ``vllm.LLM`` engine (one engine per job)."""
+
+    gpu_memory_utilization: float = 0.9  # fraction of GPU memory for weights + KV cache
+    # KV cache size; None = from the fraction above on GPU, 1 GiB on CPU (vllm_backend.py)
+    kv_cache_memory_bytes: int | None = None
+    max_model_len: int | None = None  # context length; None = the model's own
+    max_num_seqs: int = 256  # sequences decoded together at most
+    tensor_parallel_size: int = 1  # GPUs one engine spans
+    # No torch.compile / CUDA graphs. None: eager on CPU (compiling there costs every job
+    # 6-40 s and gained nothing measurable), compiled with CUDA graphs on GPU.
+    enforce_eager: bool | None = None
+    # None: vLLM's choice on GPU; on CPU "uni", the engine in the job's own process.
+    distributed_executor_backend: str | None = None
+
+
+@dataclass(frozen=True)
+class TransformersSettings:
+    """The transformers ``generate`` backend (the CPU path)."""
+
+    batch_size: int = 8  # images per generate call
+    device: str = "auto"  # auto = cuda when available, else cpu
+
+
+@dataclass(frozen=True)
+class MachineSettings:
+    """How one job runs on its node; never part of what the rows are."""
+
+    backend: str = "auto"  # auto = vllm when CUDA and vLLM are present, else transformers
+    chunk_size: int = 512  # images per persisted chunk (the unit of resume)
+    threads: int | None = None  # CPU threads of the job (torch, decode pool); None = all
+    decode_workers: int | None = None  # image-decode threads; None = threads
+    prefetch_chunks: int = 1  # chunks decoded ahead of the one being generated
+    vllm: VllmSettings = field(default_factory=VllmSettings)
+    transformers: TransformersSettings = field(default_factory=TransformersSettings)
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}"),
+            (self.chunk_size >= 1, "chunk_size must be >= 1"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
+            (
+                self.decode_workers is None or self.decode_workers >= 1,
+                "decode_workers must be >= 1",
+            ),
+            (self.prefetch_chunks >= 0, "prefetch_chunks must be >= 0"),
+            (self.transformers.batch_size >= 1, "transformers_batch_size must be >= 1"),
+            (
+                0 < self.vllm.gpu_memory_utilization <= 1,
+                "vllm_gpu_memory_percent must be in 1..100",
+            ),
+            (self.vllm.max_num_seqs >= 1, "vllm_max_num_seqs must be >= 1"),
+            (self.vllm.tensor_parallel_size >= 1, "vllm_tensor_parallel_size must be >= 1"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"generation machine setting: {message}")
+
+
+@dataclass(frozen=True)
+class MachineFlag:
+    """One machine setting: the rule resource of that name, the command-line flag
+    ``--<name with dashes>``, its default (also the rule's) and what it means."""
+
+    name: str
+    default: int | str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# Snakemake resources hold ints and strings (a float is rounded to an int), so a memory fraction
+# is a percent and "unset" is 0 or "auto". The rules generate_blip2 / generate_llava declare every
+# one of these with this default and pass it on the shell line.
+MACHINE_FLAGS = (
+    MachineFlag("backend", "auto", "vllm, transformers, or auto (vllm when CUDA and vLLM exist)"),
+    MachineFlag("chunk_size", 512, "images per persisted chunk, the unit of resume"),
+    MachineFlag("decode_workers", 0, "image-decode threads (0 = the job's threads)"),
+    MachineFlag("prefetch_chunks", 1, "chunks decoded ahead of the one being generated"),
+    MachineFlag("transformers_batch_size", 8, "transformers backend: images per generate call"),
+    MachineFlag("transformers_device", "auto", "transformers backend: cuda, cpu, or auto"),
+    MachineFlag("vllm_gpu_memory_percent", 90, "vLLM: percent of GPU memory it may use"),
+    MachineFlag("vllm_kv_cache_mib", 0, "vLLM: KV cache size in MiB (0 = from the percent)"),
+    MachineFlag("vllm_max_model_len", 0, "vLLM: context length (0 = the model's own)"),
+    MachineFlag("vllm_max_num_seqs", 256, "vLLM: sequences decoded together at most"),
+    MachineFlag("vllm_tensor_parallel_size", 1, "vLLM: GPUs one engine spans"),
+    MachineFlag(
+        "vllm_enforce_eager",
+        "auto",
+        "vLLM: 1 = eager (no torch.compile, no CUDA graphs), 0 = compiled, auto = eager on CPU",
+    ),
+    MachineFlag("vllm_executor", "auto", "vLLM: executor backend (auto = vLLM's; uni, mp, ray)"),
+)
+
+
+def machine_settings(threads: int | None = None, **values: Any) -> MachineSettings:
+    """:class:`MachineSettings` from the flag values of :data:`MACHINE_FLAGS` (missing ones take
+    their defaults); unknown names raise naming them."""
+    known = {flag.name: flag.default for flag in MACHINE_FLAGS}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown generation machine setting(s) {unknown}; known: {sorted(known)}"
+        )
+    v = {**known, **values}
+    executor = str(v["vllm_executor"])
+    eager = str(v["vllm_enforce_eager"])
+    if eager not in ("auto", "0", "1"):
+        raise ConfigError(f"vllm_enforce_eager must be auto, 0 or 1, got {eager!r}")
+    return MachineSettings(
+        backend=str(v["backend"]),
+        chunk_size=int(v["chunk_size"]),
+        threads=threads or None,
+        decode_workers=int(v["decode_workers"]) or None,
+        prefetch_chunks=int(v["prefetch_chunks"]),
+        vllm=VllmSettings(
+            gpu_memory_utilization=int(v["vllm_gpu_memory_percent"]) / 100,
+            kv_cache_memory_bytes=int(v["vllm_kv_cache_mib"]) * 2**20 or None,
+            max_model_len=int(v["vllm_max_model_len"]) or None,
+            max_num_seqs=int(v["vllm_max_num_seqs"]),
+            tensor_parallel_size=int(v["vllm_tensor_parallel_size"]),
+            enforce_eager=None if eager == "auto" else eager == "1",
+            distributed_executor_backend=None if executor == "auto" else executor,
+        ),
+        transformers=TransformersSettings(
+            batch_size=int(v["transformers_batch_size"]),
+            device=str(v["transformers_device"]),
+        ),
+    )

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from dialogclip.generate.backend import Completion, GenerationBackend, GenerationRequest
+from dialogclip.core.config import ConfigError
+from dialogclip.generate.backend import (
+    FINISH_LENGTH,
+    Completion,
+    GenerationBackend,
+    GenerationRequest,
+)
 from dialogclip.generate.config import Blip2Settings, GenerateConfig, LlavaSettings
 from dialogclip.generate.parsing import (
     PARSE_EMPTY_ANSWER,
@@ -52,6 +58,28 @@ def request_seed(base_seed: int, key: str, turn: int) -> int:
     return (base_seed * 1_000_003 + zlib.crc32(f"{key}/{turn}".encode())) % (2**31)
 
 
+def complete_replies(
+    backend: GenerationBackend, requests: Sequence[GenerationRequest]
+) -> list[Completion]:
+    """``backend.generate(requests)``, refusing a reply the engine's context length cut short.
+
+    A reply ends at a stop token or after its ``max_new_tokens``; one that ends earlier for
+    length ran into the engine's context (vLLM's max_model_len, a machine setting). Such a cut
+    must never shape a row, so the job stops and says which setting to raise.
+    """
+    completions = backend.generate(requests)
+    for request, completion in zip(requests, completions, strict=True):
+        n_new = len(completion.token_ids)
+        if completion.finish_reason == FINISH_LENGTH and n_new < request.max_new_tokens:
+            raise ConfigError(
+                f"a reply stopped after {n_new} of its max_new_tokens {request.max_new_tokens} "
+                f"tokens: its prompt ({completion.prompt_tokens} tokens) plus max_new_tokens "
+                "exceed the engine's context length; raise the rule resource "
+                "vllm_max_model_len (0 = the model's own) or lower max_new_tokens"
+            )
+    return completions
+
+
 class Blip2Generator:
     """BLIP-2: ask the questions in turn, each prompt holding the earlier questions and answers."""
 
@@ -69,7 +97,12 @@ class Blip2Generator:
         dialogues = [Dialogue() for _ in images]
         for turn, question in enumerate(questions):
             prompts = [
-                blip2_prompt(self.settings.prompt_template, questions, dialogue.answers)
+                blip2_prompt(
+                    self.settings.prompt_template,
+                    self.settings.context_template,
+                    questions,
+                    dialogue.answers,
+                )
                 for dialogue in dialogues
             ]
             requests = [
@@ -82,7 +115,7 @@ class Blip2Generator:
                 for prompt, image, key in zip(prompts, images, keys, strict=True)
             ]
             for dialogue, prompt, completion in zip(
-                dialogues, prompts, backend.generate(requests), strict=True
+                dialogues, prompts, complete_replies(backend, requests), strict=True
             ):
                 dialogue.add_turn(prompt, completion)
                 dialogue.questions.append(question)
@@ -124,7 +157,7 @@ class LlavaGenerator:
             for image, key in zip(images, keys, strict=True)
         ]
         dialogues = []
-        for completion in backend.generate(requests):
+        for completion in complete_replies(backend, requests):
             dialogue = Dialogue()
             dialogue.add_turn(prompt, completion)
             parsed = parse_qa_pairs(completion.text, expected=LLAVA_PAIRS)

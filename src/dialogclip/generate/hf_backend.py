@@ -26,9 +26,8 @@ from dialogclip.generate.backend import (
     EngineTarget,
     GenerationBackend,
     GenerationRequest,
+    engine_target,
     finish_generated,
-    resolve_device,
-    resolve_dtype,
     stop_token_ids,
 )
 from dialogclip.generate.config import SamplingSettings, TransformersSettings
@@ -56,14 +55,14 @@ class TransformersBackend(GenerationBackend):
         revision: str | None,
         settings: TransformersSettings,
         sampling: SamplingSettings,
+        dtype: str = "auto",
         target: EngineTarget | None = None,
     ) -> None:
         from transformers import AutoProcessor
 
+        # ``target`` (resolved by the job) wins; else ``dtype`` (generate.dtype) and the device.
         if target is None:
-            device = resolve_device("transformers", settings.device)
-            dtype = resolve_dtype(settings.dtype, device, "transformers.dtype")
-            target = EngineTarget(self.name, device, str(dtype).removeprefix("torch."))
+            target = engine_target(self.name, dtype, settings.device)
         log.info("transformers: loading %s (%s, %s)", model, target.device, target.dtype)
         loaded = (
             model_class(generator)

@@ -1,8 +1,10 @@
-"""Prompt construction and the dialogue text handed to the text towers.
+"""Prompt construction: the exact strings both backends receive.
 
 Both backends receive exactly these strings, so the prompts (and therefore the outputs under
 greedy decoding) do not depend on the backend. The caption never enters a prompt: the dialogue
-is a view of the image alone (METHOD.md section 3).
+is a view of the image alone (METHOD.md section 3). The text a CLIP tower later reads is not
+built here: the shards keep the raw pairs and ``dialogclip.core.text_forms`` (the ``text``
+section) turns them into text where they are read.
 """
 
 from __future__ import annotations
@@ -10,23 +12,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def blip2_prompt(template: str, questions: Sequence[str], answers: Sequence[str]) -> str:
-    """The BLIP-2 prompt for turn ``len(answers)``: earlier turns with their answers, then the
-    next question.
+def blip2_prompt(
+    prompt_template: str, context_template: str, questions: Sequence[str], answers: Sequence[str]
+) -> str:
+    """The BLIP-2 prompt for turn ``len(answers)``: the earlier turns with their answers, each
+    through ``context_template``, then the next question through ``prompt_template``, joined by
+    single spaces (BLIP-2's own multi-turn form, salesforce/LAVIS projects/blip2/README.md at
+    2e96b27).
 
-    With the OPT form ``Question: {question} Answer:`` the second turn reads
-    ``Question: {q1} Answer: {a1} Question: {q2} Answer:`` (METHOD.md section 3).
+    With the defaults the second turn reads
+    ``Question: {q1} Answer: {a1}. Question: {q2} Answer:`` (METHOD.md section 3).
     """
     turn = len(answers)
     if turn >= len(questions):
         raise ValueError(f"turn {turn} asked but only {len(questions)} questions")
-    parts = []
-    for question, answer in zip(questions[:turn], answers, strict=True):
-        parts.append(template.format(question=question))
-        if answer:
-            parts.append(answer)
-    parts.append(template.format(question=questions[turn]))
-    return " ".join(parts)
+    context = [
+        context_template.format(question=question, answer=answer)
+        for question, answer in zip(questions[:turn], answers, strict=True)
+    ]
+    return " ".join([*context, prompt_template.format(question=questions[turn])])
 
 
 def llava_prompt(template: str, question: str) -> str:
@@ -45,18 +49,3 @@ def clean_blip2_answer(response: str, template: str) -> str:
     if marker and marker in answer:
         answer = answer.split(marker, 1)[0]
     return answer.strip()
-
-
-def dialogue_pairs(
-    questions: Sequence[str], answers: Sequence[str], pair_template: str
-) -> list[str]:
-    """One text per question/answer pair (DRAFT trains on each pair as its own sample)."""
-    return [
-        pair_template.format(question=question, answer=answer)
-        for question, answer in zip(questions, answers, strict=True)
-    ]
-
-
-def dialogue_text(pairs: Sequence[str], separator: str) -> str:
-    """All pairs concatenated (the third tower's input: "we concatenate all three pairs")."""
-    return separator.join(pairs)

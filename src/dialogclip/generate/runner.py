@@ -7,9 +7,13 @@ A job killed at any moment (SIGKILL included) and started again keeps the chunks
 fingerprint matches and generates only the rest; under greedy decoding the assembled shard is
 then identical to an uninterrupted run's. The work folder is removed once the shard is written.
 
-Images are decoded in a background thread pool while the engine works on the previous chunk
-(``decode.prefetch_chunks`` ahead); the time the engine spends waiting for decoded images is
-measured and reported (``timing.engine_wait_fraction`` in the stats).
+The job's science (:class:`~dialogclip.generate.config.GenerateConfig`) goes into the shard's
+Parquet metadata and the fingerprint; its machine settings
+(:class:`~dialogclip.generate.config.MachineSettings`: backend choice, chunk size, batch sizes,
+memory, workers) go into the stats only. Images are decoded in a background thread pool while
+the engine works on the previous chunk (``prefetch_chunks`` ahead); the time the engine spends
+waiting for decoded images is measured and reported (``timing.engine_wait_fraction`` in the
+stats).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from dialogclip.generate.backend import (
     resolve_backend,
     resolve_engine,
 )
-from dialogclip.generate.config import DecodeSettings, GenerateConfig
+from dialogclip.generate.config import DecodeSettings, GenerateConfig, MachineSettings
 from dialogclip.generate.generators import generator_settings, make_generator
 from dialogclip.generate.images import DecodedImage, decode_image
 from dialogclip.generate.schema import (
@@ -137,41 +141,27 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-# Engine settings that change the replies (beside the resolved device and dtype). Batch sizes,
-# memory fractions, KV cache sizes and executors change only the speed: they stay out of the
-# metadata and of the resume fingerprint.
-ENGINE_OUTPUT_SETTINGS = {"vllm": ("max_model_len",), "transformers": ()}
-
-
 def output_metadata(generator: str, target: EngineTarget, config: GenerateConfig) -> dict[str, Any]:
-    """Provenance stored in the Parquet metadata: model, prompts, sampling, engine (backend,
-    resolved device and dtype), versions.
+    """Provenance stored in the Parquet metadata: model, prompts, sampling, dtype (as configured)
+    and engine (backend, resolved device and dtype), versions.
 
     Only what determines the rows goes here (no timings, no machine settings), so a resumed
     shard's file equals an uninterrupted run's; it is also what the resume fingerprint hashes.
     """
     settings = generator_settings(generator, config)
-    engine_settings = config.vllm if target.backend == "vllm" else config.transformers
-    engine = dataclasses.asdict(target)
-    for name in ENGINE_OUTPUT_SETTINGS[target.backend]:
-        engine[name] = getattr(engine_settings, name)
     return {
         "generator": generator,
         "model": settings.model,
         "revision": settings.revision,
         "backend": target.backend,
+        "dtype": config.dtype,
+        "engine": dataclasses.asdict(target),
         "generator_settings": dataclasses.asdict(settings),
         "sampling": {
             **dataclasses.asdict(config.sampling),
             "max_new_tokens": settings.max_new_tokens,
         },
-        "dialogue_text": dataclasses.asdict(config.dialogue),
-        "engine": engine,
-        "decode": {
-            key: value
-            for key, value in dataclasses.asdict(config.decode).items()
-            if key in ("shortest_side", "min_side", "max_pixels")
-        },
+        "decode": dataclasses.asdict(config.decode),
         "versions": package_versions(),
     }
 
@@ -318,28 +308,30 @@ def generate_shard(
     generator: str,
     config: GenerateConfig,
     backend: GenerationBackend | None = None,
-    threads: int | None = None,
+    machine: MachineSettings | None = None,
 ) -> dict[str, Any]:
     """Generate the dialogue shard of ``generator`` for one ingested shard; returns the stats.
 
+    ``config``: the science; ``machine``: how to run it here (default: ``MachineSettings()``).
     ``backend``: an engine to use (and leave open), e.g. one shared by several calls; by
-    default one is built from ``config`` (and closed) only if some chunk still needs work.
-    Its device and dtype are resolved first (:func:`resolve_engine`): they are part of the
-    chunks' fingerprint, so chunks made on another device or in another dtype are discarded.
+    default one is built (and closed) only if some chunk still needs work. Its device and
+    dtype are resolved first (:func:`resolve_engine`): they are part of the chunks'
+    fingerprint, so chunks made on another device or in another dtype are discarded.
     """
     started = time.perf_counter()
+    machine = machine or MachineSettings()
     shard_path = Path(shard_path)
     rows = read_ingested_shard(shard_path)
     if backend is not None:
         target = backend.target
     else:
-        target = resolve_engine(resolve_backend(config.backend), config)
+        target = resolve_engine(resolve_backend(machine.backend), config, machine)
     backend_name = target.backend
     log.info("engine: %s on %s in %s", backend_name, target.device, target.dtype)
     settings = generator_settings(generator, config)
     metadata = output_metadata(generator, target, config)
-    fingerprint = chunk_fingerprint(metadata, config.chunk_size, file_sha256(shard_path))
-    chunks = chunk_ranges(len(rows.keys), config.chunk_size)
+    fingerprint = chunk_fingerprint(metadata, machine.chunk_size, file_sha256(shard_path))
+    chunks = chunk_ranges(len(rows.keys), machine.chunk_size)
     store = ChunkStore(work_dir, fingerprint)
     done = store.finished(len(chunks))
     pending = [index for index in range(len(chunks)) if index not in done]
@@ -350,7 +342,7 @@ def generate_shard(
         len(rows.keys),
         rows.n_input_rows,
         len(chunks),
-        config.chunk_size,
+        machine.chunk_size,
         len(done),
     )
     if done:
@@ -360,8 +352,6 @@ def generate_shard(
         model=settings.model,
         revision=settings.revision,
         backend=backend_name,
-        pair_template=config.dialogue.pair_template,
-        separator=config.dialogue.separator,
     )
     clock = EngineClock()
     engine_settings = None
@@ -369,14 +359,16 @@ def generate_shard(
         own_backend = backend is None
         if backend is None:
             engine_from = time.perf_counter()
-            backend = create_backend(target, generator, settings.model, settings.revision, config)
+            backend = create_backend(
+                target, generator, settings.model, settings.revision, config, machine
+            )
             clock.engine_start_s = time.perf_counter() - engine_from
             log.info("engine started in %.1f s", clock.engine_start_s)
         engine_settings = backend.settings()
         log.info("engine settings: %s", engine_settings)
         try:
             _run_chunks(
-                rows, chunks, pending, store, backend, generator, config, ctx, clock, threads
+                rows, chunks, pending, store, backend, generator, config, machine, ctx, clock
             )
         finally:
             if own_backend:
@@ -388,7 +380,7 @@ def generate_shard(
     stats = shard_stats(table, rows, generator, backend_name, settings.model)
     stats["chunks"] = {
         "total": len(chunks),
-        "chunk_size": config.chunk_size,
+        "chunk_size": machine.chunk_size,
         "resumed": len(done),
         "computed": len(pending),
     }
@@ -399,6 +391,7 @@ def generate_shard(
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "settings": engine_settings,
     }
+    stats["machine"] = dataclasses.asdict(machine)
     write_json_atomic(stats, stats_path)
     store.remove()
     _log_summary(stats)
@@ -422,21 +415,21 @@ def _run_chunks(
     backend: GenerationBackend,
     generator: str,
     config: GenerateConfig,
+    machine: MachineSettings,
     ctx: RowContext,
     clock: EngineClock,
-    threads: int | None,
 ) -> None:
     dialogue_generator = make_generator(generator, config)
     if backend.target.device == "cpu":
         _warn_if_oversubscribed()
-    workers = config.decode.workers or threads or os.cpu_count() or 1
+    workers = machine.decode_workers or machine.threads or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         prefetcher = DecodePrefetcher(
             pool,
             rows.images,
             [chunks[i] for i in pending],
             config.decode,
-            config.decode.prefetch_chunks,
+            machine.prefetch_chunks,
         )
         for position, index in enumerate(pending):
             chunk = chunks[index]

@@ -1,8 +1,10 @@
 """The Arrow schema of ``results/dialogue/{generator}/{shard}.parquet`` and its rows.
 
 One row per successfully downloaded image of the ingested shard, keyed by ``key``. Per-turn
-columns are lists with one entry per request (BLIP-2: one per question; LLaVA: one).
-docs/architecture.md ("Dialogue generation") documents every column.
+columns are lists with one entry per request (BLIP-2: one per question; LLaVA: one). The pairs
+are stored raw (``questions``, ``answers``): the text a CLIP tower reads is made from them by the
+reader with the ``text`` section (``dialogclip.core.text_forms``), so editing that form never
+reruns generation. docs/architecture.md ("Dialogue generation") documents every column.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any
 import pyarrow as pa
 
 from dialogclip.generate.generators import Dialogue
-from dialogclip.generate.prompts import dialogue_pairs, dialogue_text
 
 STATUS_SUCCESS = "success"  # the generator ran on the image
 STATUS_IMAGE_ERROR = "image_error"  # the bytes could not be used (error_message says why)
@@ -35,8 +36,6 @@ DIALOGUE_SCHEMA = pa.schema(
         pa.field("responses", _strings),
         pa.field("questions", _strings),
         pa.field("answers", _strings),
-        pa.field("dialogue", pa.string()),
-        pa.field("dialogue_pairs", _strings),
         pa.field("parse_status", pa.string()),
         pa.field("finish_reasons", _strings),
         pa.field("prompt_tokens", _ints),
@@ -53,13 +52,10 @@ class RowContext:
     model: str
     revision: str | None
     backend: str
-    pair_template: str
-    separator: str
 
 
 def dialogue_row(key: str, url: str | None, dialogue: Dialogue, ctx: RowContext) -> dict[str, Any]:
     """The output row of an image the generator ran on."""
-    pairs = dialogue_pairs(dialogue.questions, dialogue.answers, ctx.pair_template)
     return {
         **_common(key, url, ctx),
         "status": STATUS_SUCCESS,
@@ -68,8 +64,6 @@ def dialogue_row(key: str, url: str | None, dialogue: Dialogue, ctx: RowContext)
         "responses": dialogue.responses,
         "questions": dialogue.questions,
         "answers": dialogue.answers,
-        "dialogue": dialogue_text(pairs, ctx.separator) if pairs else None,
-        "dialogue_pairs": pairs,
         "parse_status": dialogue.parse_status,
         "finish_reasons": dialogue.finish_reasons,
         "prompt_tokens": dialogue.prompt_tokens,

@@ -36,8 +36,7 @@ from dialogclip.generate.backend import (
     EngineTarget,
     GenerationBackend,
     GenerationRequest,
-    resolve_device,
-    resolve_dtype,
+    engine_target,
     stop_token_ids,
 )
 from dialogclip.generate.config import SamplingSettings, VllmSettings
@@ -82,13 +81,13 @@ class VllmBackend(GenerationBackend):
         revision: str | None,
         settings: VllmSettings,
         sampling: SamplingSettings,
+        dtype: str = "auto",
         target: EngineTarget | None = None,
         **engine_overrides: Any,
     ) -> None:
+        # ``target`` (resolved by the job) wins; else ``dtype`` (generate.dtype) is resolved.
         if target is None:
-            device = resolve_device("vllm")
-            dtype = resolve_dtype(settings.dtype, device, "vllm.dtype")
-            target = EngineTarget(self.name, device, str(dtype).removeprefix("torch."))
+            target = engine_target(self.name, dtype)
         self.target = target
         self._settings = settings
         self._sampling = sampling

@@ -1,0 +1,189 @@
+"""Reruns only when the science changes: what a dry run of the finished demo plans after an edit.
+
+Machine settings of the generation rules are resources (set here with ``--set-resources`` /
+``--set-threads`` or a profile, as a user would): editing one plans nothing. Science settings
+are the ``generate`` section (config params): editing one plans exactly the jobs that read it
+and what depends on them. The ``text`` section is read by the dialogue summaries and the VQA
+candidates, never by generation.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from workflow_helpers import planned_jobs, snakemake
+
+from dialogclip.core.config import load_yaml
+from dialogclip.core.shards import ShardPlan, count_lines
+from dialogclip.generate.config import MACHINE_FLAGS
+
+GENERATE_RULES = ("generate_blip2", "generate_llava")
+
+# A value other than the rule's default for every machine setting.
+MACHINE_EDITS: dict[str, int | str] = {
+    "backend": "vllm",
+    "chunk_size": 3,
+    "decode_workers": 7,
+    "prefetch_chunks": 3,
+    "transformers_batch_size": 2,
+    "transformers_device": "cpu",
+    "vllm_gpu_memory_percent": 50,
+    "vllm_kv_cache_mib": 64,
+    "vllm_max_model_len": 4096,
+    "vllm_max_num_seqs": 16,
+    "vllm_tensor_parallel_size": 2,
+    "vllm_enforce_eager": 1,
+    "vllm_executor": "uni",
+}
+
+
+def _n_shards(demo: Path) -> int:
+    config = load_yaml(demo / "config.yaml")["cc3m"]
+    return len(ShardPlan(count_lines(demo / config["tsv"]), config["shard_size"]).names)
+
+
+def _n_vqa_evaluations(demo: Path) -> int:
+    """The VQA evaluations the finished run wrote (their candidates use text.qa_template)."""
+    return len(
+        [p for p in (demo / "results/eval/vqa").glob("*/*.json") if "_results" not in p.name]
+    )
+
+
+def _overlay(tmp_path: Path, edit: dict[str, Any]) -> str:
+    """A config file that Snakemake merges over the demo's config.yaml (--configfile)."""
+    path = tmp_path / "edit.yaml"
+    path.write_text(yaml.safe_dump(edit))
+    return str(path)
+
+
+def _set_resources(name: str, value: int | str) -> list[str]:
+    return ["--set-resources", *(f"{rule}:{name}={value}" for rule in GENERATE_RULES)]
+
+
+def test_the_edits_cover_every_machine_setting() -> None:
+    defaults = {flag.name: flag.default for flag in MACHINE_FLAGS}
+    assert set(MACHINE_EDITS) == set(defaults)
+    assert all(MACHINE_EDITS[name] != default for name, default in defaults.items())
+
+
+@pytest.mark.parametrize("name", sorted(MACHINE_EDITS))
+def test_editing_a_machine_setting_reruns_nothing(finished_demo: Path, name: str) -> None:
+    assert planned_jobs(finished_demo, *_set_resources(name, MACHINE_EDITS[name])) == {}
+
+
+def test_editing_threads_or_memory_reruns_nothing(finished_demo: Path) -> None:
+    args = ["--set-threads", *(f"{rule}=1" for rule in GENERATE_RULES)]
+    args += ["--set-resources", *(f"{rule}:mem_mb=9000" for rule in GENERATE_RULES)]
+    assert planned_jobs(finished_demo, *args) == {}
+
+
+def test_machine_settings_from_a_profile_rerun_nothing(finished_demo: Path, tmp_path) -> None:
+    """How a user tunes a cluster: a profile with set-resources for the generation rules."""
+    profile = tmp_path / "gpu-profile"
+    profile.mkdir()
+    settings = {"backend": "vllm", "vllm_gpu_memory_percent": 80, "vllm_max_num_seqs": 128}
+    (profile / "config.yaml").write_text(
+        yaml.safe_dump({"set-resources": dict.fromkeys(GENERATE_RULES, settings)})
+    )
+    assert planned_jobs(finished_demo, "--profile", str(profile)) == {}
+
+
+def _shell_flags(output: str, generator: str) -> list[dict[str, str]]:
+    """The machine flags of every generate-dialogue command of ``generator`` a dry run prints."""
+    commands = re.findall(rf"dialogclip generate-dialogue --generator {generator} .*", output)
+    flags = []
+    for command in commands:
+        words = shlex.split(command.split(" 2> ")[0])
+        flags.append({flag.name: words[words.index(flag.flag) + 1] for flag in MACHINE_FLAGS})
+    return flags
+
+
+def test_rule_defaults_and_overrides_reach_the_command(finished_demo: Path) -> None:
+    """Every machine setting is on the shell line: the rule's default equals the command's
+    (MACHINE_FLAGS), and a set-resources override replaces it for that rule only."""
+    forced = ["--dry-run", "--printshellcmds", "--forcerun", *GENERATE_RULES]
+    override = ["--set-resources", *(f"generate_llava:{k}={v}" for k, v in MACHINE_EDITS.items())]
+    result = snakemake(finished_demo, *forced, *override, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = result.stdout + result.stderr
+    n_shards = _n_shards(finished_demo)
+    defaults = {flag.name: str(flag.default) for flag in MACHINE_FLAGS}
+    edited = {name: str(value) for name, value in MACHINE_EDITS.items()}
+    assert _shell_flags(output, "blip2") == [defaults] * n_shards
+    assert _shell_flags(output, "llava") == [edited] * n_shards
+
+
+@pytest.mark.parametrize(
+    ("edit", "generators"),
+    [
+        ({"llava": {"prompt_template": "USER: <image>\n{question}\nASSISTANT:"}}, ["llava"]),
+        ({"llava": {"question": "Ask three questions and answer them."}}, ["llava"]),
+        ({"llava": {"structured_output": False}}, ["llava"]),
+        ({"llava": {"max_new_tokens": 100}}, ["llava"]),
+        ({"blip2": {"max_new_tokens": 7}}, ["blip2"]),
+        ({"blip2": {"context_template": "Question: {question} Answer: {answer}"}}, ["blip2"]),
+        ({"blip2": {"questions": ["What is this?"]}}, ["blip2"]),
+        ({"blip2": {"revision": "main"}}, ["blip2"]),
+        ({"dtype": "float32"}, ["blip2", "llava"]),
+        ({"sampling": {"temperature": 0.7}}, ["blip2", "llava"]),
+        ({"sampling": {"seed": 1}}, ["blip2", "llava"]),
+        ({"decode": {"shortest_side": 256}}, ["blip2", "llava"]),
+        ({"decode": {"min_side": 20}}, ["blip2", "llava"]),
+    ],
+)
+def test_editing_generation_science_reruns_exactly_its_jobs(
+    finished_demo: Path, tmp_path: Path, edit: dict, generators: list[str]
+) -> None:
+    """Each edited generator's jobs on every shard, and its summary; nothing downstream reads
+    the dialogue shards yet."""
+    n_shards = _n_shards(finished_demo)
+    expected = Counter({f"generate_{name}": n_shards for name in generators})
+    expected["dialogue_summary"] = len(generators)
+    configfile = _overlay(tmp_path, {"generate": edit})
+    assert planned_jobs(finished_demo, "--configfile", configfile) == expected
+
+
+@pytest.mark.parametrize(
+    ("edit", "vqa_too"),
+    [
+        ({"qa_template": "Question: {question} Answer: {answer}"}, True),
+        ({"pair_separator": " | "}, False),
+        ({"long_texts": "drop_pairs"}, False),
+    ],
+)
+def test_editing_the_text_form_never_reruns_generation(
+    finished_demo: Path, tmp_path: Path, edit: dict, vqa_too: bool
+) -> None:
+    """The text form redoes the dialogue summaries (they measure the texts) and, for the pair
+    template, the VQA evaluations (their candidates are pairs); never a dialogue shard."""
+    expected = Counter({"dialogue_summary": 2})
+    if vqa_too:
+        expected["eval_vqa"] = _n_vqa_evaluations(finished_demo)
+    configfile = _overlay(tmp_path, {"text": edit})
+    assert planned_jobs(finished_demo, "--configfile", configfile) == expected
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"vllm": {"gpu_memory_utilization": 0.5}}, "generate: unknown key(s) ['vllm']"),
+        ({"transformers": {"batch_size": 4}}, "generate: unknown key(s) ['transformers']"),
+        ({"decode": {"workers": 4}}, "generate.decode: unknown key(s) ['workers']"),
+        ({"chunk_size": 64}, "generate: unknown key(s) ['chunk_size']"),
+        ({"backend": "vllm"}, "generate: unknown key(s) ['backend']"),
+        ({"dialogue": {"separator": " "}}, "generate: unknown key(s) ['dialogue']"),
+    ],
+)
+def test_an_old_config_with_machine_keys_fails_naming_the_key(
+    finished_demo: Path, tmp_path: Path, edit: dict, message: str
+) -> None:
+    configfile = _overlay(tmp_path, {"generate": edit})
+    result = snakemake(finished_demo, "--dry-run", "--configfile", configfile, timeout=300)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
