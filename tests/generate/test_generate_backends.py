@@ -161,3 +161,13 @@ def test_a_job_process_makes_openmp_waits_passive_before_torch_loads(preset, exp
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == expected
+
+
+def test_the_eager_resource_is_auto_by_default() -> None:
+    """vllm_enforce_eager: auto (the rules' default) leaves the choice to the device."""
+    assert machine_settings().vllm.enforce_eager is None
+    assert machine_settings(vllm_enforce_eager="auto").vllm.enforce_eager is None
+    assert machine_settings(vllm_enforce_eager=0).vllm.enforce_eager is False
+    assert machine_settings(vllm_enforce_eager="1").vllm.enforce_eager is True
+    with pytest.raises(ConfigError, match="vllm_enforce_eager must be auto, 0 or 1, got 'yes'"):
+        machine_settings(vllm_enforce_eager="yes")

@@ -226,7 +226,9 @@ MACHINE_FLAGS = (
     MachineFlag("transformers_batch_size", 8, "transformers backend: images per generate call"),
     MachineFlag("transformers_device", "auto", "transformers backend: cuda, cpu, or auto"),
     MachineFlag("vllm_gpu_memory_percent", 90, "vLLM: percent of GPU memory it may use"),
-    MachineFlag("vllm_kv_cache_mib", 0, "vLLM: KV cache size in MiB (0 = from the percent)"),
+    MachineFlag(
+        "vllm_kv_cache_mib", 0, "vLLM: KV cache size in MiB (0 = from the percent; CPU: 1024)"
+    ),
     MachineFlag("vllm_max_model_len", 0, "vLLM: context length (0 = the model's own)"),
     MachineFlag("vllm_max_num_seqs", 256, "vLLM: sequences decoded together at most"),
     MachineFlag("vllm_tensor_parallel_size", 1, "vLLM: GPUs one engine spans"),
@@ -235,7 +237,9 @@ MACHINE_FLAGS = (
         "auto",
         "vLLM: 1 = eager (no torch.compile, no CUDA graphs), 0 = compiled, auto = eager on CPU",
     ),
-    MachineFlag("vllm_executor", "auto", "vLLM: executor backend (auto = vLLM's; uni, mp, ray)"),
+    MachineFlag(
+        "vllm_executor", "auto", "vLLM: executor (uni, mp, ray; auto = uni on CPU, vLLM's on GPU)"
+    ),
 )
 
 
