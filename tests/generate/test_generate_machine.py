@@ -14,7 +14,12 @@ from generate_helpers import TINY_PARAMS, VLLM_CPU_ENGINE, ingest_row, jpeg_byte
 
 from dialogclip.core.config import ConfigError
 from dialogclip.core.io import read_parquet_metadata
-from dialogclip.generate.backend import Completion, GenerationBackend, GenerationRequest
+from dialogclip.generate.backend import (
+    Completion,
+    EngineTarget,
+    GenerationBackend,
+    GenerationRequest,
+)
 from dialogclip.generate.config import (
     LlavaSettings,
     MachineSettings,
@@ -43,6 +48,10 @@ class CrashAfter(GenerationBackend):
 
     def settings(self) -> dict[str, Any]:
         return self.inner.settings()
+
+    @property
+    def target(self) -> EngineTarget:
+        return self.inner.target
 
 
 def _run(out: Path, shard: Path, params: dict, machine: MachineSettings, backend=None):
@@ -97,7 +106,7 @@ def test_a_shard_resumed_on_other_machine_settings_equals_the_uninterrupted_one(
     )
     # The stats say how this run ran; the engine it built reports batch 2 on the CPU.
     assert stats["machine"] == dataclasses.asdict(second)
-    assert stats["engine"] == {"dtype": "float32", "batch_size": 2, "device": "cpu"}
+    assert stats["engine"]["settings"] == {"dtype": "float32", "device": "cpu", "batch_size": 2}
 
 
 def test_science_goes_to_the_metadata_and_machine_settings_to_the_stats(
@@ -107,9 +116,10 @@ def test_science_goes_to_the_metadata_and_machine_settings_to_the_stats(
     _, stats = _run(tmp_path, shard, tiny_params, machine, hf_backends["blip2"])
     meta = read_parquet_metadata(tmp_path / "blip2.parquet")
     assert set(meta) == {
-        "generator", "model", "revision", "backend", "dtype", "generator_settings", "sampling",
-        "decode", "versions",
+        "generator", "model", "revision", "backend", "dtype", "engine", "generator_settings",
+        "sampling", "decode", "versions",
     }  # fmt: skip
+    assert meta["engine"] == {"backend": "transformers", "device": "cpu", "dtype": "float32"}
     assert meta["dtype"] == TINY_PARAMS["dtype"] == "float32"
     assert (
         meta["generator_settings"]["context_template"] == "Question: {question} Answer: {answer}."

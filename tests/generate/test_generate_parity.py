@@ -1,7 +1,9 @@
-"""vLLM vs transformers on the tiny models (fp32, greedy): identical token sequences.
+"""vLLM vs transformers on the tiny models (greedy, ``dtype: auto`` = float32 on CPU):
+identical token sequences.
 
 Covers both generators end to end through the generator code (so the second BLIP-2 turn, whose
-prompt holds the first answer, is compared too) and LLaVA with JSON-constrained decoding.
+prompt holds the first answer, is compared too), LLaVA with JSON-constrained decoding, and a
+BLIP-2 whose generation config ends replies at the newline token, as BLIP-2 OPT's does.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from typing import Any
 
 import jsonschema
 import pytest
+import torch
 from generate_helpers import noise_image
 
-from dialogclip.generate.backend import Completion, GenerationBackend, GenerationRequest
+from dialogclip.generate.backend import (
+    Completion,
+    EngineTarget,
+    GenerationBackend,
+    GenerationRequest,
+)
 from dialogclip.generate.config import generate_config_from_dict
 from dialogclip.generate.generators import make_generator
 from dialogclip.generate.parsing import qa_json_schema
@@ -41,6 +49,10 @@ class Recording(GenerationBackend):
     def settings(self) -> dict[str, Any]:
         return self.inner.settings()
 
+    @property
+    def target(self) -> EngineTarget:
+        return self.inner.target
+
 
 def _run_both(name: str, config: Any, hf: GenerationBackend, vllm: GenerationBackend):
     runs = {}
@@ -59,6 +71,15 @@ def _assert_identical(hf_calls, vllm_calls) -> None:
         assert hf_out.text == vllm_out.text
         assert hf_out.finish_reason == vllm_out.finish_reason
         assert hf_out.prompt_tokens == vllm_out.prompt_tokens
+
+
+def test_auto_dtype_is_float32_in_both_backends(hf_backends, vllm_backends) -> None:
+    """vLLM's own "auto" would run these float32 checkpoints in bfloat16 on this CPU."""
+    for name, backend in vllm_backends.items():
+        assert backend.target == EngineTarget("vllm", "cpu", "float32")
+        assert backend.settings()["dtype"] == "float32"  # what the engine reports
+        assert hf_backends[name].target.dtype == "float32"
+        assert backend.llm.llm_engine.model_config.dtype == torch.float32
 
 
 def test_blip2_two_turns_identical(tiny_params, hf_backends, vllm_backends) -> None:
@@ -104,3 +125,22 @@ def test_llava_structured_output_identical_and_valid(
         assert completion.token_ids[-1] in hf_backends["llava"].stop_ids  # EOS kept, as vLLM does
         jsonschema.validate(json.loads(completion.text), schema)  # every reply is schema-valid
     assert all(len(d.questions) <= 3 for d in hf_dialogues)
+
+
+def test_newline_eos_ends_replies_alike(tiny_params, newline_eos_backends) -> None:
+    hf, vllm = newline_eos_backends
+    newline = hf.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    assert hf.tokenizer.eos_token_id != newline  # the stop comes from generation_config only
+    assert newline in hf.stop_ids and newline in vllm.stop_ids
+    config = generate_config_from_dict(
+        {**tiny_params, "blip2": {**tiny_params["blip2"], "max_new_tokens": 10}}
+    )
+    (hf_calls, hf_dialogues), (vllm_calls, vllm_dialogues) = _run_both("blip2", config, hf, vllm)
+    _assert_identical(hf_calls, vllm_calls)
+    ended = [c for _, c in hf_calls if c.finish_reason == "stop" and c.token_ids[-1] == newline]
+    # Both kinds of ending occur: at the newline, and at the token limit.
+    assert 0 < len(ended) < len(hf_calls)
+    assert all(c.text.endswith("\n") for c in ended)  # a newline is not a special token
+    assert all(newline not in c.token_ids[:-1] for _, c in hf_calls)  # nothing runs past it
+    assert [d.answers for d in hf_dialogues] == [d.answers for d in vllm_dialogues]
+    assert not any("\n" in answer for d in hf_dialogues for answer in d.answers)

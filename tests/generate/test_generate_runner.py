@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,30 @@ from generate_helpers import (
 )
 
 from dialogclip.core.io import read_json, read_parquet_metadata
-from dialogclip.generate.backend import Completion, GenerationBackend, GenerationRequest
-from dialogclip.generate.config import generate_config_from_dict, machine_settings
-from dialogclip.generate.parsing import PARSE_OK
-from dialogclip.generate.runner import generate_shard
+from dialogclip.generate.backend import (
+    Completion,
+    EngineTarget,
+    GenerationBackend,
+    GenerationRequest,
+)
+from dialogclip.generate.config import (
+    SamplingSettings,
+    TransformersSettings,
+    generate_config_from_dict,
+    machine_settings,
+)
+from dialogclip.generate.hf_backend import TransformersBackend
+from dialogclip.generate.parsing import PARSE_OK, parse_qa_pairs
+from dialogclip.generate.runner import (
+    ChunkStore,
+    chunk_fingerprint,
+    file_sha256,
+    generate_shard,
+    output_metadata,
+)
 from dialogclip.generate.schema import DIALOGUE_SCHEMA, STATUS_IMAGE_ERROR, STATUS_SUCCESS
 
+SAMPLING = SamplingSettings()
 UNUSABLE = {"truncated", "truncated_late", "one_pixel", "huge_header", "not_an_image", "empty"}
 
 
@@ -45,8 +65,20 @@ class CrashAfter(GenerationBackend):
     def settings(self) -> dict[str, Any]:
         return self.inner.settings()
 
+    @property
+    def target(self) -> EngineTarget:
+        return self.inner.target
 
-def _run(tmp: Path, shard: Path, generator: str, params: dict, backend=None, name: str = "out"):
+
+def _run(
+    tmp: Path,
+    shard: Path,
+    generator: str,
+    params: dict,
+    backend=None,
+    name: str = "out",
+    **machine: Any,
+):
     out = tmp / name
     stats = generate_shard(
         shard_path=shard,
@@ -56,7 +88,7 @@ def _run(tmp: Path, shard: Path, generator: str, params: dict, backend=None, nam
         generator=generator,
         config=generate_config_from_dict(params),
         backend=backend,
-        machine=machine_settings(**TINY_MACHINE),
+        machine=machine_settings(**{**TINY_MACHINE, **machine}),
     )
     return pq.read_table(out / f"{generator}.parquet"), stats, out
 
@@ -127,6 +159,8 @@ def test_metadata_holds_sampling_prompts_and_versions(blip2_run, tiny_params) ->
     assert meta["sampling"] == {"temperature": 0.0, "top_p": 1.0, "seed": 0, "max_new_tokens": 6}
     assert meta["generator_settings"]["prompt_template"] == "Question: {question} Answer:"
     assert meta["versions"]["transformers"] and meta["versions"]["torch"]
+    # The resolved engine, not the config's "auto": what produced the rows.
+    assert meta["engine"] == {"backend": "transformers", "device": "cpu", "dtype": "float32"}
     assert not (out / ".chunks").exists()  # the work folder goes once the shard is written
 
 
@@ -145,18 +179,28 @@ def test_stats_match_a_naive_recount(blip2_run) -> None:
     assert stats["chunks"]["computed"] == stats["chunks"]["total"] >= 5
 
 
+@pytest.mark.parametrize("structured", [False, True])
 def test_llava_rows_are_parsed_or_kept_with_a_status(
-    mixed_shard, tiny_params, hf_backends, tmp_path
+    mixed_shard, tiny_params, hf_backends, tmp_path, structured
 ) -> None:
-    table, stats, _ = _run(tmp_path, mixed_shard, "llava", tiny_params, hf_backends["llava"])
+    params = {**tiny_params, "llava": {**tiny_params["llava"], "structured_output": structured}}
+    if structured:
+        params["llava"]["max_new_tokens"] = 160  # room for three short JSON pairs
+    table, stats, _ = _run(tmp_path, mixed_shard, "llava", params, hf_backends["llava"])
     rows = [row for row in table.to_pylist() if row["status"] == STATUS_SUCCESS]
-    assert rows and all(len(row["responses"]) == 1 for row in rows)
+    assert len(rows) == stats["rows"]["generated"] > 0
     for row in rows:
-        assert row["parse_status"] in ("ok", "wrong_count", "unparsed")
-        assert row["responses"][0] is not None  # the raw reply is always kept
-        if row["parse_status"] == "unparsed":
-            assert row["questions"] == [] and row["answers"] == []
-    assert sum(stats["parse"].values()) == len(rows)
+        (reply,) = row["responses"]
+        assert reply  # the raw reply is kept, whatever its parse
+        parsed = parse_qa_pairs(reply, expected=3)
+        assert row["parse_status"] == parsed.status
+        assert (row["questions"], row["answers"]) == (parsed.questions, parsed.answers)
+    statuses = Counter(row["parse_status"] for row in rows)
+    assert stats["parse"] == dict(statuses)
+    if structured:  # constrained JSON always yields pairs, three for most images
+        assert "unparsed" not in statuses and statuses["ok"] > len(rows) / 2
+    else:  # random weights cannot write Q1/A1 text: no reply has three pairs, all are kept
+        assert set(statuses) == {"unparsed", "wrong_count"}
 
 
 @pytest.mark.parametrize("rows", [[], [ingest_row(0, None, status="failed_to_download")]])
@@ -204,6 +248,85 @@ def test_chunks_of_other_settings_are_discarded(
     table, stats, _ = _run(tmp_path, mixed_shard, "blip2", tiny_params, hf_backends["blip2"])
     assert stats["chunks"]["resumed"] == 0
     assert table.equals(reference)
+
+
+def test_chunks_of_another_dtype_are_discarded(
+    mixed_shard, tiny_models, tiny_params, hf_backends, blip2_run, tmp_path, caplog
+) -> None:
+    """A shard started in bfloat16 is not finished in float32: its chunks are deleted and the
+    whole shard is generated again in float32 (even where, as on these short tiny replies,
+    bfloat16 happened to give the same tokens)."""
+    reference, _, _ = blip2_run
+    settings = TransformersSettings(batch_size=4, device="cpu")
+    model = str(tiny_models["blip2"])
+    bf16 = TransformersBackend("blip2", model, None, settings, SAMPLING, dtype="bfloat16")
+    assert bf16.target == EngineTarget("transformers", "cpu", "bfloat16")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tmp_path, mixed_shard, "blip2", tiny_params, CrashAfter(bf16, calls=5))
+    chunks = tmp_path / "out" / ".chunks"
+    started = sorted(chunks.glob("*.parquet"))
+    assert [path.name for path in started] == ["00000.parquet", "00001.parquet"]
+
+    with caplog.at_level(logging.INFO, logger="dialogclip.generate.runner"):
+        table, stats, out = _run(tmp_path, mixed_shard, "blip2", tiny_params, hf_backends["blip2"])
+    for path in started:
+        assert f"discarding stale chunk {path} (other input or settings)" in caplog.text
+    assert "resuming" not in caplog.text
+    assert stats["chunks"]["resumed"] == 0
+    assert stats["chunks"]["computed"] == stats["chunks"]["total"]
+    assert table.equals(reference)
+    assert read_parquet_metadata(out / "blip2.parquet")["engine"]["dtype"] == "float32"
+    assert stats["engine"]["dtype"] == "float32" and stats["engine"]["device"] == "cpu"
+
+
+def test_fingerprint_holds_the_resolved_device_and_dtype(mixed_shard, tiny_params, tmp_path):
+    """A chunk written on CPU in float32 is not kept by a job that runs on CUDA in bfloat16
+    (or on CUDA in float32); a job on the same device and dtype keeps it."""
+    config = generate_config_from_dict(tiny_params)
+    input_sha = file_sha256(mixed_shard)
+
+    def fingerprint(device: str, dtype: str) -> str:
+        target = EngineTarget("transformers", device, dtype)
+        metadata = output_metadata("blip2", target, config)
+        return chunk_fingerprint(metadata, 3, input_sha)
+
+    cpu_fp32 = fingerprint("cpu", "float32")
+    assert len({cpu_fp32, fingerprint("cuda", "bfloat16"), fingerprint("cuda", "float32")}) == 3
+    assert fingerprint("cpu", "float32") == cpu_fp32
+
+    work = tmp_path / "chunks"
+    table = pq.read_table(mixed_shard).slice(0, 0)  # any table: the fingerprint decides
+    ChunkStore(work, cpu_fp32).write(0, table)
+    assert ChunkStore(work, cpu_fp32).finished(n_chunks=1) == {0}
+    assert ChunkStore(work, fingerprint("cuda", "bfloat16")).finished(n_chunks=1) == set()
+    assert not (work / "00000.parquet").exists()  # discarded, not mixed into the new shard
+
+
+def test_sampled_replies_do_not_depend_on_the_chunking(
+    mixed_shard, tiny_params, hf_backends, tmp_path
+) -> None:
+    """temperature > 0: each image's reply depends on its own seed only, not on which batch
+    or chunk it lands in; another base seed changes the replies."""
+    llava = hf_backends["llava"]
+
+    def sampled_run(name: str, chunk_size: int, batch_size: int, seed: int = 7):
+        sampling = SamplingSettings(temperature=1.0, top_p=0.9, seed=seed)
+        settings = TransformersSettings(batch_size=batch_size, device="cpu")
+        backend = TransformersBackend.from_loaded(llava.model, llava.processor, settings, sampling)
+        params = {**tiny_params, "sampling": asdict(sampling)}
+        table, _, _ = _run(
+            tmp_path, mixed_shard, "llava", params, backend, name, chunk_size=chunk_size
+        )
+        return table.column("responses").to_pylist()
+
+    reference = sampled_run("a", chunk_size=3, batch_size=4)
+    assert sampled_run("b", chunk_size=7, batch_size=3) == reference
+    assert sampled_run("c", chunk_size=100, batch_size=1) == reference
+    greedy, _, _ = _run(tmp_path, mixed_shard, "llava", tiny_params, llava, "greedy")
+    replies = [reply for reply in reference if reply]
+    assert len(set(map(tuple, replies))) > 1
+    assert reference != greedy.column("responses").to_pylist()  # it did sample
+    assert sampled_run("d", chunk_size=3, batch_size=4, seed=8) != reference
 
 
 @pytest.mark.vllm

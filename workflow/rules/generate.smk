@@ -14,10 +14,11 @@
 #   prefetch_chunks          chunks decoded ahead of the engine
 #   transformers_batch_size  images per generate call;  transformers_device  auto | cuda | cpu
 #   vllm_gpu_memory_percent  percent of GPU memory for vLLM (an int: Snakemake rounds floats)
-#   vllm_kv_cache_mib        KV cache size in MiB (0 = from the percent)
+#   vllm_kv_cache_mib        KV cache size in MiB (0 = from the percent on GPU, 1 GiB on CPU)
 #   vllm_max_model_len       context length (0 = the model's; a reply it would cut stops the job)
-#   vllm_max_num_seqs, vllm_tensor_parallel_size (raise gpu with it), vllm_enforce_eager (0/1),
-#   vllm_executor            auto (vLLM's choice) | uni | mp | ray
+#   vllm_max_num_seqs, vllm_tensor_parallel_size (raise gpu with it)
+#   vllm_enforce_eager       auto (eager on CPU, compiled on GPU) | 0 | 1
+#   vllm_executor            auto (vLLM's choice on GPU, in-process "uni" on CPU) | uni | mp | ray
 
 # get_generate_outputs() and the rules' input functions are in generate_functions.smk.
 
@@ -54,7 +55,7 @@ rule generate_blip2:
         vllm_max_model_len=0,
         vllm_max_num_seqs=256,
         vllm_tensor_parallel_size=1,
-        vllm_enforce_eager=0,
+        vllm_enforce_eager="auto",
         vllm_executor="auto",
     params:
         cfg=get_generate_params("blip2"),
@@ -107,7 +108,7 @@ rule generate_llava:
         vllm_max_model_len=0,
         vllm_max_num_seqs=256,
         vllm_tensor_parallel_size=1,
-        vllm_enforce_eager=0,
+        vllm_enforce_eager="auto",
         vllm_executor="auto",
     params:
         cfg=get_generate_params("llava"),

@@ -3,6 +3,12 @@
 Requests are processed in batches of ``transformers.batch_size`` with left padding. Structured
 output uses the same grammar engine as vLLM (xgrammar, installed with vLLM) through its
 transformers logits processor, so a JSON-constrained reply is the same on both backends.
+
+Sampling (``temperature > 0``) is seeded per request, as in vLLM: each row of a batch draws its
+tokens from its own ``torch.Generator`` seeded with the request's seed (derived from
+``sampling.seed`` and the image key), so an image's reply does not depend on the batch or chunk
+it lands in. The two backends draw differently, so sampled replies agree only in distribution
+across backends; greedy replies are identical.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from dialogclip.core.config import ConfigError
 from dialogclip.generate.backend import (
     JSON_SEPARATORS,
     Completion,
+    EngineTarget,
     GenerationBackend,
     GenerationRequest,
+    engine_target,
     finish_generated,
     stop_token_ids,
 )
@@ -48,23 +56,22 @@ class TransformersBackend(GenerationBackend):
         settings: TransformersSettings,
         sampling: SamplingSettings,
         dtype: str = "auto",
+        target: EngineTarget | None = None,
     ) -> None:
-        import torch
         from transformers import AutoProcessor
 
-        device = settings.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch_dtype = _torch_dtype(dtype, device)
-        log.info("transformers: loading %s (%s, %s)", model, device, torch_dtype)
+        # ``target`` (resolved by the job) wins; else ``dtype`` (generate.dtype) and the device.
+        if target is None:
+            target = engine_target(self.name, dtype, settings.device)
+        log.info("transformers: loading %s (%s, %s)", model, target.device, target.dtype)
         loaded = (
             model_class(generator)
-            .from_pretrained(model, revision=revision, dtype=torch_dtype)
-            .to(device)
+            .from_pretrained(model, revision=revision, dtype=target.torch_dtype())
+            .to(target.device)
             .eval()
         )
         processor = AutoProcessor.from_pretrained(model, revision=revision)
-        self._setup(loaded, processor, settings, sampling, device, torch_dtype)
+        self._setup(loaded, processor, settings, sampling, target)
 
     @classmethod
     def from_loaded(
@@ -76,7 +83,10 @@ class TransformersBackend(GenerationBackend):
     ) -> TransformersBackend:
         """A backend around an already built model (e.g. random weights for a benchmark)."""
         backend = cls.__new__(cls)
-        backend._setup(model, processor, settings, sampling, str(model.device), model.dtype)
+        dtype = str(model.dtype).removeprefix("torch.")
+        backend._setup(
+            model, processor, settings, sampling, EngineTarget(cls.name, model.device.type, dtype)
+        )
         return backend
 
     def _setup(
@@ -85,14 +95,14 @@ class TransformersBackend(GenerationBackend):
         processor: Any,
         settings: TransformersSettings,
         sampling: SamplingSettings,
-        device: str,
-        dtype: Any,
+        target: EngineTarget,
     ) -> None:
         self._settings = settings
         self._sampling = sampling
         self.model = model
-        self.device = device
-        self.dtype = dtype
+        self.target = target
+        self.device = target.device
+        self.dtype = target.torch_dtype()
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt
@@ -104,9 +114,9 @@ class TransformersBackend(GenerationBackend):
 
     def settings(self) -> dict[str, Any]:
         return {
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": self.target.dtype,
+            "device": self.target.device,
             "batch_size": self._settings.batch_size,
-            "device": self.device,
         }
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
@@ -133,23 +143,27 @@ class TransformersBackend(GenerationBackend):
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         max_new_tokens = batch[0].max_new_tokens
         sample = self._sampling.temperature > 0
+        # Greedy search in transformers' loop; when sampling, the last logits processor draws
+        # each row's token from that row's own generator and leaves only it selectable.
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
-            do_sample=sample,
+            do_sample=False,
             num_beams=1,
             eos_token_id=self.stop_ids or None,
             pad_token_id=self.pad_id,
-            **(
-                {"temperature": self._sampling.temperature, "top_p": self._sampling.top_p}
-                if sample
-                else {}
-            ),
         )
-        if sample:
-            torch.manual_seed(batch[0].seed)  # one generator per batch: rows cannot be seeded alone
-        processors = []
+        processors: list[Any] = []
         if batch[0].json_schema is not None:
             processors.append(self._json_logits_processor(batch[0].json_schema))
+        if sample:
+            processors.append(
+                SeededSampler(
+                    [request.seed for request in batch],
+                    self._sampling.temperature,
+                    self._sampling.top_p,
+                    self.device,
+                )
+            )
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs, generation_config=config, logits_processor=processors
@@ -207,12 +221,47 @@ def _batch_key(request: GenerationRequest) -> tuple[int, str]:
     return request.max_new_tokens, schema
 
 
-def _torch_dtype(name: str, device: str) -> Any:
+def nucleus_mask(probs: Any, top_p: float) -> Any:
+    """Which tokens top-p (nucleus) sampling keeps: the smallest set of the most probable
+    tokens whose probabilities sum to at least ``top_p`` (ties broken by token id).
+
+    probs: (vocab,) probabilities; returns a (vocab,) bool mask, never empty.
+    """
     import torch
 
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ConfigError(f"generate.dtype: unknown torch dtype {name!r}")
-    return dtype
+    order = torch.sort(probs, descending=True, stable=True).indices
+    before = torch.cumsum(probs[order], dim=0) - probs[order]  # mass of the more probable ones
+    mask = torch.zeros_like(probs, dtype=torch.bool)
+    mask[order[before < top_p]] = True
+    mask[order[0]] = True
+    return mask
+
+
+class SeededSampler:
+    """A logits processor that samples each row with the row's own seeded generator.
+
+    Placed last in the processor list of a greedy ``generate``: it draws one token per row from
+    softmax(scores / temperature), restricted to the top-p nucleus, and returns scores where only
+    that token is finite, so greedy search takes it. Row i's draws depend only on ``seeds[i]``
+    and on its own logits, never on the other rows of the batch.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: str):
+        import torch
+
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generators = [torch.Generator(device).manual_seed(int(seed)) for seed in seeds]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        """scores: (batch, vocab) next-token logits -> (batch, vocab), -inf but the drawn one."""
+        import torch
+
+        chosen = torch.full_like(scores, float("-inf"))
+        for row, generator in enumerate(self.generators):
+            probs = torch.softmax(scores[row].float() / self.temperature, dim=-1)
+            if self.top_p < 1.0:
+                probs = torch.where(nucleus_mask(probs, self.top_p), probs, 0.0)
+            token = torch.multinomial(probs, 1, generator=generator)
+            chosen[row, token] = 0.0
+        return chosen

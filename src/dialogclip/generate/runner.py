@@ -46,7 +46,14 @@ from dialogclip.core.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from dialogclip.generate.backend import GenerationBackend, create_backend, resolve_backend
+from dialogclip.generate.backend import (
+    EngineTarget,
+    GenerationBackend,
+    create_backend,
+    passive_openmp_waits,
+    resolve_backend,
+    resolve_engine,
+)
 from dialogclip.generate.config import DecodeSettings, GenerateConfig, MachineSettings
 from dialogclip.generate.generators import generator_settings, make_generator
 from dialogclip.generate.images import DecodedImage, decode_image
@@ -60,6 +67,10 @@ from dialogclip.generate.schema import (
 )
 
 log = logging.getLogger(__name__)
+
+# A job process imports this module before torch (dialogclip generate-dialogue): the OpenMP
+# wait policy must be in the environment when torch loads libgomp.
+passive_openmp_waits()
 
 INPUT_COLUMNS = ("key", "url", "status", "jpg")
 INGEST_SUCCESS = "success"
@@ -79,7 +90,8 @@ class ShardRows:
 def read_ingested_shard(path: str | os.PathLike[str]) -> ShardRows:
     """Read the columns generation needs from an ingested shard; keep downloaded rows only.
 
-    The caption is not read: the generator must never see it.
+    The caption is not read: the generator must never see it. A missing, unreadable or foreign
+    file raises an error whose one line names it.
     """
     table = read_parquet(path, columns=INPUT_COLUMNS, what="ingested shard (Parquet)")
     usable = table.filter(pc.equal(table["status"], INGEST_SUCCESS))
@@ -118,19 +130,21 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def output_metadata(generator: str, backend: str, config: GenerateConfig) -> dict[str, Any]:
-    """Provenance stored in the Parquet metadata: model, prompts, sampling, dtype, versions.
+def output_metadata(generator: str, target: EngineTarget, config: GenerateConfig) -> dict[str, Any]:
+    """Provenance stored in the Parquet metadata: model, prompts, sampling, dtype (as configured)
+    and engine (backend, resolved device and dtype), versions.
 
     Only what determines the rows goes here (no timings, no machine settings), so a resumed
-    shard's file equals an uninterrupted run's.
+    shard's file equals an uninterrupted run's; it is also what the resume fingerprint hashes.
     """
     settings = generator_settings(generator, config)
     return {
         "generator": generator,
         "model": settings.model,
         "revision": settings.revision,
-        "backend": backend,
+        "backend": target.backend,
         "dtype": config.dtype,
+        "engine": dataclasses.asdict(target),
         "generator_settings": dataclasses.asdict(settings),
         "sampling": {
             **dataclasses.asdict(config.sampling),
@@ -149,13 +163,18 @@ class EngineClock:
     wait_s: float = 0.0
     first_wait_s: float = 0.0  # filling the pipeline before the first chunk
     images: int = 0
-    chunk_walls: list[float] = field(default_factory=list)
+    engine_start_s: float | None = None  # building the engine (None: given by the caller)
+    engine_close_s: float | None = None
+    chunk_busy_s: list[float] = field(default_factory=list)  # per computed chunk
 
     def as_dict(self) -> dict[str, Any]:
         total = self.busy_s + self.wait_s
         steady_wait = self.wait_s - self.first_wait_s
         steady_total = total - self.first_wait_s
         return {
+            "engine_start_s": _round(self.engine_start_s),
+            "engine_close_s": _round(self.engine_close_s),
+            "chunk_busy_s": [round(t, 4) for t in self.chunk_busy_s],
             "engine_busy_s": round(self.busy_s, 4),
             "engine_wait_s": round(self.wait_s, 4),
             "engine_wait_fraction": round(self.wait_s / total, 4) if total else None,
@@ -165,6 +184,16 @@ class EngineClock:
             "images_generated": self.images,
             "images_per_s": round(self.images / total, 3) if total else None,
         }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 class DecodePrefetcher:
@@ -274,16 +303,23 @@ def generate_shard(
 
     ``config``: the science; ``machine``: how to run it here (default: ``MachineSettings()``).
     ``backend``: an engine to use (and leave open), e.g. one shared by several calls; by
-    default one is built (and closed) only if some chunk still needs work.
+    default one is built (and closed) only if some chunk still needs work. Its device and
+    dtype are resolved first (:func:`resolve_engine`): they are part of the chunks'
+    fingerprint, so chunks made on another device or in another dtype are discarded.
     """
     started = time.perf_counter()
     machine = machine or MachineSettings()
     shard_path = Path(shard_path)
     rows = read_ingested_shard(shard_path)
-    backend_name = backend.name if backend is not None else resolve_backend(machine.backend)
+    if backend is not None:
+        target = backend.target
+    else:
+        target = resolve_engine(resolve_backend(machine.backend), config, machine)
+    backend_name = target.backend
+    log.info("engine: %s on %s in %s", backend_name, target.device, target.dtype)
     settings = generator_settings(generator, config)
-    metadata = output_metadata(generator, backend_name, config)
-    fingerprint = _fingerprint(metadata, machine.chunk_size, file_sha256(shard_path))
+    metadata = output_metadata(generator, target, config)
+    fingerprint = chunk_fingerprint(metadata, machine.chunk_size, file_sha256(shard_path))
     chunks = chunk_ranges(len(rows.keys), machine.chunk_size)
     store = ChunkStore(work_dir, fingerprint)
     done = store.finished(len(chunks))
@@ -311,9 +347,12 @@ def generate_shard(
     if pending:
         own_backend = backend is None
         if backend is None:
+            engine_from = time.perf_counter()
             backend = create_backend(
-                backend_name, generator, settings.model, settings.revision, config, machine
+                target, generator, settings.model, settings.revision, config, machine
             )
+            clock.engine_start_s = time.perf_counter() - engine_from
+            log.info("engine started in %.1f s", clock.engine_start_s)
         engine_settings = backend.settings()
         log.info("engine settings: %s", engine_settings)
         try:
@@ -322,7 +361,9 @@ def generate_shard(
             )
         finally:
             if own_backend:
+                close_from = time.perf_counter()
                 backend.close()
+                clock.engine_close_s = time.perf_counter() - close_from
     table = store.read_all(len(chunks))
     write_parquet_atomic(table, output_path, metadata)
     stats = shard_stats(table, rows, generator, backend_name, settings.model)
@@ -333,7 +374,12 @@ def generate_shard(
         "computed": len(pending),
     }
     stats["timing"] = {"wall_s": round(time.perf_counter() - started, 3), **clock.as_dict()}
-    stats["engine"] = engine_settings
+    stats["engine"] = {
+        **dataclasses.asdict(target),
+        "threads": _torch_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "settings": engine_settings,
+    }
     stats["machine"] = dataclasses.asdict(machine)
     write_json_atomic(stats, stats_path)
     store.remove()
@@ -341,7 +387,9 @@ def generate_shard(
     return stats
 
 
-def _fingerprint(metadata: dict[str, Any], chunk_size: int, input_sha256: str) -> str:
+def chunk_fingerprint(metadata: dict[str, Any], chunk_size: int, input_sha256: str) -> str:
+    """What a finished chunk must match to be kept on resume: the output metadata (model,
+    prompts, sampling, backend, resolved device and dtype, versions), chunking and input."""
     payload = json.dumps(
         {"metadata": metadata, "chunk_size": chunk_size, "input": input_sha256}, sort_keys=True
     )
@@ -361,6 +409,8 @@ def _run_chunks(
     clock: EngineClock,
 ) -> None:
     dialogue_generator = make_generator(generator, config)
+    if backend.target.device == "cpu":
+        _warn_if_oversubscribed()
     workers = machine.decode_workers or machine.threads or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         prefetcher = DecodePrefetcher(
@@ -398,6 +448,7 @@ def _run_chunks(
             busy = time.perf_counter() - busy_from
             store.write(index, table)
             clock.busy_s += busy
+            clock.chunk_busy_s.append(busy)
             clock.wait_s += wait
             if position == 0:
                 clock.first_wait_s = wait
@@ -412,6 +463,26 @@ def _run_chunks(
                 len(usable) / busy if busy else 0.0,
                 wait,
             )
+
+
+def _warn_if_oversubscribed() -> None:
+    """Warn when the machine's cores are already busy, the engine computes with several threads
+    and OpenMP threads spin while they wait (``OMP_WAIT_POLICY`` set to active by the user):
+    each parallel region then waits for descheduled threads (see
+    :func:`~dialogclip.generate.backend.passive_openmp_waits`)."""
+    import torch
+
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    if threads > 1 and load > cores and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        log.warning(
+            "load average %.1f on %d cores, %d compute threads, OMP_WAIT_POLICY=%s: spinning "
+            "threads on a busy machine slow every CPU kernel; use 1 thread or PASSIVE waits",
+            load,
+            cores,
+            threads,
+            os.environ.get("OMP_WAIT_POLICY"),
+        )
 
 
 def shard_stats(

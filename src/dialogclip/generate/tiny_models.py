@@ -261,9 +261,17 @@ def build_tiny_llava(
 
 
 def build_tiny_blip2(
-    out_dir: str | os.PathLike[str], seed: int = 0, sizes: TinySizes = TinySizes()
+    out_dir: str | os.PathLike[str],
+    seed: int = 0,
+    sizes: TinySizes = TinySizes(),
+    newline_eos: bool = False,
 ) -> Path:
-    """Save a tiny random BLIP-2 (ViT + Q-Former + OPT) in the Salesforce layout to ``out_dir``."""
+    """Save a tiny random BLIP-2 (ViT + Q-Former + OPT) in the Salesforce layout to ``out_dir``.
+
+    ``newline_eos``: end replies at the newline token as ``Salesforce/blip2-opt-2.7b`` does (its
+    ``generation_config.json`` has ``eos_token_id`` 50118, "\n", while the tokenizer's EOS is
+    ``</s>``); see :func:`_end_replies_at_newline`.
+    """
     import torch
     from transformers import Blip2Config, Blip2ForConditionalGeneration
 
@@ -312,6 +320,8 @@ def build_tiny_blip2(
     model = Blip2ForConditionalGeneration(config).eval()
     _silence_unreadable_tokens(model, tokenizer)
     _set_generation_config(model, tokenizer)
+    if newline_eos:
+        _end_replies_at_newline(model, tokenizer)
     processor = blip2_processor(tokenizer, sizes.image_size, sizes.blip2_query_tokens)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -358,6 +368,28 @@ def _set_generation_config(model: Any, tokenizer: Any) -> None:
     generation.bos_token_id = tokenizer.bos_token_id
     generation.eos_token_id = tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id
+
+
+# A word the seed-0 tiny BLIP-2 often generates; the newline token shadows it (newline_eos).
+NEWLINE_SHADOWS = " day"
+
+
+def _end_replies_at_newline(model: Any, tokenizer: Any) -> None:
+    """Make "\n" the generation config's EOS, as in BLIP-2 OPT, and make the model emit it.
+
+    A random model would hardly ever pick the newline, so its output-embedding row becomes
+    1.01 x the row of :data:`NEWLINE_SHADOWS`: wherever that word would win with a positive
+    logit, the newline wins instead and the reply stops there (other replies run to the token
+    limit). The tokenizer's own EOS stays ``</s>``.
+    """
+    import torch
+
+    (newline,) = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    (shadowed,) = tokenizer(NEWLINE_SHADOWS, add_special_tokens=False)["input_ids"]
+    weight = model.get_output_embeddings().weight  # (vocab, hidden)
+    with torch.no_grad():
+        weight[newline] = 1.01 * weight[shadowed]
+    model.generation_config.eos_token_id = newline
 
 
 def _rename_tensors(path: Path, prefixes: dict[str, str]) -> None:
