@@ -16,6 +16,8 @@ from dialogclip.core.text_forms import TextForms
 from dialogclip.evaluate.settings import DatasetFiles, ModelEntry
 from dialogclip.generate.config import GenerateConfig
 from dialogclip.ingest.settings import IngestSettings
+from dialogclip.report.settings import DialogueQualitySettings, ReportClip
+from dialogclip.train.settings import TrainRun
 
 SCHEMA = load_yaml(Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml")
 # Keys that steer the workflow (which jobs exist) and never reach a command's settings.
@@ -26,6 +28,12 @@ SECTIONS = {
     "generate": ("#/properties/generate", GenerateConfig),
     "evaluate.models[]": ("#/properties/evaluate/properties/models/items", ModelEntry),
     "evaluate.<dataset>": ("#/$defs/dataset_files", DatasetFiles),
+    "train.runs[]": ("#/properties/train/properties/runs/items", TrainRun),
+    "report.clip": ("#/properties/report/properties/clip", ReportClip),
+    "report.dialogue_quality": (
+        "#/properties/report/properties/dialogue_quality",
+        DialogueQualitySettings,
+    ),
 }
 
 

@@ -102,7 +102,7 @@ def test_a_checkpoint_without_the_text_tower_is_refused(tmp_path, checkpoints) -
 
 
 def test_inconsistent_variants_are_config_errors(checkpoints) -> None:
-    with pytest.raises(ConfigError, match="needs `other`"):
+    with pytest.raises(ConfigError, match="needs an explicit `other`"):
         _job(checkpoints, text_variant="weight_blend")
     with pytest.raises(ConfigError, match="only used by the blend"):
         _job(checkpoints, other=checkpoints[1])

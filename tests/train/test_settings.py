@@ -37,7 +37,20 @@ def test_schema_fills_the_defaults(repo_root: Path) -> None:
                 "quickgelu": "auto",
                 "sample_form": None,
                 "include_truncated": False,
-                "optim": {},
+                "trainable_blocks": None,
+                # The thesis' ViT-B-32 settings (batch 1024, lr 1e-5, wd 0.1, 2 epochs).
+                "optim": {
+                    "lr": 1.0e-5,
+                    "weight_decay": 0.1,
+                    "batch_size": 1024,
+                    "epochs": 2,
+                    "warmup_steps": 500,
+                    "grad_clip": None,
+                    "seed": 0,
+                    "precision": "auto",
+                },
+                "loss": {},
+                "evaluate": {},
             }
         ],
     }

@@ -42,6 +42,9 @@ wildcard_constraints:
     architecture=r"[A-Za-z0-9_.-]+?",
     tag=r"[A-Za-z0-9_.-]+",
     run=NAME,
+    text_model=NAME,
+    generator="blip2|llava",
+    rows_form=r"(concatenated|pairs)(-with_truncated)?",
 
 
 def check_config():

@@ -140,8 +140,6 @@ rule dialogue_summary:
         json="results/dialogue/{generator}/summary.json",
     log:
         "logs/dialogue_summary/{generator}.log",
-    wildcard_constraints:
-        generator="blip2|llava",
     localrule: True
     conda:
         "../../envs/dialogclip.yaml"

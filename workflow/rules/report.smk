@@ -20,8 +20,6 @@ rule dialogue_quality:
         "logs/dialogue_quality/{generator}.log",
     benchmark:
         "benchmarks/dialogue_quality/{generator}.tsv"
-    wildcard_constraints:
-        generator="blip2|llava",
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 4

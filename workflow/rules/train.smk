@@ -19,8 +19,6 @@ rule embed_train_images:
         "logs/embed_train_images/{image_model}/{shard}.log",
     benchmark:
         "benchmarks/embed_train_images/{image_model}/{shard}.tsv"
-    wildcard_constraints:
-        image_model=r"[A-Za-z0-9_.-]+",
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 4  # image decoding
@@ -49,8 +47,6 @@ rule embed_train_captions:
         "logs/embed_train_captions/{text_model}/{shard}.log",
     benchmark:
         "benchmarks/embed_train_captions/{text_model}/{shard}.tsv"
-    wildcard_constraints:
-        text_model=r"[A-Za-z0-9_.-]+",
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 2
@@ -80,10 +76,6 @@ rule train_rows:
         "logs/train_rows/{generator}/{architecture}/{rows_form}/{shard}.log",
     benchmark:
         "benchmarks/train_rows/{generator}/{architecture}/{rows_form}/{shard}.tsv"
-    wildcard_constraints:
-        generator="blip2|llava",
-        architecture=r"[A-Za-z0-9_.-]+",
-        rows_form=r"(concatenated|pairs)(-with_truncated)?",
     conda:
         "../../envs/dialogclip.yaml"
     threads: 1
