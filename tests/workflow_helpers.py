@@ -12,7 +12,10 @@ import re
 import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -119,3 +122,13 @@ def demo_after_dialogue(*generators: str) -> Counter[str]:
         total += DEMO_AFTER_DIALOGUE[generator]
     total["report"] = 1
     return total
+
+
+def edited_config(workdir: Path, tmp_path: Path, edit: Callable[[dict], object]) -> str:
+    """A copy of ``workdir``'s config.yaml changed by ``edit`` (in place), as a file for
+    ``--configfile``: Snakemake merges it over config.yaml, so it can change or add keys."""
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    edit(config)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)

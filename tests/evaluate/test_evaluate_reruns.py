@@ -7,16 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-from workflow_helpers import copy_demo, planned_jobs
-
-
-def _edited_config(finished_demo: Path, tmp_path: Path, edit) -> str:
-    config = yaml.safe_load((finished_demo / "config.yaml").read_text())
-    edit(config)
-    path = tmp_path / "edited.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
+from workflow_helpers import copy_demo, edited_config, planned_jobs
 
 
 def _entry(config: dict, name: str) -> dict:
@@ -43,7 +34,7 @@ def test_batch_sizes_and_threads_rerun_nothing(finished_demo: Path) -> None:
 def test_a_beta_edit_reruns_only_that_entrys_evaluations(
     finished_demo: Path, tmp_path: Path
 ) -> None:
-    edited = _edited_config(
+    edited = edited_config(
         finished_demo, tmp_path, lambda c: _entry(c, "tiny-embedding-blend").update(beta=0.8)
     )
     assert planned_jobs(finished_demo, "--configfile", edited) == {
@@ -54,7 +45,7 @@ def test_a_beta_edit_reruns_only_that_entrys_evaluations(
 
 
 def test_recall_cutoffs_rerun_only_retrieval(finished_demo: Path, tmp_path: Path) -> None:
-    edited = _edited_config(finished_demo, tmp_path, lambda c: c["evaluate"].update(ks=[1, 2]))
+    edited = edited_config(finished_demo, tmp_path, lambda c: c["evaluate"].update(ks=[1, 2]))
     # The three entries and the ten variants of the training runs evaluated on COCO.
     assert planned_jobs(finished_demo, "--configfile", edited) == {
         "eval_retrieval": 13,
@@ -65,7 +56,7 @@ def test_recall_cutoffs_rerun_only_retrieval(finished_demo: Path, tmp_path: Path
 def test_the_text_form_reruns_what_reads_texts_never_generation(
     finished_demo: Path, tmp_path: Path
 ) -> None:
-    edited = _edited_config(
+    edited = edited_config(
         finished_demo,
         tmp_path,
         lambda c: c.setdefault("text", {}).update(qa_template="Q: {question} A: {answer}"),
@@ -85,7 +76,7 @@ def test_the_text_form_reruns_what_reads_texts_never_generation(
 
 def test_a_new_image_tower_embeds_once_for_its_entry(finished_demo: Path, tmp_path: Path) -> None:
     # quickgelu true makes a different image tower: its own cache, shared by nobody else.
-    edited = _edited_config(
+    edited = edited_config(
         finished_demo, tmp_path, lambda c: _entry(c, "tiny").update(quickgelu=True)
     )
     assert planned_jobs(finished_demo, "--configfile", edited) == {
@@ -109,6 +100,6 @@ def test_switching_evaluation_off_plans_no_evaluation(finished_demo: Path, tmp_p
         config["evaluate"]["activate"] = False
         config["evaluate"]["coco"]["annotations"] = "eval/missing.json"  # not needed now
 
-    edited = _edited_config(finished_demo, tmp_path, edit)
+    edited = edited_config(finished_demo, tmp_path, edit)
     # The report is redone without the evaluations; nothing is evaluated.
     assert planned_jobs(finished_demo, "--configfile", edited) == {"report": 1}

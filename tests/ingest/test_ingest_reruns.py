@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-from workflow_helpers import copy_demo, planned_jobs
+from workflow_helpers import copy_demo, edited_config, planned_jobs
 
 # One shard's images change: its retry pass, dialogue, frozen-tower caches and training rows,
 # then every run (all shards feed each), their evaluations, the statistics and the report.
@@ -29,14 +28,6 @@ DOWNSTREAM_OF_ONE_SHARD = {
 }
 PER_SHARD = ("retry_failed_downloads", "generate_blip2", "generate_llava", "download_shard")
 PER_SHARD += ("embed_train_images", "embed_train_captions", "train_rows")
-
-
-def _edited_config(finished_demo: Path, tmp_path: Path, edit) -> str:
-    config = yaml.safe_load((finished_demo / "config.yaml").read_text())
-    edit(config)
-    path = tmp_path / "edited.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
 
 
 def test_download_threads_rerun_nothing(finished_demo: Path) -> None:
@@ -66,7 +57,7 @@ def test_a_new_limit_redoes_only_the_shard_whose_rows_change(
 ) -> None:
     # 70 rows in shards of 32: 00000 = 0:32, 00001 = 32:64, 00002 = 64:70. A limit of 60 keeps
     # 00000, shortens 00001 to 32:60 and drops 00002.
-    edited = _edited_config(finished_demo, tmp_path, lambda c: c["cc3m"].update(limit=60))
+    edited = edited_config(finished_demo, tmp_path, lambda c: c["cc3m"].update(limit=60))
     assert planned_jobs(finished_demo, "--configfile", edited) == {
         "download_shard": 1,
         **DOWNSTREAM_OF_ONE_SHARD,
@@ -74,9 +65,7 @@ def test_a_new_limit_redoes_only_the_shard_whose_rows_change(
 
 
 def test_an_ingest_setting_redoes_every_shard(finished_demo: Path, tmp_path: Path) -> None:
-    edited = _edited_config(
-        finished_demo, tmp_path, lambda c: c["ingest"].update(encode_quality=90)
-    )
+    edited = edited_config(finished_demo, tmp_path, lambda c: c["ingest"].update(encode_quality=90))
     assert planned_jobs(finished_demo, "--configfile", edited) == {
         name: count * 3 if name in PER_SHARD else count
         for name, count in {"download_shard": 1, **DOWNSTREAM_OF_ONE_SHARD}.items()
@@ -84,7 +73,7 @@ def test_an_ingest_setting_redoes_every_shard(finished_demo: Path, tmp_path: Pat
 
 
 def test_a_retry_setting_redoes_only_the_retry_pass(finished_demo: Path, tmp_path: Path) -> None:
-    edited = _edited_config(
+    edited = edited_config(
         finished_demo,
         tmp_path,
         lambda c: c["ingest"]["retry_failed"].update(error_kinds=["timeout"]),
