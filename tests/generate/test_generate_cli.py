@@ -143,14 +143,17 @@ def test_missing_shard_fails_cleanly(tmp_path, capsys) -> None:
     argv += ["--output", str(tmp_path / "o.parquet"), "--stats", str(tmp_path / "s.json")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"{shard}: ingested shard not found" in err
+    assert f"ingested shard (Parquet) file not found: {shard}" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o.parquet").exists()
 
 
 @pytest.mark.parametrize(
     ("content", "problem"),
-    [(b"PAR1 truncated", "unreadable Parquet file"), (None, "not an ingested shard")],
+    [
+        (b"PAR1 truncated", "corrupt ingested shard (Parquet) file: {shard}"),
+        (None, "ingested shard (Parquet) file {shard} lacks column(s) ['url', 'status', 'jpg']"),
+    ],
 )
 def test_corrupt_or_foreign_shard_fails_naming_it(tmp_path, capsys, content, problem) -> None:
     shard = tmp_path / "00000.parquet"
@@ -162,7 +165,7 @@ def test_corrupt_or_foreign_shard_fails_naming_it(tmp_path, capsys, content, pro
     argv += ["--output", str(tmp_path / "o.parquet"), "--stats", str(tmp_path / "s.json")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"{shard}: {problem}" in err
+    assert problem.format(shard=shard) in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
