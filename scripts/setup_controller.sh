@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create (or refresh) .venv-controller: the environment that runs the Snakemake controller for
 # cluster runs (Snakemake + snakemake-executor-plugin-slurm, exact pins in envs/controller.txt;
-# why it is separate from .venv is written there). dialogclip's own code is made importable with
-# a .pth file pointing at src/, without installing its `dialogclip` command: the rules then find
+# why it is separate from .venv is written there). dialogclip's own code is made importable by
+# a link to src/dialogclip, without installing its `dialogclip` command: the rules then find
 # that command in the project's .venv (workflow/rules/common.smk), which scripts/setup.sh makes.
 # Safe to rerun: it reinstalls only when envs/controller.txt or this script changed.
 set -euo pipefail
@@ -23,8 +23,11 @@ pip_quiet() {
 }
 # --no-deps: exactly the pinned set; `pip check` below proves it is complete and consistent.
 pip_quiet install --no-deps -r envs/controller.txt
+# The package directory itself, linked (not src/ on the path): src/ may also hold the
+# dialogclip.egg-info of .venv's editable install, whose requirements (torch, vLLM, numpy 2.3)
+# are .venv's business; linked alone, the code imports and pip sees no such metadata.
 site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-echo "$PWD/src" >"$site/dialogclip-src.pth"
+ln -sfn "$PWD/src/dialogclip" "$site/dialogclip"
 "$VENV/bin/python" -m pip check
 "$VENV/bin/python" -c "import snakemake_executor_plugin_slurm, dialogclip.core.config"
 echo "$want" >"$STAMP"
