@@ -49,6 +49,7 @@ def token_counter(architecture: str) -> TokenCounter:
     import open_clip
 
     from dialogclip.models.openclip import register_model_configs
+    from dialogclip.models.openclip import token_counter as token_counter_of
 
     register_model_configs()
     model_config = open_clip.get_model_config(architecture)
@@ -69,16 +70,12 @@ def token_counter(architecture: str) -> TokenCounter:
         ["SimpleTokenizer", text_cfg.get("tokenizer_kwargs", {})], sort_keys=True, default=str
     )
 
-    def count(text: str) -> int:
-        # encode() cleans and BPE-encodes without the start/end tokens and never truncates.
-        return len(tokenizer.encode(text)) + 2
-
     return TokenCounter(
         architecture=architecture,
         tokenizer=type(tokenizer).__name__,
         context_length=int(tokenizer.context_length),
         key=key,
-        count=count,
+        count=token_counter_of(tokenizer),
     )
 
 

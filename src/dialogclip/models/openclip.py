@@ -187,6 +187,19 @@ def load_clip(
     return LoadedClip(model, preprocess, tokenizer, quickgelu, model_name=spec.architecture)
 
 
+def token_counter(tokenizer: Any) -> Callable[[str], int]:
+    """``text -> number of tokens`` an open_clip tokenizer makes of it before truncation, start
+    and end tokens included (so a text fits the tower iff the count <= its context length)."""
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):
+        # open_clip's SimpleTokenizer (CLIP's BPE): encode() cleans the text as __call__ does.
+        return lambda text: len(tokenizer.encode(text)) + 2
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None:  # open_clip's HFTokenizer: the wrapped tokenizer adds its specials
+        clean = getattr(tokenizer, "clean_fn", lambda text: text)
+        return lambda text: len(inner(clean(text))["input_ids"])
+    raise TypeError(f"cannot count tokens with {type(tokenizer).__name__}")
+
+
 def is_text_tower_key(name: str) -> bool:
     """True for the state-dict entries of the text tower (everything but the image tower and
     the logit scale/bias)."""

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dialogclip.core.text_forms import TextForms
+from dialogclip.models.openclip import token_counter
 from dialogclip.report.settings import DialogueQualitySettings, ReportClip
 
 log = logging.getLogger(__name__)
@@ -59,19 +60,6 @@ def clipscore(image_emb: Any, text_emb: Any, weight: float = 2.5) -> Any:
 
     cos = (F.normalize(image_emb.float(), dim=-1) * F.normalize(text_emb.float(), dim=-1)).sum(-1)
     return weight * cos.clamp(min=0.0)
-
-
-def token_counter(tokenizer: Any) -> Callable[[str], int]:
-    """``text -> number of tokens`` the tokenizer makes of it before truncation, start and end
-    tokens included (so a text fits the tower iff the count <= its context length)."""
-    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):
-        # open_clip's SimpleTokenizer (CLIP's BPE): encode() cleans the text as __call__ does.
-        return lambda text: len(tokenizer.encode(text)) + 2
-    inner = getattr(tokenizer, "tokenizer", None)
-    if inner is not None:  # open_clip's HFTokenizer: the wrapped tokenizer adds its specials
-        clean = getattr(tokenizer, "clean_fn", lambda text: text)
-        return lambda text: len(inner(clean(text))["input_ids"])
-    raise TypeError(f"cannot count tokens with {type(tokenizer).__name__}")
 
 
 def in_sample(keys: Iterable[str], size: int | None, seed: int) -> set[str]:

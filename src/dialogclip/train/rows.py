@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.core.io import write_json_atomic
 from dialogclip.core.text_forms import TextForms
+from dialogclip.models.openclip import token_counter
 from dialogclip.train.arrow_files import (
     arrow_metadata,
     column_array,
@@ -118,18 +119,6 @@ def load_tokenizer(architecture: str) -> Any:
 
     register_model_configs()
     return open_clip.get_tokenizer(architecture)
-
-
-def token_counter(tokenizer: Any) -> Callable[[str], int]:
-    """``n_tokens(text)``: the tokens ``tokenizer`` makes of ``text`` before it cuts to the
-    context length, start/end tokens included."""
-    if hasattr(tokenizer, "sot_token_id") and hasattr(tokenizer, "encode"):  # SimpleTokenizer
-        return lambda text: len(tokenizer.encode(text)) + 2
-    inner = getattr(tokenizer, "tokenizer", None)  # HFTokenizer wraps a transformers tokenizer
-    if inner is not None:
-        clean = getattr(tokenizer, "clean_fn", lambda text: text)
-        return lambda text: len(inner(clean(text))["input_ids"])
-    raise TypeError(f"cannot count the tokens of a {type(tokenizer).__name__}")
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
