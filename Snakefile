@@ -20,6 +20,11 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/train.smk"
 
 
+# Needs every stage's entries (the training runs add evaluation entries): after the includes.
+if is_report_active():
+    check_thesis_rows()
+
+
 rule all:
     default_target: True
     input:

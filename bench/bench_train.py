@@ -20,11 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +28,12 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from benchlib import machine_record, summary, time_interleaved
 
 from dialogclip.models.towers import copy_text_tower
 from dialogclip.train.cache import write_embedding_cache
 from dialogclip.train.objectives import ThirdTowerLoss, ThirdTowerObjective
+from dialogclip.train.optim import adamw, param_groups
 
 OUT = Path(__file__).parent / "results" / "bench_train.json"
 
@@ -47,23 +45,14 @@ def _step(objective: ThirdTowerObjective, optimizer, batch: dict[str, torch.Tens
     optimizer.step()
 
 
-def _time_steps(run_step, steps: int) -> list[float]:
-    run_step()  # warm-up
-    times = []
-    for _ in range(steps):
-        begin = time.perf_counter()
-        run_step()
-        times.append(time.perf_counter() - begin)
-    return times
-
-
 def measure(batch: int, steps: int) -> dict[str, Any]:
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32").eval()
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     g = copy_text_tower(model)
     objective = ThirdTowerObjective(g, 100.0, ThirdTowerLoss())
-    optimizer = torch.optim.AdamW([p for p in g.parameters() if p.requires_grad], lr=1e-5)
+    # The trainer's optimizer: its decay groups and fused AdamW (dialogclip.train.optim).
+    optimizer = adamw(param_groups(g, 0.1), 1e-5, (0.9, 0.98), 1e-6, 0.1, torch.device("cpu"))
     images = torch.randn(batch, 3, 224, 224)
     captions = tokenizer([f"a photo of thing number {i}" for i in range(batch)])
     dialogue = tokenizer(
@@ -89,15 +78,8 @@ def measure(batch: int, steps: int) -> dict[str, Any]:
             {"image_emb": image_emb, "caption_emb": caption_emb, "dialogue_tokens": dialogue},
         )
 
-    result = {}
-    for name, run_step in (("cached", cached_step), ("full", full_step)):
-        times = _time_steps(run_step, steps)
-        median = statistics.median(times)
-        result[name] = {
-            "step_s_median": round(median, 4),
-            "step_s": [round(t, 4) for t in times],
-            "samples_per_s": round(batch / median, 2),
-        }
+    times = time_interleaved({"cached": cached_step, "full": full_step}, steps)
+    result: dict[str, Any] = {name: summary(arm, batch) for name, arm in times.items()}
     result["speedup_cached_vs_full"] = round(
         result["cached"]["samples_per_s"] / result["full"]["samples_per_s"], 3
     )
@@ -133,9 +115,7 @@ def main() -> None:
         "benchmark": "third-tower training step, caches vs full forward (ViT-B-32, CPU)",
         "batch": args.batch,
         "steps": args.steps,
-        "threads": args.threads,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "torch": torch.__version__,
+        "machine": machine_record(args.threads),
         "target_speedup": 1.8,
         **measure(args.batch, args.steps),
         "cache_size": cache_bytes_per_million_rows(),

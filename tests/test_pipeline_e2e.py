@@ -85,3 +85,9 @@ def test_every_training_run_leaves_a_tower_metrics_and_its_evaluations(demo_run:
         record = read_json(demo_run / f"results/eval/vqa/tiny-draft-llava-beta0.9/{dataset}.json")
         assert record["text_variant"] == "embedding_blend" and record["beta"] == 0.9
         assert record["other"] == "results/train/runs/tiny-draft-llava/final.safetensors"
+    # The weight blend of the first DRAFT run, on the same sets (resources/demo/config.yaml).
+    for dataset, kind in (("coco", "retrieval"), ("vqa_real", "vqa"), ("vqa_abstract", "vqa")):
+        record = read_json(
+            demo_run / f"results/eval/{kind}/tiny-draft-llava-wblend-beta0.9/{dataset}.json"
+        )
+        assert (record["text_variant"], record["beta"]) == ("weight_blend", 0.9)

@@ -46,9 +46,9 @@ def test_a_beta_edit_reruns_only_that_entrys_evaluations(
 
 def test_recall_cutoffs_rerun_only_retrieval(finished_demo: Path, tmp_path: Path) -> None:
     edited = edited_config(finished_demo, tmp_path, lambda c: c["evaluate"].update(ks=[1, 2]))
-    # The three entries and the ten variants of the training runs evaluated on COCO.
+    # The three entries and the eleven variants of the training runs evaluated on COCO.
     assert planned_jobs(finished_demo, "--configfile", edited) == {
-        "eval_retrieval": 13,
+        "eval_retrieval": 14,
         "report": 1,
     }
 
@@ -64,8 +64,8 @@ def test_the_text_form_reruns_what_reads_texts_never_generation(
     # Never generation: the shards keep raw pairs; the form is applied by their readers (VQA
     # candidates, training samples, statistics).
     assert planned_jobs(finished_demo, "--configfile", edited) == {
-        "eval_vqa": 13,
-        "eval_retrieval": 10,
+        "eval_vqa": 15,
+        "eval_retrieval": 11,
         "train_rows": 6,
         "train_run": 3,
         "dialogue_summary": 2,

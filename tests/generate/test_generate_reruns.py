@@ -152,8 +152,8 @@ EVERY_TEXT = Counter(
         "dialogue_quality": 2,
         "train_rows": 6,
         "train_run": 3,
-        "eval_retrieval": 10,
-        "eval_vqa": 13,
+        "eval_retrieval": 11,
+        "eval_vqa": 15,
         "report": 1,
     }
 )

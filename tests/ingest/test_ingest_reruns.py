@@ -22,8 +22,8 @@ DOWNSTREAM_OF_ONE_SHARD = {
     "embed_train_captions": 1,
     "train_rows": 2,
     "train_run": 3,
-    "eval_retrieval": 10,
-    "eval_vqa": 8,
+    "eval_retrieval": 11,
+    "eval_vqa": 10,
     "report": 1,
 }
 PER_SHARD = ("retry_failed_downloads", "generate_blip2", "generate_llava", "download_shard")

@@ -260,3 +260,38 @@ def test_unreadable_result_file_names_it(tmp_path: Path) -> None:
     settings = _settings({"name": "b32"})
     with pytest.raises(ValueError, match=rf"{bad}: not a valid metrics JSON"):
         collect_results(settings, tmp_path / "results")
+
+
+def test_an_entry_with_several_thesis_rows_lands_on_each(tmp_path: Path) -> None:
+    """DRAFT's model is printed under one row in the retrieval table and another in the VQA
+    table: a list of rows puts the entry (with that row's numbers) in both."""
+    results = tmp_path / "results"
+    settings = _settings(
+        {"name": "draft-12ep-beta0.9", "pretrained": "laion400m_e32",
+         "text_variant": "embedding_blend", "other": "t.safetensors", "beta": 0.9,
+         "thesis_row": ["draft-vitb32-laion400m-blend-12ep", "draft-vitb32-laion400m-blend"]},
+    )  # fmt: skip
+    write_retrieval(results, "draft-12ep-beta0.9", [0.35, 0.60, 0.71, 0.53, 0.77, 0.85])
+    write_vqa(results, "draft-12ep-beta0.9", "vqa_abstract", 11.0,
+              {"yes/no": 20.0, "number": 5.0, "other": 8.0})  # fmt: skip
+    thesis = load_thesis_numbers(NUMBERS)
+    tables = build_tables(thesis, settings, collect_results(settings, results))
+    for table, row in (
+        ("retrieval", "draft-vitb32-laion400m-blend"),
+        ("vqa", "draft-vitb32-laion400m-blend-12ep"),
+        ("no_mmd", "draft-vitb32-laion400m-blend-12ep"),
+    ):
+        placed = [line for line in tables[table].lines if line.entry is not None]
+        assert [(line.row.id, line.entry.name) for line in placed] == [
+            (row, "draft-12ep-beta0.9")
+        ], table
+    retrieval = next(line for line in tables["retrieval"].lines if line.entry is not None)
+    assert retrieval.thesis[retrieval_column(tables["retrieval"])] == 34.8
+    unknown = _settings({"name": "x", "thesis_row": ["clip-vitb32-laion2b", "no-such-row"]})
+    with pytest.raises(ConfigError, match="x has thesis_row 'no-such-row'"):
+        build_tables(thesis, unknown, {})
+
+
+def retrieval_column(table):
+    """The text -> image R@1 column of a retrieval table."""
+    return next(c for c in table.columns if c.metric == "image_retrieval_recall@1")

@@ -95,7 +95,7 @@ def test_report_switched_off_plans_no_report_job(tmp_path: Path) -> None:
     workdir = copy_demo(tmp_path / "demo")
     planned = planned_jobs(workdir, "--configfile", _config(tmp_path, report={"activate": False}))
     assert planned["report"] == planned["dialogue_quality"] == 0
-    assert planned["eval_retrieval"] == 13  # 3 entries + the 10 variants of the training runs
+    assert planned["eval_retrieval"] == 14  # 3 entries + the 11 variants of the training runs
     no_quality = {"dialogue_quality": {"activate": False}}
     planned = planned_jobs(workdir, "--configfile", _config(tmp_path, report=no_quality))
     assert (planned["report"], planned["dialogue_quality"]) == (1, 0)

@@ -50,7 +50,7 @@ def test_schema_fills_the_defaults(repo_root: Path) -> None:
                     "precision": "auto",
                 },
                 "loss": {},
-                "evaluate": {},
+                "evaluate": {"variants": ["embedding_blend"]},
             }
         ],
     }

@@ -3,12 +3,14 @@ reruns (science in params, machine in resources), and the files they write."""
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import copy_demo, planned_jobs, snakemake
+from workflow_helpers import REPO_ROOT, copy_demo, planned_jobs, snakemake
 
 from dialogclip.core.io import read_json
 from dialogclip.models.naming import image_model_key
@@ -21,15 +23,16 @@ SHARDS = ("00000", "00001", "00002")  # the demo's 70 TSV rows in shards of 32
 # The demo's runs (resources/demo/config.yaml): a third tower on BLIP-2, DRAFT with and without
 # MMD on LLaVA pairs. One image tower: 3 image caches, not 9; the third tower adds the captions;
 # both DRAFT runs read the same rows. Each run adds its evaluation variants: the third tower six
-# betas on COCO, each DRAFT run two betas on COCO and both VQA sets.
+# betas on COCO, each DRAFT run two betas on COCO and both VQA sets, the first DRAFT run also
+# its weight blend at beta 0.9.
 TRAIN_JOBS = Counter(
     {
         "embed_train_images": 3,
         "embed_train_captions": 3,
         "train_rows": 6,
         "train_run": 3,
-        "eval_retrieval": 6 + 2 + 2,
-        "eval_vqa": 4 + 4,
+        "eval_retrieval": 6 + 3 + 2,
+        "eval_vqa": 6 + 4,
     }
 )
 MODEL = image_model_key("tiny-clip", TINY)
@@ -91,7 +94,8 @@ def test_nothing_left_and_machine_settings_rerun_nothing(trained: Path) -> None:
 
 
 THIRD_TOWER_EVALS = {"eval_retrieval": 6, "report": 1}
-DRAFT_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
+DRAFT_EVALS = {"eval_retrieval": 3, "eval_vqa": 6, "report": 1}  # with its weight blend
+NO_MMD_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
 
 
 @pytest.mark.parametrize(
@@ -104,7 +108,7 @@ DRAFT_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
         ),
         (
             lambda c: c["train"]["runs"][2]["loss"].update(mmd_weight=0.5),
-            {"train_run": 1, **DRAFT_EVALS},
+            {"train_run": 1, **NO_MMD_EVALS},
         ),
         # Other weights for DRAFT: a new image tower, embedded for training and evaluation.
         (
@@ -199,3 +203,53 @@ def test_written_files_join_into_datasets(trained: Path) -> None:
     )
     assert len(third) > 0 and len(draft) > 0
     assert third[0]["image_emb"].shape == (32,) and draft[0]["dialogue_tokens"].shape == (77,)
+
+
+# The evaluation files the thesis config reads (config.yaml, evaluate.*): a dry run only needs
+# them to exist.
+THESIS_EVAL_FILES = (
+    "resources/coco/dataset_coco.json",
+    "resources/vqa/MultipleChoice_mscoco_val2014_questions.json",
+    "resources/vqa/mscoco_val2014_annotations.json",
+    "resources/vqa/MultipleChoice_abstract_v002_val2015_questions.json",
+    "resources/vqa/abstract_v002_val2015_annotations.json",
+)
+
+
+def test_the_thesis_config_trains_every_run_and_links_every_thesis_row(tmp_path: Path) -> None:
+    """config.yaml plans chapter 5's training runs, and every row of numbers.yaml is reproduced
+    by one of its evaluation entries (the report's --params name them)."""
+    (tmp_path / "resources" / "cc3m").mkdir(parents=True)
+    (tmp_path / "resources" / "cc3m" / "Train_GCC-training.tsv").write_text("a dog\thttp://x/1\n")
+    for folder in ("resources/coco/val2014", "resources/vqa/scene_img_abstract_v002_val2015"):
+        (tmp_path / folder).mkdir(parents=True)
+    for name in THESIS_EVAL_FILES:
+        (tmp_path / name).write_text("{}")
+    config = ("--configfile", str(REPO_ROOT / "config.yaml"))
+    planned = planned_jobs(tmp_path, *config)
+    # 5 third towers (4 frozen model pairs: the caption caches) + 6 DRAFT runs (4 epoch counts
+    # with MMD, 2 without); one image-embedding cache per model.
+    assert (planned["train_run"], planned["embed_train_images"]) == (11, 4)
+    assert planned["embed_train_captions"] == 4
+    result = snakemake(tmp_path, "--dry-run", "--printshellcmds", *config, timeout=300)
+    command = next(line for line in result.stdout.splitlines() if "dialogclip report " in line)
+    words = shlex.split(command)
+    entries = json.loads(words[words.index("--params") + 1])["models"]
+    linked = set()
+    for entry in entries:
+        rows = entry["thesis_row"]
+        linked.update([rows] if isinstance(rows, str) else rows or [])
+    thesis = yaml.safe_load((REPO_ROOT / "resources" / "thesis" / "numbers.yaml").read_text())
+    assert linked == set(thesis["rows"])
+    by_name = {entry["name"]: entry for entry in entries}
+    draft = by_name["draft-vitb32-laion400m-12ep-wblend-beta0.9"]
+    assert (draft["text_variant"], draft["beta"], draft["thesis_row"]) == (
+        "weight_blend",
+        0.9,
+        None,
+    )
+    assert by_name["draft-vitb32-laion400m-12ep-beta0.9"]["thesis_row"] == [
+        "draft-vitb32-laion400m-blend-12ep",
+        "draft-vitb32-laion400m-blend",
+    ]
+    assert "draft-vitb32-laion400m-12ep-wblend-beta0" not in by_name  # = the embedding blend's

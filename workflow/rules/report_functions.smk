@@ -44,14 +44,17 @@ def get_thesis_numbers():
 
 
 def check_thesis_rows():
-    """Every evaluate.models thesis_row must be a row of numbers.yaml (checked at load time)."""
+    """Every thesis_row of an evaluation entry (evaluate.models and the training runs'
+    thesis_rows) must be a row of numbers.yaml (checked at load time)."""
     rows = get_thesis_numbers()["rows"]
-    for entry in config["evaluate"]["models"]:
-        if entry["thesis_row"] is not None and entry["thesis_row"] not in rows:
-            raise WorkflowError(
-                f"evaluate.models: {entry['name']} has thesis_row {entry['thesis_row']!r}, "
-                f"which is not a row of {THESIS_NUMBERS}"
-            )
+    for entry in get_eval_models().values():
+        linked = entry["thesis_row"]
+        for row in [linked] if isinstance(linked, str) else linked or []:
+            if row not in rows:
+                raise WorkflowError(
+                    f"evaluate.models: {entry['name']} has thesis_row {row!r}, "
+                    f"which is not a row of {THESIS_NUMBERS}"
+                )
 
 
 def get_report_tables():
@@ -126,11 +129,12 @@ def get_training_metrics(wildcards):
 
 def get_report_params(wildcards):
     """What decides the tables: the evaluation entries (their fields that place a result), the
-    generators, the number format. As JSON, a param: editing an entry's beta reruns the report.
+    training runs' variants included, the generators, the number format. As JSON, a param:
+    editing an entry's beta reruns the report.
     """
     models = [
         {field: entry[field] for field in REPORT_ENTRY_FIELDS}
-        for entry in config["evaluate"]["models"]
+        for entry in get_eval_models().values()
     ]
     return json.dumps(
         {
@@ -195,7 +199,3 @@ def get_dialogue_quality_params(wildcards):
         },
         sort_keys=True,
     )
-
-
-if is_report_active():
-    check_thesis_rows()

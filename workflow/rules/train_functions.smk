@@ -168,9 +168,16 @@ DEFAULT_EVAL_BETAS = {
 }
 
 
+# Entry name of each blend: the embedding blend keeps the plain `{run}-beta{beta}`.
+EVAL_VARIANT_INFIX = {"embedding_blend": "", "weight_blend": "-wblend"}
+
+
 def get_trained_eval_entries():
-    """The evaluation entries of every run (train.runs[].evaluate): `{run}-beta{beta}`, the
-    trained tower blended with the original model's by `variant`, beta weighting the original.
+    """The evaluation entries of every run (train.runs[].evaluate): per beta and per variant,
+    the trained tower blended with the original model's, beta weighting the original:
+    `{run}-beta{beta}` (embedding blend) and `{run}-wblend-beta{beta}` (weight blend, only
+    strictly between 0 and 1: at the ends both blends are the same model, evaluated once).
+    Thesis rows link the embedding blends, the thesis' reading of "blend" (METHOD.md 5).
     They share the baseline's image tower, hence its image-embedding cache."""
     if not is_train_active():
         return []
@@ -180,18 +187,24 @@ def get_trained_eval_entries():
         rows = {
             float(beta): row for beta, row in settings.get("thesis_rows", {}).items()
         }
-        for beta in settings.get("betas") or DEFAULT_EVAL_BETAS[run.method]:
-            entries.append(
-                {
-                    "name": f"{run.name}-beta{float(beta):g}",
-                    "architecture": run.architecture,
-                    "pretrained": run.pretrained,
-                    "quickgelu": run.quickgelu,
-                    "text_variant": settings.get("variant", "embedding_blend"),
-                    "other": run.final,
-                    "beta": float(beta),
-                    "datasets": settings.get("datasets"),
-                    "thesis_row": rows.get(float(beta)),
-                }
-            )
+        for variant in settings.get("variants") or ["embedding_blend"]:
+            for beta in settings.get("betas") or DEFAULT_EVAL_BETAS[run.method]:
+                beta = float(beta)
+                if variant == "weight_blend" and beta in (0.0, 1.0):
+                    continue
+                entries.append(
+                    {
+                        "name": f"{run.name}{EVAL_VARIANT_INFIX[variant]}-beta{beta:g}",
+                        "architecture": run.architecture,
+                        "pretrained": run.pretrained,
+                        "quickgelu": run.quickgelu,
+                        "text_variant": variant,
+                        "other": run.final,
+                        "beta": beta,
+                        "datasets": settings.get("datasets"),
+                        "thesis_row": (
+                            rows.get(beta) if variant == "embedding_blend" else None
+                        ),
+                    }
+                )
     return entries

@@ -40,7 +40,7 @@ class ModelEntry:
     other: str | None = None  # checkpoint with the second text tower (blends only)
     beta: float | None = None  # blends: weight of the original text tower T (required)
     datasets: list[str] | None = None  # evaluation sets for this model (None: all configured)
-    thesis_row: str | None = None  # the thesis' table row it reproduces (report)
+    thesis_row: str | list[str] | None = None  # the thesis' table row(s) it reproduces (report)
 
     def __post_init__(self) -> None:
         where = f"evaluate.models ({self.name})"

@@ -59,8 +59,16 @@ class EvalEntry:
     text_variant: str = "plain"
     other: str | None = None
     beta: float = 1.0
-    thesis_row: str | None = None
+    thesis_row: str | None = None  # or several rows, as a list (``thesis_rows``)
     datasets: list[str] | None = None  # None: every configured set
+
+    @property
+    def thesis_rows(self) -> tuple[str, ...]:
+        """The thesis rows this entry reproduces: none, one, or one per table that prints it."""
+        linked: Any = self.thesis_row
+        if linked is None:
+            return ()
+        return (linked,) if isinstance(linked, str) else tuple(linked)
 
     @property
     def image_tower(self) -> tuple[str, str, str]:

@@ -2,12 +2,13 @@
 
 Placement is driven by the config and ``numbers.yaml``, never by entry names:
 
-1. every row a table lists gets one line per evaluation entry whose ``thesis_row`` is that row
-   (several entries may reproduce one row, e.g. with and without QuickGELU), or one line with
-   our numbers missing when none does;
+1. every row a table lists gets one line per evaluation entry whose ``thesis_row`` is (or, as a
+   list, holds) that row (several entries may reproduce one row, e.g. with and without
+   QuickGELU; one entry may reproduce a row of each table, e.g. DRAFT's retrieval and VQA
+   rows), or one line with our numbers missing when none does;
 2. then every other entry with a result on the table's evaluation sets that matches one of the
    table's ``include`` filters (its ``text_variant``, ``beta``, ...), in config order; its thesis
-   numbers are those of its ``thesis_row`` when it has one, else missing.
+   numbers are those of its thesis row with numbers on the table's sets, else missing.
 
 Each line shows three sub-rows: ours, the thesis', and the difference ours - thesis (in
 percentage points), "-" wherever a number is missing. Markdown and HTML print "-", CSV leaves
@@ -150,11 +151,21 @@ def _matches(entry: EvalEntry, include: Sequence[Mapping[str, Any]]) -> bool:
 def check_thesis_rows(settings: ReportSettings, thesis: ThesisNumbers) -> None:
     """Every entry's ``thesis_row`` must be a row of numbers.yaml (one line naming the entry)."""
     for entry in settings.models:
-        if entry.thesis_row is not None and entry.thesis_row not in thesis.rows:
-            raise ConfigError(
-                f"evaluate.models: {entry.name} has thesis_row {entry.thesis_row!r}, which is "
-                f"not a row of {thesis.path or 'numbers.yaml'}"
-            )
+        for row in entry.thesis_rows:
+            if row not in thesis.rows:
+                raise ConfigError(
+                    f"evaluate.models: {entry.name} has thesis_row {row!r}, which is "
+                    f"not a row of {thesis.path or 'numbers.yaml'}"
+                )
+
+
+def _row_for(entry: EvalEntry, layout: TableLayout, thesis: ThesisNumbers) -> ThesisRow | None:
+    """The entry's thesis row with numbers on the table's sets (else its first row, if any)."""
+    rows = [thesis.rows[rid] for rid in entry.thesis_rows if rid in thesis.rows]
+    for row in rows:
+        if any(dataset in row.numbers for dataset in layout.datasets):
+            return row
+    return rows[0] if rows else None
 
 
 def build_table(
@@ -180,7 +191,7 @@ def build_table(
     lines: list[Line] = []
     placed: set[str] = set()
     for rid in layout.rows:
-        linked = [entry for entry in settings.models if entry.thesis_row == rid]
+        linked = [entry for entry in settings.models if rid in entry.thesis_rows]
         if not linked:
             lines.append(line(thesis.rows[rid], None))
         for entry in linked:
@@ -191,7 +202,7 @@ def build_table(
             continue
         if not any(results.get(entry.name, {}).get(d) is not None for d in layout.datasets):
             continue
-        lines.append(line(thesis.rows.get(entry.thesis_row or ""), entry))
+        lines.append(line(_row_for(entry, layout, thesis), entry))
     return Table(
         name=layout.name,
         title=layout.title,

@@ -52,7 +52,7 @@ from dialogclip.core.config import ConfigError
 from dialogclip.core.io import atomic_path
 from dialogclip.train import checkpoints
 from dialogclip.train.losses import gather_features
-from dialogclip.train.optim import param_groups, trainable_parameters, warmup_cosine_lr
+from dialogclip.train.optim import adamw, param_groups, trainable_parameters, warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -329,9 +329,7 @@ def fit(
     named = trainable_parameters(objective.module)
     params = [p for _, p in named]
     groups = param_groups(objective.module, optim.weight_decay)
-    optimizer = torch.optim.AdamW(
-        groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
-    )
+    optimizer = adamw(groups, optim.lr, tuple(optim.betas), optim.eps, optim.weight_decay, device)
 
     position = _Position()
     if is_main:
