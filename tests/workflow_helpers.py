@@ -1,8 +1,9 @@
 """Running the workflow from tests: snakemake on a copy of the demo, and what a dry run plans.
 
 ``finished_demo`` (a session fixture in ``tests/conftest.py``) runs the whole demo DAG once;
-tests that ask "what would an edit rerun?" dry-run against it with :func:`planned_jobs`, which
-never writes to the folder, so they can share it.
+tests that ask "what would an edit rerun?" dry-run against it with :func:`planned_jobs` (or
+:func:`planned`, which also lists each job's wildcards and resources, e.g. to tell the jobs of
+rule ``generate`` apart by generator), which never writes to the folder, so they can share it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -63,18 +65,47 @@ def snakemake(
 
 
 _JOB_STATS_ROW = re.compile(r"^(\S+)\s+(\d+)$")
+_JOB_HEADER = re.compile(r"^(?:local)?rule (\w+):$")
+_JOB_FIELD = re.compile(r"^\s+(wildcards|resources): (.*)$")
 
 
-def planned_jobs(workdir: Path, *args: str) -> Counter[str]:
-    """{rule: number of jobs} that ``snakemake --dry-run`` plans in ``workdir`` (``all`` and
-    the total left out; empty when there is nothing to be done). Fails on a DAG error."""
+@dataclass(frozen=True)
+class PlannedJob:
+    """One job of a dry run's listing: its rule, wildcard values and resources (as printed)."""
+
+    rule: str
+    wildcards: dict[str, str]
+    resources: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``snakemake --dry-run`` plans: ``jobs`` is {rule: number of jobs} and ``listing``
+    every planned job, in the order listed (``all`` left out of both)."""
+
+    jobs: Counter[str]
+    listing: tuple[PlannedJob, ...]
+
+    def of(self, rule: str) -> list[PlannedJob]:
+        """The planned jobs of ``rule``."""
+        return [job for job in self.listing if job.rule == rule]
+
+    def by(self, rule: str, wildcard: str) -> Counter[str]:
+        """{value of ``wildcard``: number of planned jobs of ``rule`` with it}."""
+        return Counter(job.wildcards[wildcard] for job in self.of(rule))
+
+
+def planned(workdir: Path, *args: str) -> Plan:
+    """The :class:`Plan` of ``snakemake --dry-run`` in ``workdir`` (empty when there is nothing
+    to be done). Fails on a DAG error, or when the job listing and Snakemake's job stats
+    disagree (the listing's parser would be wrong)."""
     result = snakemake(workdir, "--dry-run", *args, timeout=300)
     output = result.stdout + result.stderr
     if result.returncode != 0:
         raise AssertionError(f"snakemake --dry-run failed:\n{output[-6000:]}")
-    jobs: Counter[str] = Counter()
     if "Nothing to be done" in output:
-        return jobs
+        return Plan(Counter(), ())
+    jobs: Counter[str] = Counter()
     stats = output.split("Job stats:", 1)[1].splitlines()
     for line in stats[3:]:  # after the header and its ---- rule
         match = _JOB_STATS_ROW.match(line.strip())
@@ -83,7 +114,24 @@ def planned_jobs(workdir: Path, *args: str) -> Counter[str]:
         rule, count = match.groups()
         if rule not in ("all", "total"):
             jobs[rule] = int(count)
-    return jobs
+    listing: list[PlannedJob] = []
+    for line in output.splitlines():
+        if match := _JOB_HEADER.match(line):
+            listing.append(PlannedJob(match[1], {}, {}))
+        elif (match := _JOB_FIELD.match(line)) and listing:
+            field = getattr(listing[-1], match[1])
+            field.update(item.split("=", 1) for item in match[2].split(", "))
+    listing = [job for job in listing if job.rule != "all"]
+    listed = Counter(job.rule for job in listing)
+    if listed != jobs:
+        raise AssertionError(f"job listing {dict(listed)} != job stats {dict(jobs)}")
+    return Plan(jobs, tuple(listing))
+
+
+def planned_jobs(workdir: Path, *args: str) -> Counter[str]:
+    """{rule: number of jobs} that ``snakemake --dry-run`` plans in ``workdir`` (``all`` and
+    the total left out; empty when there is nothing to be done). Fails on a DAG error."""
+    return planned(workdir, *args).jobs
 
 
 # What the finished demo redoes after a change to one generator's dialogue (all shards): its

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slurm
 
 CONTROLLER = REPO_ROOT / ".venv-controller" / "bin" / "python"
 PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
-# One ingest shard (download + retry pass), the tiny generator models and BLIP-2 on that shard,
+# One ingest shard (download + retry pass), the tiny generator models and BLIP-2 on that shard
+# (rule generate, generator=blip2),
 # the tiny CLIP, its image embeddings and one evaluation: every kind of rule, 7 jobs.
 TARGETS = ("results/dialogue/blip2/00000.parquet", "results/eval/retrieval/tiny/coco.json")
 # Outputs a Slurm run must reproduce exactly (every job is deterministic on CPU).
@@ -91,16 +92,20 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         subprocess.run(["bash", str(script), "stop", str(state)], timeout=120, check=False)
 
 
-def _job_resources(output: str) -> dict[str, list[dict[str, str]]]:
-    """{rule: [the `resources:` of each of its jobs]} from a dry run's job listing."""
-    jobs: dict[str, list[dict[str, str]]] = {}
+def _job_resources(output: str) -> dict[str, dict[str, dict[str, str]]]:
+    """{rule: {its job's wildcards as printed: the job's `resources:`}} from a dry run's job
+    listing (a job without wildcards under "")."""
+    jobs: dict[str, dict[str, dict[str, str]]] = {}
     rule = None
+    wildcards = ""
     for line in output.splitlines():
         if match := re.match(r"^(?:local)?rule (\w+):$", line):
-            rule = match[1]
+            rule, wildcards = match[1], ""
+        elif rule and (match := re.match(r"^\s+wildcards: (.*)$", line)):
+            wildcards = match[1]
         elif rule and (match := re.match(r"^\s+resources: (.*)$", line)):
             pairs = (item.split("=", 1) for item in match[1].split(", "))
-            jobs.setdefault(rule, []).append(dict(pairs))
+            jobs.setdefault(rule, {})[wildcards] = dict(pairs)
             rule = None
     return jobs
 
@@ -124,8 +129,9 @@ def _dry_run(python: Path, workdir: Path, *args: str) -> str:
 
 def test_profile_places_every_gpu_rule(controller: Path, tmp_path: Path) -> None:
     """On the whole demo DAG: every rule that declares a GPU goes to the profile's GPU partition
-    with the profile's GPUs, memory and wall time; every other rule to the CPU partition; and
-    every rule the profile names exists (a typo would be silently ignored by Snakemake)."""
+    with the profile's GPUs, memory and wall time, or the rule's own where the profile leaves
+    one out (generate: per generator); every other rule to the CPU partition; and every rule the
+    profile names exists (a typo would be silently ignored by Snakemake)."""
     profile = _profile()
     workdir = copy_demo(tmp_path / "demo")
     declared = _job_resources(
@@ -134,20 +140,36 @@ def test_profile_places_every_gpu_rule(controller: Path, tmp_path: Path) -> None
     placed = _job_resources(_dry_run(controller, workdir, "--workflow-profile", str(PROFILE)))
     assert placed.keys() == declared.keys()
 
-    gpu_rules = {rule for rule, jobs in declared.items() if any(int(j.get("gpu", 0)) for j in jobs)}
-    assert {"generate_blip2", "generate_llava", "embed_eval_images"} <= gpu_rules
+    assert {rule: jobs.keys() for rule, jobs in placed.items()} == {
+        rule: jobs.keys() for rule, jobs in declared.items()
+    }
+
+    gpu_rules = {
+        rule for rule, jobs in declared.items() if any(int(j.get("gpu", 0)) for j in jobs.values())
+    }
+    assert {"generate", "embed_eval_images"} <= gpu_rules
     cpu_partition = profile["default-resources"]["slurm_partition"]
     for rule, jobs in placed.items():
-        for resources in jobs:
+        for wildcards, resources in jobs.items():
             if rule in gpu_rules:
                 wanted = profile["set-resources"].get(rule, {})
                 assert "gpu" in wanted, f"{rule} declares a GPU; the profile does not place it"
                 assert wanted["slurm_partition"] != cpu_partition, rule
-                for key in ("slurm_partition", "gpu", "mem_mb", "runtime"):
+                for key in ("slurm_partition", "gpu"):
                     assert resources[key] == str(wanted[key]), (rule, key)
+                for key in ("mem_mb", "runtime"):
+                    own = declared[rule][wildcards][key]
+                    assert resources[key] == str(wanted.get(key, own)), (rule, wildcards, key)
             else:
                 assert resources["slurm_partition"] == cpu_partition, rule
                 assert "gpu" not in resources and "gres" not in resources, rule
+    # Generation's memory and wall time differ per generator, on Slurm too.
+    hosts: dict[str, set[tuple[str, str]]] = {}
+    for wildcards, resources in placed["generate"].items():
+        generator = dict(item.split("=", 1) for item in wildcards.split(", "))["generator"]
+        hosts.setdefault(generator, set()).add((resources["mem_mb"], resources["runtime"]))
+    assert hosts.keys() == {"blip2", "llava"} and all(len(h) == 1 for h in hosts.values())
+    assert hosts["blip2"] != hosts["llava"]
 
     listed = subprocess.run(
         [*_snakemake_command(controller, workdir), "--list-rules", "--workflow-profile", "none"],
@@ -197,6 +219,10 @@ def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_pa
     profile = _profile()
     local = copy_demo(tmp_path / "local")
     planned = planned_jobs(local, *TARGETS)
+    # The rules' own resources, for what the profile leaves to them (generate: memory, time).
+    declared = _job_resources(
+        _dry_run(VENV_BIN / "python", local, *TARGETS, "--workflow-profile", "none", "--cores", "2")
+    )
     reference = snakemake(local, *TARGETS, timeout=1200)
     assert reference.returncode == 0, reference.stderr[-4000:]
 
@@ -229,17 +255,25 @@ def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_pa
         wanted = profile["set-resources"].get(rule, {})
         if wanted.get("gpu"):
             gpu_rules.add(rule)
+            (own,) = declared[rule].values()  # one job per GPU rule among the targets
+            mem_mb, runtime = (
+                wanted.get("mem_mb", own["mem_mb"]),
+                wanted.get("runtime", own["runtime"]),
+            )
             assert job["Partition"] == wanted["slurm_partition"], job
             assert job["TresPerJob"] == f"gres:gpu:{wanted['gpu']}", job
-            assert job["MinMemoryNode"] == f"{wanted['mem_mb']}M", job
-            assert job["TimeLimit"] == _time_limit(wanted["runtime"]), job
+            assert job["MinMemoryNode"] == f"{mem_mb}M", job
+            assert job["TimeLimit"] == _time_limit(int(runtime)), job
             assert job["NumCPUs"] == str(profile["set-threads"][rule]), job
         else:
             assert job["Partition"] == cpu_partition, job
             assert "TresPerJob" not in job and "TresPerNode" not in job, job
             if rule in profile["set-threads"]:
                 assert job["NumCPUs"] == str(profile["set-threads"][rule]), job
-    assert gpu_rules == {"generate_blip2", "embed_eval_images", "eval_retrieval"}
+    assert gpu_rules == {"generate", "embed_eval_images", "eval_retrieval"}
+    # The plugin's comment carries the wildcards: the one generation job is BLIP-2's, shard 0.
+    (generation,) = (job["Comment"] for job in jobs if _rule_of(job) == "generate")
+    assert set(generation.split("_wildcards_")[1].split("_")) == {"blip2", "00000"}, generation
 
     # The same results as the local run.
     for name in COMPARED_SHARDS:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, snakemake
+from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,37 @@ def test_an_unknown_dataset_name_matches_no_rule(demo: Path) -> None:
     output = result.stdout + result.stderr
     assert "MissingRuleException" in output
     assert "No rule to produce results/eval/retrieval/tiny/vqa_real.json" in output
+
+
+def _llava_only(config: dict) -> None:
+    config["generate"]["generators"] = ["llava"]
+    config["train"]["activate"] = False  # the demo's third-tower run reads BLIP-2 dialogue
+
+
+@pytest.mark.parametrize(
+    ("edit", "target"),
+    [
+        (lambda config: None, "results/dialogue/minigpt4/00000.parquet"),
+        (_llava_only, "results/dialogue/blip2/00000.parquet"),
+        (_llava_only, "results/dialogue/blip2/summary.json"),
+    ],
+    ids=["unknown-generator", "switched-off-shard", "switched-off-summary"],
+)
+def test_a_generator_not_switched_on_matches_no_rule(
+    demo: Path, tmp_path: Path, edit, target: str
+) -> None:
+    """The {generator} wildcard admits only the generators generate.generators switches on."""
+    workdir = copy_demo(tmp_path / "demo", source=demo)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    edit(config)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--dry-run", target, timeout=300)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "MissingRuleException" in output
+    assert f"No rule to produce {target}" in output
+    switched_on = "results/dialogue/llava/00000.parquet"
+    assert planned(workdir, switched_on).by("generate", "generator") == {"llava": 1}
 
 
 def _plain_snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,10 +1,11 @@
 """Reruns only when the science changes: what a dry run of the finished demo plans after an edit.
 
-Machine settings of the generation rules are resources (set here with ``--set-resources`` /
-``--set-threads`` or a profile, as a user would): editing one plans nothing. Science settings
-are the ``generate`` section (config params): editing one plans exactly the jobs that read it
-and what depends on them. The ``text`` section is read by the dialogue summaries and the VQA
-candidates, never by generation.
+Machine settings of the generation rule ``generate`` (one rule, a ``{generator}`` wildcard) are
+resources (set here with ``--set-resources`` / ``--set-threads`` or a profile, as a user would,
+for both generators or, as an expression on ``wildcards.generator``, for one): editing one plans
+nothing. Science settings are the ``generate`` section (config params): editing one plans exactly
+the jobs that read it, of the generators that read it, and what depends on them. The ``text``
+section is read by the dialogue summaries and the VQA candidates, never by generation.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from typing import Any
 
 import pytest
 import yaml
-from workflow_helpers import demo_after_dialogue, planned_jobs, snakemake
+from workflow_helpers import demo_after_dialogue, planned, planned_jobs, snakemake
 
 from dialogclip.core.config import load_yaml
 from dialogclip.core.shards import ShardPlan, count_lines
 from dialogclip.generate.config import MACHINE_FLAGS
 
-GENERATE_RULES = ("generate_blip2", "generate_llava")
+GENERATE_RULE = "generate"
+# The rule's per-generator defaults of host memory (MB) and wall time (minutes)
+# (GENERATE_RESOURCES in workflow/rules/generate_functions.smk).
+HOST_DEFAULTS = {"blip2": {"mem_mb": "32000", "runtime": "180"}}
+HOST_DEFAULTS["llava"] = {"mem_mb": "48000", "runtime": "240"}
 
 # A value other than the rule's default for every machine setting.
 MACHINE_EDITS: dict[str, int | str] = {
@@ -56,7 +61,12 @@ def _overlay(tmp_path: Path, edit: dict[str, Any]) -> str:
 
 
 def _set_resources(name: str, value: int | str) -> list[str]:
-    return ["--set-resources", *(f"{rule}:{name}={value}" for rule in GENERATE_RULES)]
+    return ["--set-resources", f"{GENERATE_RULE}:{name}={value}"]
+
+
+def _for_llava(value: int | str, otherwise: int | str) -> str:
+    """A set-resources value for LLaVA jobs only: a Python expression on the wildcard."""
+    return f"{value!r} if wildcards.generator == 'llava' else {otherwise!r}"
 
 
 def test_the_edits_cover_every_machine_setting() -> None:
@@ -71,47 +81,97 @@ def test_editing_a_machine_setting_reruns_nothing(finished_demo: Path, name: str
 
 
 def test_editing_threads_or_memory_reruns_nothing(finished_demo: Path) -> None:
-    args = ["--set-threads", *(f"{rule}=1" for rule in GENERATE_RULES)]
-    args += ["--set-resources", *(f"{rule}:mem_mb=9000" for rule in GENERATE_RULES)]
+    args = ["--set-threads", f"{GENERATE_RULE}=1"]
+    args += ["--set-resources", f"{GENERATE_RULE}:mem_mb=9000", f"{GENERATE_RULE}:runtime=5"]
     assert planned_jobs(finished_demo, *args) == {}
+    per_generator = f"{GENERATE_RULE}:mem_mb={_for_llava(90000, 9000)}"
+    assert planned_jobs(finished_demo, "--set-resources", per_generator) == {}
 
 
 def test_machine_settings_from_a_profile_rerun_nothing(finished_demo: Path, tmp_path) -> None:
-    """How a user tunes a cluster: a profile with set-resources for the generation rules."""
+    """How a user tunes a cluster: a profile with set-resources for the generation rule, LLaVA
+    on two GPUs with tensor parallel (docs/gpu.md)."""
     profile = tmp_path / "gpu-profile"
     profile.mkdir()
     settings = {"backend": "vllm", "vllm_gpu_memory_percent": 80, "vllm_max_num_seqs": 128}
+    settings |= {"gpu": _for_llava(2, 1), "vllm_tensor_parallel_size": _for_llava(2, 1)}
     (profile / "config.yaml").write_text(
-        yaml.safe_dump({"set-resources": dict.fromkeys(GENERATE_RULES, settings)})
+        yaml.safe_dump({"set-resources": {GENERATE_RULE: settings}})
     )
     assert planned_jobs(finished_demo, "--profile", str(profile)) == {}
 
 
 def _shell_flags(output: str, generator: str) -> list[dict[str, str]]:
-    """The machine flags of every generate-dialogue command of ``generator`` a dry run prints."""
+    """The machine flags (and ``gpus``, the devices claimed) of every generate-dialogue command
+    of ``generator`` a dry run prints."""
     commands = re.findall(
         rf"dialogclip --gpus \d+ generate-dialogue --generator {generator} .*", output
     )
     flags = []
     for command in commands:
         words = shlex.split(command.split(" 2> ")[0])
-        flags.append({flag.name: words[words.index(flag.flag) + 1] for flag in MACHINE_FLAGS})
+        found = {flag.name: words[words.index(flag.flag) + 1] for flag in MACHINE_FLAGS}
+        flags.append({"gpus": words[words.index("--gpus") + 1], **found})
     return flags
+
+
+def _forced_commands(demo: Path, *args: str) -> str:
+    """The dry run's output when every generation job is forced, shell commands printed."""
+    forced = ["--dry-run", "--printshellcmds", "--forcerun", GENERATE_RULE]
+    result = snakemake(demo, *forced, *args, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
 
 
 def test_rule_defaults_and_overrides_reach_the_command(finished_demo: Path) -> None:
     """Every machine setting is on the shell line: the rule's default equals the command's
-    (MACHINE_FLAGS), and a set-resources override replaces it for that rule only."""
-    forced = ["--dry-run", "--printshellcmds", "--forcerun", *GENERATE_RULES]
-    override = ["--set-resources", *(f"generate_llava:{k}={v}" for k, v in MACHINE_EDITS.items())]
-    result = snakemake(finished_demo, *forced, *override, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    output = result.stdout + result.stderr
-    n_shards = _n_shards(finished_demo)
+    (MACHINE_FLAGS); a set-resources override written as an expression on the generator
+    replaces it for that generator's jobs only (docs/gpu.md: LLaVA on two GPUs)."""
     defaults = {flag.name: str(flag.default) for flag in MACHINE_FLAGS}
+    override = ["--set-resources", f"{GENERATE_RULE}:gpu={_for_llava(2, 1)}"]
+    override += [
+        f"{GENERATE_RULE}:{k}={_for_llava(v, defaults[k])}" for k, v in MACHINE_EDITS.items()
+    ]
+    output = _forced_commands(finished_demo, *override)
+    n_shards = _n_shards(finished_demo)
     edited = {name: str(value) for name, value in MACHINE_EDITS.items()}
-    assert _shell_flags(output, "blip2") == [defaults] * n_shards
-    assert _shell_flags(output, "llava") == [edited] * n_shards
+    assert _shell_flags(output, "blip2") == [{"gpus": "1", **defaults}] * n_shards
+    assert _shell_flags(output, "llava") == [{"gpus": "2", **edited}] * n_shards
+
+
+def test_a_plain_override_reaches_both_generators(finished_demo: Path) -> None:
+    defaults = {flag.name: str(flag.default) for flag in MACHINE_FLAGS}
+    output = _forced_commands(finished_demo, *_set_resources("chunk_size", 3))
+    expected = [{"gpus": "1", **defaults, "chunk_size": "3"}] * _n_shards(finished_demo)
+    assert _shell_flags(output, "blip2") == expected
+    assert _shell_flags(output, "llava") == expected
+
+
+def _host_resources(demo: Path, *args: str) -> dict[str, list[dict[str, str]]]:
+    """{generator: [mem_mb and runtime of each of its generation jobs]} when all are forced."""
+    plan = planned(demo, "--forcerun", GENERATE_RULE, *args)
+    jobs: dict[str, list[dict[str, str]]] = {}
+    for job in plan.of(GENERATE_RULE):
+        host = {key: job.resources[key] for key in ("mem_mb", "runtime")}
+        jobs.setdefault(job.wildcards["generator"], []).append(host)
+    return jobs
+
+
+def test_host_memory_and_wall_time_are_per_generator(finished_demo: Path) -> None:
+    """One rule, two generators: its memory and wall-time defaults follow the generator; a
+    plain override sets both generators, an expression on the wildcard one of them."""
+    n_shards = _n_shards(finished_demo)
+    assert _host_resources(finished_demo) == {
+        name: [host] * n_shards for name, host in HOST_DEFAULTS.items()
+    }
+    assert _host_resources(finished_demo, *_set_resources("mem_mb", 9000)) == {
+        name: [{**host, "mem_mb": "9000"}] * n_shards for name, host in HOST_DEFAULTS.items()
+    }
+    llava_only = _set_resources("mem_mb", _for_llava(60000, 32000))
+    assert _host_resources(finished_demo, *llava_only) == {
+        "blip2": [HOST_DEFAULTS["blip2"]] * n_shards,
+        "llava": [{**HOST_DEFAULTS["llava"], "mem_mb": "60000"}] * n_shards,
+    }
 
 
 @pytest.mark.parametrize(
@@ -135,13 +195,15 @@ def test_rule_defaults_and_overrides_reach_the_command(finished_demo: Path) -> N
 def test_editing_generation_science_reruns_exactly_its_jobs(
     finished_demo: Path, tmp_path: Path, edit: dict, generators: list[str]
 ) -> None:
-    """Each edited generator's jobs on every shard, and what reads its dialogue: statistics,
-    training rows, the runs on it, their evaluations, the report."""
+    """Each edited generator's jobs on every shard (and no other generator's), and what reads
+    its dialogue: statistics, training rows, the runs on it, their evaluations, the report."""
     n_shards = _n_shards(finished_demo)
-    expected = Counter({f"generate_{name}": n_shards for name in generators})
+    expected = Counter({GENERATE_RULE: n_shards * len(generators)})
     expected += demo_after_dialogue(*generators)
     configfile = _overlay(tmp_path, {"generate": edit})
-    assert planned_jobs(finished_demo, "--configfile", configfile) == expected
+    plan = planned(finished_demo, "--configfile", configfile)
+    assert plan.jobs == expected
+    assert plan.by(GENERATE_RULE, "generator") == dict.fromkeys(generators, n_shards)
 
 
 # The pair template reaches every sample (DRAFT pairs, the joined dialogue) and the VQA

@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from workflow_helpers import copy_demo, edited_config, planned_jobs
+from workflow_helpers import copy_demo, edited_config, planned, planned_jobs
 
-# One shard's images change: its retry pass, dialogue, frozen-tower caches and training rows,
-# then every run (all shards feed each), their evaluations, the statistics and the report.
+# One shard's images change: its retry pass, dialogue (one job per generator), frozen-tower
+# caches and training rows, then every run (all shards feed each), their evaluations, the
+# statistics and the report.
 DOWNSTREAM_OF_ONE_SHARD = {
     "retry_failed_downloads": 1,
-    "generate_blip2": 1,
-    "generate_llava": 1,
+    "generate": 2,
     "ingest_summary": 1,
     "dialogue_summary": 2,
     "dialogue_quality": 2,
@@ -26,7 +26,7 @@ DOWNSTREAM_OF_ONE_SHARD = {
     "eval_vqa": 10,
     "report": 1,
 }
-PER_SHARD = ("retry_failed_downloads", "generate_blip2", "generate_llava", "download_shard")
+PER_SHARD = ("retry_failed_downloads", "generate", "download_shard")
 PER_SHARD += ("embed_train_images", "embed_train_captions", "train_rows")
 
 
@@ -58,18 +58,20 @@ def test_a_new_limit_redoes_only_the_shard_whose_rows_change(
     # 70 rows in shards of 32: 00000 = 0:32, 00001 = 32:64, 00002 = 64:70. A limit of 60 keeps
     # 00000, shortens 00001 to 32:60 and drops 00002.
     edited = edited_config(finished_demo, tmp_path, lambda c: c["cc3m"].update(limit=60))
-    assert planned_jobs(finished_demo, "--configfile", edited) == {
-        "download_shard": 1,
-        **DOWNSTREAM_OF_ONE_SHARD,
-    }
+    plan = planned(finished_demo, "--configfile", edited)
+    assert plan.jobs == {"download_shard": 1, **DOWNSTREAM_OF_ONE_SHARD}
+    assert plan.by("generate", "generator") == {"blip2": 1, "llava": 1}
+    assert plan.by("generate", "shard") == {"00001": 2}
 
 
 def test_an_ingest_setting_redoes_every_shard(finished_demo: Path, tmp_path: Path) -> None:
     edited = edited_config(finished_demo, tmp_path, lambda c: c["ingest"].update(encode_quality=90))
-    assert planned_jobs(finished_demo, "--configfile", edited) == {
+    plan = planned(finished_demo, "--configfile", edited)
+    assert plan.jobs == {
         name: count * 3 if name in PER_SHARD else count
         for name, count in {"download_shard": 1, **DOWNSTREAM_OF_ONE_SHARD}.items()
     }
+    assert plan.by("generate", "generator") == {"blip2": 3, "llava": 3}
 
 
 def test_a_retry_setting_redoes_only_the_retry_pass(finished_demo: Path, tmp_path: Path) -> None:
@@ -78,7 +80,9 @@ def test_a_retry_setting_redoes_only_the_retry_pass(finished_demo: Path, tmp_pat
         tmp_path,
         lambda c: c["ingest"]["retry_failed"].update(error_kinds=["timeout"]),
     )
-    assert planned_jobs(finished_demo, "--configfile", edited) == {
+    plan = planned(finished_demo, "--configfile", edited)
+    assert plan.jobs == {
         name: count * 3 if name in PER_SHARD else count
         for name, count in DOWNSTREAM_OF_ONE_SHARD.items()
     }
+    assert plan.by("generate", "generator") == {"blip2": 3, "llava": 3}

@@ -2,6 +2,7 @@
 # Stage files define get_<stage>_outputs(); get_final_output() collects them for the target `all`.
 import json
 import os
+import re
 import sys
 from functools import cache
 from pathlib import Path
@@ -28,23 +29,7 @@ os.environ.setdefault("DIALOGCLIP_ROOT", str(Path(workflow.basedir).resolve()))
 
 EVAL_DATASETS = ("coco", "vqa_real", "vqa_abstract")
 NAME = r"[A-Za-z0-9_.-]+"
-
-
-# Every wildcard's constraint, in one place: a path that does not fit names no job.
-wildcard_constraints:
-    shard=r"\d{5}",
-    seed=r"\d+",
-    model=NAME,
-    image_model=NAME,
-    dataset="|".join(EVAL_DATASETS),
-    retrieval_set="coco",
-    vqa_set="vqa_real|vqa_abstract",
-    architecture=r"[A-Za-z0-9_.-]+?",
-    tag=r"[A-Za-z0-9_.-]+",
-    run=NAME,
-    text_model=NAME,
-    generator="blip2|llava",
-    rows_form=r"(concatenated|pairs)(-with_truncated)?",
+NO_MATCH = r"(?!)"
 
 
 def check_config():
@@ -86,6 +71,25 @@ try:
     check_config()
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+
+
+# Every wildcard's constraint, in one place: a path that does not fit names no job. After the
+# config check, which fills in its defaults: a generator is one that generate.generators switches
+# on (NO_MATCH, a pattern nothing fits, when none is).
+wildcard_constraints:
+    shard=r"\d{5}",
+    seed=r"\d+",
+    model=NAME,
+    image_model=NAME,
+    dataset="|".join(EVAL_DATASETS),
+    retrieval_set="coco",
+    vqa_set="vqa_real|vqa_abstract",
+    architecture=r"[A-Za-z0-9_.-]+?",
+    tag=r"[A-Za-z0-9_.-]+",
+    run=NAME,
+    text_model=NAME,
+    generator="|".join(map(re.escape, config["generate"]["generators"])) or NO_MATCH,
+    rows_form=r"(concatenated|pairs)(-with_truncated)?",
 
 
 def params_json(*keys):

@@ -1,11 +1,13 @@
 # Stage: generate. Dialogue from the image alone (the caption is never shown): BLIP-2 two-turn
-# and LLaVA-1.5 three-QA, one job per ingested shard and generator, resumable by chunk inside
-# the job (finished chunks under results/dialogue/{generator}/.chunks/{shard}/).
+# and LLaVA-1.5 three-QA. One rule, `generate`, with a {generator} wildcard: one job per ingested
+# shard and generator, resumable by chunk inside the job (finished chunks under
+# results/dialogue/{generator}/.chunks/{shard}/).
 # Science in params, machine in resources: params carry the generate section (models, prompts,
-# sampling, dtype, image preprocessing), so editing it reruns the jobs that read it. Everything
-# about how a job runs on its node is a resource with its default here, passed on the shell line
-# as a flag of the same name (dialogclip.generate.config.MACHINE_FLAGS): Snakemake never reruns
-# a job for a resource, and a profile overrides them with set-resources / set-threads:
+# sampling, dtype, image preprocessing; only the job's own generator), so editing it reruns the
+# jobs that read it. Everything about how a job runs on its node is a resource with its default
+# here, passed on the shell line as a flag of the same name
+# (dialogclip.generate.config.MACHINE_FLAGS): Snakemake never reruns a job for a resource, and a
+# profile overrides them with set-resources / set-threads:
 #   backend                  auto | vllm | transformers (auto: vllm when CUDA and vLLM exist).
 #                            Machine, not science: at a fixed dtype both give the same greedy
 #                            replies (parity tests), as any batch size does; rows record it.
@@ -19,31 +21,39 @@
 #   vllm_max_num_seqs, vllm_tensor_parallel_size (raise gpu with it)
 #   vllm_enforce_eager       auto (eager on CPU, compiled on GPU) | 0 | 1
 #   vllm_executor            auto (vLLM's choice on GPU, in-process "uni" on CPU) | uni | mp | ray
+# mem_mb and runtime differ per generator: callables of {generator} (GENERATE_RESOURCES in
+# generate_functions.smk). A set-resources value applies to both generators; to set one
+# generator only, give a Python expression on the wildcard (Snakemake evaluates set-resources
+# values with `wildcards` in scope), e.g. LLaVA-1.5-13B tensor parallel on two GPUs:
+#   set-resources:
+#     generate:
+#       gpu: "2 if wildcards.generator == 'llava' else 1"
+#       vllm_tensor_parallel_size: "2 if wildcards.generator == 'llava' else 1"
 
-# get_generate_outputs() and the rules' input functions are in generate_functions.smk.
+# get_generate_outputs() and the rule's input functions are in generate_functions.smk.
 
 
 include: "generate_functions.smk"
 
 
-rule generate_blip2:
+rule generate:
     input:
         shard=get_ingested_shard,
-        model=get_local_model("blip2"),
+        model=get_local_model,
     output:
-        parquet="results/dialogue/blip2/{shard}.parquet",
-        stats="results/dialogue/blip2/stats/{shard}.json",
+        parquet="results/dialogue/{generator}/{shard}.parquet",
+        stats="results/dialogue/{generator}/stats/{shard}.json",
     log:
-        "logs/generate_blip2/{shard}.log",
+        "logs/generate/{generator}/{shard}.log",
     benchmark:
-        "benchmarks/generate_blip2/{shard}.tsv"
+        "benchmarks/generate/{generator}/{shard}.tsv"
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 4
     resources:
         gpu=1,
-        mem_mb=24000,
-        runtime=180,
+        mem_mb=get_generate_mem_mb,
+        runtime=get_generate_runtime,
         backend="auto",
         chunk_size=512,
         decode_workers=0,
@@ -58,63 +68,11 @@ rule generate_blip2:
         vllm_enforce_eager="auto",
         vllm_executor="auto",
     params:
-        cfg=get_generate_params("blip2"),
-        work_dir="results/dialogue/blip2/.chunks/{shard}",
+        cfg=get_generate_params,
+        work_dir="results/dialogue/{generator}/.chunks/{shard}",
     shell:
-        "dialogclip --gpus {resources.gpu} generate-dialogue --generator blip2 --shard {input.shard:q}"
-        " --output {output.parquet:q} --stats {output.stats:q}"
-        " --work-dir {params.work_dir:q} --threads {threads} --params {params.cfg:q}"
-        " --backend {resources.backend} --chunk-size {resources.chunk_size}"
-        " --decode-workers {resources.decode_workers}"
-        " --prefetch-chunks {resources.prefetch_chunks}"
-        " --transformers-batch-size {resources.transformers_batch_size}"
-        " --transformers-device {resources.transformers_device}"
-        " --vllm-gpu-memory-percent {resources.vllm_gpu_memory_percent}"
-        " --vllm-kv-cache-mib {resources.vllm_kv_cache_mib}"
-        " --vllm-max-model-len {resources.vllm_max_model_len}"
-        " --vllm-max-num-seqs {resources.vllm_max_num_seqs}"
-        " --vllm-tensor-parallel-size {resources.vllm_tensor_parallel_size}"
-        " --vllm-enforce-eager {resources.vllm_enforce_eager}"
-        " --vllm-executor {resources.vllm_executor}"
-        " 2> {log:q}"
-
-
-rule generate_llava:
-    input:
-        shard=get_ingested_shard,
-        model=get_local_model("llava"),
-    output:
-        parquet="results/dialogue/llava/{shard}.parquet",
-        stats="results/dialogue/llava/stats/{shard}.json",
-    log:
-        "logs/generate_llava/{shard}.log",
-    benchmark:
-        "benchmarks/generate_llava/{shard}.tsv"
-    conda:
-        "../../envs/dialogclip-gpu.yaml"
-    threads: 4
-    resources:
-        gpu=1,
-        mem_mb=40000,
-        runtime=240,
-        backend="auto",
-        chunk_size=512,
-        decode_workers=0,
-        prefetch_chunks=1,
-        transformers_batch_size=8,
-        transformers_device="auto",
-        vllm_gpu_memory_percent=90,
-        vllm_kv_cache_mib=0,
-        vllm_max_model_len=0,
-        vllm_max_num_seqs=256,
-        vllm_tensor_parallel_size=1,
-        vllm_enforce_eager="auto",
-        vllm_executor="auto",
-    params:
-        cfg=get_generate_params("llava"),
-        work_dir="results/dialogue/llava/.chunks/{shard}",
-    shell:
-        "dialogclip --gpus {resources.gpu} generate-dialogue --generator llava --shard {input.shard:q}"
+        "dialogclip --gpus {resources.gpu} generate-dialogue --generator {wildcards.generator}"
+        " --shard {input.shard:q}"
         " --output {output.parquet:q} --stats {output.stats:q}"
         " --work-dir {params.work_dir:q} --threads {threads} --params {params.cfg:q}"
         " --backend {resources.backend} --chunk-size {resources.chunk_size}"

@@ -25,24 +25,44 @@ def get_generate_outputs():
     ]
 
 
-def get_generate_params(generator):
-    """An input function for a rule's params: the generate section (science only: the schema
-    admits no machine setting) as JSON, without the other generator's settings, so editing the
-    LLaVA prompt reruns the LLaVA jobs only.
+def get_generate_params(wildcards):
+    """The params of one generator's jobs: the generate section (science only: the schema admits
+    no machine setting) as JSON, without the other generator's settings, so editing the LLaVA
+    prompt reruns the LLaVA jobs only.
 
     A function, not a string: Snakemake would read the prompts' {question} as a wildcard.
     """
+    generator = wildcards.generator
+    section = {
+        key: value
+        for key, value in config["generate"].items()
+        if key not in ("blip2", "llava", "generators")
+    }
+    section[generator] = config["generate"][generator]
+    return json.dumps(section, sort_keys=True)
 
-    def generate_params(wildcards):
-        section = {
-            key: value
-            for key, value in config["generate"].items()
-            if key not in ("blip2", "llava", "generators")
-        }
-        section[generator] = config["generate"][generator]
-        return json.dumps(section, sort_keys=True)
 
-    return generate_params
+# Host memory (MB) and wall time (minutes) of one generation job: the only resource defaults in
+# which the generators differ (LLaVA-1.5-7B has nearly twice BLIP-2 OPT-2.7B's weights and
+# writes three pairs per image where BLIP-2 writes two short turns). The one rule `generate` serves both, so
+# these defaults are callables of its {generator} wildcard reading this dict. A profile's
+# set-resources value replaces them for both generators, or per generator as an expression:
+#   generate: {mem_mb: "60000 if wildcards.generator == 'llava' else 32000"}
+# The figures leave room for one 10,000-image shard; the Slurm profile takes them as they are.
+GENERATE_RESOURCES = {
+    "blip2": {"mem_mb": 32000, "runtime": 180},
+    "llava": {"mem_mb": 48000, "runtime": 240},
+}
+
+
+def get_generate_mem_mb(wildcards):
+    """Host memory (MB) of a generation job of wildcards.generator (GENERATE_RESOURCES)."""
+    return GENERATE_RESOURCES[wildcards.generator]["mem_mb"]
+
+
+def get_generate_runtime(wildcards):
+    """Wall time (minutes) of a generation job of wildcards.generator (GENERATE_RESOURCES)."""
+    return GENERATE_RESOURCES[wildcards.generator]["runtime"]
 
 
 def get_text_params(wildcards):
@@ -59,9 +79,10 @@ def get_text_architectures():
     return sorted({entry["architecture"] for entry in models})
 
 
-def get_local_model(generator):
-    """The tiny checkpoint directory when the config points the generator at it (the rule
+def get_local_model(wildcards):
+    """The tiny checkpoint directory when the config points wildcards.generator at it (the rule
     tiny_models builds it); nothing for a hub id or a checkpoint the user provides."""
+    generator = wildcards.generator
     model = Path(config["generate"][generator]["model"])
     tiny = Path(TINY_MODELS) / generator
     return [str(tiny)] if model == tiny else []

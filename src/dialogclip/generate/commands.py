@@ -1,8 +1,8 @@
 """Commands of the generate stage.
 
-- ``dialogclip generate-dialogue``: one generator on one ingested shard (rules generate_blip2,
-  generate_llava): the science as ``--params JSON`` (the ``generate`` section), the machine
-  settings as flags (the rules' resources, ``MACHINE_FLAGS``);
+- ``dialogclip generate-dialogue``: one generator on one ingested shard (rule generate, one job
+  per shard and generator): the science as ``--params JSON`` (the ``generate`` section), the
+  machine settings as flags (the rule's resources, ``MACHINE_FLAGS``);
 - ``dialogclip dialogue-summary``: per-shard parse rates and counts in one JSON, and how many
   dialogue texts (in the ``text`` form) exceed each configured CLIP tokenizer's context (rule
   dialogue_summary);

@@ -216,8 +216,8 @@ class MachineFlag:
 
 
 # Snakemake resources hold ints and strings (a float is rounded to an int), so a memory fraction
-# is a percent and "unset" is 0 or "auto". The rules generate_blip2 / generate_llava declare every
-# one of these with this default and pass it on the shell line.
+# is a percent and "unset" is 0 or "auto". The rule generate (both generators) declares every one
+# of these with this default and passes it on the shell line.
 MACHINE_FLAGS = (
     MachineFlag("backend", "auto", "vllm, transformers, or auto (vllm when CUDA and vLLM exist)"),
     MachineFlag("chunk_size", 512, "images per persisted chunk, the unit of resume"),
