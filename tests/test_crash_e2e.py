@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -40,16 +41,19 @@ PHASE_TIMEOUT_S = 1800.0
 STALE_LOCK_CLEARED = "removed the stale lock of a Snakemake run that was killed"
 LOCK_REFUSED = "Directory cannot be locked"
 
-# Fields and files that legitimately differ between two runs of the same DAG, compared with
-# everything else equal:
-# - samples_per_s (metrics.jsonl lines of a training run): wall-clock throughput;
-# - the dialogue stats JSONs (results/dialogue/<generator>/stats/*.json): timings, the machine
-#   settings (the demo profile's chunk_size 8, the fixture's default 512: fixture runs use
-#   `--workflow-profile none`) and which chunks a resumed job found finished;
-# - the ingest stats JSONs and summary: their timing fields (`VOLATILE_KEYS`);
-# - report plots (PNG): matplotlib metadata; their data are the tables compared here.
+# What legitimately differs between two runs of the same DAG (found by comparing two
+# uninterrupted runs: the demo command's and the fixture's, which uses `--workflow-profile none`,
+# so other machine settings); everything else must be equal, bit for bit:
+# - metrics.jsonl lines of a training run: samples_per_s (wall-clock throughput);
+# - ingest stats JSONs (results/ingest/[retried/]stats/*.json): their wall-clock fields;
+# - dialogue stats JSONs (results/dialogue/<generator>/stats/*.json): `timing` (wall clock),
+#   `machine` (machine settings, e.g. the demo profile's chunk_size 8) and `chunks` (how the job
+#   was cut into chunks and how many a resumed job found finished);
+# - ingested shards (results/ingest/[retried/]shards/*.parquet): error_message of a missing local
+#   file names its absolute path, i.e. the demo's folder (compared with that folder masked).
 WALL_CLOCK_FIELDS = {"samples_per_s"}
-VOLATILE_KEYS = {"duration_s", "elapsed_s", "wall_s", "started_at", "finished_at", "hostname"}
+INGEST_STATS_VOLATILE = {"seconds", "download_seconds", "images_per_second"}
+DIALOGUE_STATS_VOLATILE = {"timing", "machine", "chunks"}
 
 
 def _env() -> dict[str, str]:
@@ -356,50 +360,52 @@ def rerun_log_checks(log: Path) -> None:
 # --- the final results -------------------------------------------------------------------------
 
 
-def _strip(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE_KEYS}
-    if isinstance(value, list):
-        return [_strip(v) for v in value]
-    return value
+def _comparable(root: Path, rel: str) -> object:
+    """A result file's content, less what legitimately differs (see the top of this module)."""
+    path = root / rel
+    if path.suffix == ".safetensors":
+        return {name: tensor for name, tensor in load_file(str(path)).items()}
+    if path.suffix == ".jsonl":
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records]
+    if re.fullmatch(r"results/ingest/(retried/)?stats/\d+\.json", rel):
+        record = json.loads(path.read_text())
+        return {k: v for k, v in record.items() if k not in INGEST_STATS_VOLATILE}
+    if re.fullmatch(r"results/dialogue/\w+/stats/\d+\.json", rel):
+        record = json.loads(path.read_text())
+        return {k: v for k, v in record.items() if k not in DIALOGUE_STATS_VOLATILE}
+    if re.fullmatch(r"results/ingest/(retried/)?shards/\d+\.parquet", rel):
+        rows = pq.read_table(path).to_pylist()
+        for row in rows:
+            if row["error_message"]:
+                row["error_message"] = row["error_message"].replace(str(root), "<demo>")
+        return rows
+    return path.read_bytes()
 
 
-def comparable_files(root: Path) -> dict[str, Path]:
-    """The final results compared with an uninterrupted run, by path under results/."""
-    files = {}
+def result_files(root: Path) -> list[str]:
+    """Every file under results/ but the runs' scratch (training checkpoints under work/,
+    generation chunks under .chunks/, both removed or pruned as a run goes)."""
+    files = []
     for path in sorted((root / "results").rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if not path.is_file() or "/work/" in rel or "/.chunks/" in rel:
-            continue  # checkpoints and chunks: a run's scratch, not its results
-        if path.suffix == ".png" or re.search(r"results/dialogue/\w+/stats/", rel):
-            continue  # see WALL_CLOCK_FIELDS above
-        files[rel] = path
+        if path.is_file() and "/work/" not in rel and "/.chunks/" not in rel:
+            files.append(rel)
     return files
 
 
 def assert_same_results(got_root: Path, want_root: Path) -> None:
-    got, want = comparable_files(got_root), comparable_files(want_root)
-    assert sorted(got) == sorted(want)
-    assert any(k.startswith("results/eval/") and k.endswith(".json") for k in got)
-    for rel, path in got.items():
-        other = want[rel]
-        if path.suffix == ".safetensors":
-            a, b = load_file(str(path)), load_file(str(other))
-            assert sorted(a) == sorted(b), rel
-            for name, tensor in b.items():
-                assert torch.equal(a[name], tensor), f"{rel}: tensor {name} differs"
-        elif path.suffix == ".json":
-            assert _strip(json.loads(path.read_text())) == _strip(json.loads(other.read_text())), (
-                rel
-            )
-        elif path.suffix == ".jsonl":
-            lines = [_strip(json.loads(line)) for line in path.read_text().splitlines()]
-            ref = [_strip(json.loads(line)) for line in other.read_text().splitlines()]
-            strip = [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in lines]
-            ref = [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in ref]
-            assert strip == ref, rel
+    files = result_files(got_root)
+    assert files == result_files(want_root)
+    assert sum(rel.startswith("results/eval/") and rel.endswith(".json") for rel in files) > 20
+    for rel in files:
+        got, want = _comparable(got_root, rel), _comparable(want_root, rel)
+        if rel.endswith(".safetensors"):
+            assert sorted(got) == sorted(want), rel
+            for name, tensor in want.items():
+                assert torch.equal(got[name], tensor), f"{rel}: tensor {name} differs"
         else:
-            assert path.read_bytes() == other.read_bytes(), f"{rel} differs"
+            assert got == want, f"{rel} differs from the uninterrupted run's"
 
 
 # --- the test ----------------------------------------------------------------------------------
