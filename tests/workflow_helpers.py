@@ -132,3 +132,19 @@ def edited_config(workdir: Path, tmp_path: Path, edit: Callable[[dict], object])
     path = tmp_path / "edited.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
+
+
+# The rule that generates each generator's dialogue (workflow/rules/generate.smk). Tests that
+# set the generation rules' machine settings build their arguments from this one table.
+GENERATE_RULE = {"blip2": "generate_blip2", "llava": "generate_llava"}
+
+
+def generate_resources(**settings: int | str) -> list[str]:
+    """``--set-resources`` arguments giving every generation rule these machine settings, e.g.
+    ``generate_resources(backend="vllm")``: the way a user switches the backend (or a profile's
+    ``set-resources``). Put them after the targets: the option takes every word after it."""
+    rules = sorted(set(GENERATE_RULE.values()))
+    return [
+        "--set-resources",
+        *(f"{rule}:{name}={value}" for rule in rules for name, value in settings.items()),
+    ]
