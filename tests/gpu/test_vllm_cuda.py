@@ -64,15 +64,20 @@ def backends(
     from dialogclip.generate.hf_backend import TransformersBackend
     from dialogclip.generate.vllm_backend import VllmBackend
 
-    hf_settings = TransformersSettings(dtype="float32", batch_size=4, device=device)
-    vllm_settings = VllmSettings(dtype="float32", **vllm_engine)
+    hf_settings = TransformersSettings(batch_size=4, device=device)
+    vllm_settings = VllmSettings(**vllm_engine)
     made: dict[tuple[str, str], GenerationBackend] = {}
     for name in ("blip2", "llava"):
         path = str(tiny_models[name])
         made[(name, "transformers")] = TransformersBackend(
-            name, path, None, hf_settings, SamplingSettings()
+            name, path, None, hf_settings, SamplingSettings(), dtype="float32"
         )
-        made[(name, "vllm")] = VllmBackend(path, None, vllm_settings, SamplingSettings())
+        made[(name, "vllm")] = VllmBackend(
+            path, None, vllm_settings, SamplingSettings(), dtype="float32"
+        )
+    # Both on the device under test, in float32 (vLLM's device is its build's).
+    assert {backend.target.device for backend in made.values()} == {device}
+    assert {backend.target.dtype for backend in made.values()} == {"float32"}
     yield made
     for backend in made.values():
         backend.close()
