@@ -181,3 +181,17 @@ def edited_config(workdir: Path, tmp_path: Path, edit: Callable[[dict], object])
     path = tmp_path / "edited.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
+
+
+# The one rule that generates every generator's dialogue (workflow/rules/generate.smk).
+GENERATE_RULE = "generate"
+
+
+def generate_resources(**settings: int | str) -> list[str]:
+    """``--set-resources`` arguments giving the generation rule these machine settings, e.g.
+    ``generate_resources(backend="vllm")``: the way a user switches the backend (or a profile's
+    ``set-resources``). Put them after the targets: the option takes every word after it."""
+    return [
+        "--set-resources",
+        *(f"{GENERATE_RULE}:{name}={value}" for name, value in settings.items()),
+    ]

@@ -18,13 +18,18 @@ from typing import Any
 
 import pytest
 import yaml
-from workflow_helpers import demo_after_dialogue, planned, planned_jobs, snakemake
+from workflow_helpers import (
+    GENERATE_RULE,
+    demo_after_dialogue,
+    planned,
+    planned_jobs,
+    snakemake,
+)
 
 from dialogclip.core.config import load_yaml
 from dialogclip.core.shards import ShardPlan, count_lines
 from dialogclip.generate.config import MACHINE_FLAGS
 
-GENERATE_RULE = "generate"
 # The rule's per-generator defaults of host memory (MB) and wall time (minutes)
 # (GENERATE_RESOURCES in workflow/rules/generate_functions.smk).
 HOST_DEFAULTS = {"blip2": {"mem_mb": "32000", "runtime": "180"}}

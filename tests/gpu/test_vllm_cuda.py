@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from dialogclip.generate.backend import Completion, GenerationBackend, GenerationRequest
@@ -65,15 +64,20 @@ def backends(
     from dialogclip.generate.hf_backend import TransformersBackend
     from dialogclip.generate.vllm_backend import VllmBackend
 
-    hf_settings = TransformersSettings(dtype="float32", batch_size=4, device=device)
-    vllm_settings = VllmSettings(dtype="float32", **vllm_engine)
+    hf_settings = TransformersSettings(batch_size=4, device=device)
+    vllm_settings = VllmSettings(**vllm_engine)
     made: dict[tuple[str, str], GenerationBackend] = {}
     for name in ("blip2", "llava"):
         path = str(tiny_models[name])
         made[(name, "transformers")] = TransformersBackend(
-            name, path, None, hf_settings, SamplingSettings()
+            name, path, None, hf_settings, SamplingSettings(), dtype="float32"
         )
-        made[(name, "vllm")] = VllmBackend(path, None, vllm_settings, SamplingSettings())
+        made[(name, "vllm")] = VllmBackend(
+            path, None, vllm_settings, SamplingSettings(), dtype="float32"
+        )
+    # Both on the device under test, in float32 (vLLM's device is its build's).
+    assert {backend.target.device for backend in made.values()} == {device}
+    assert {backend.target.dtype for backend in made.values()} == {"float32"}
     yield made
     for backend in made.values():
         backend.close()
@@ -121,20 +125,19 @@ def test_llava_structured_output_identical_on_cuda(tiny_models, backends) -> Non
     assert all(json.loads(completion.text) for _, completion in calls)
 
 
-def test_demo_generation_dag_with_vllm_on_cuda(tmp_path: Path, vllm_engine: dict) -> None:
-    from workflow_helpers import copy_demo, snakemake
+def test_demo_generation_dag_with_vllm_on_cuda(tmp_path: Path, device: str) -> None:
+    from workflow_helpers import copy_demo, generate_resources, snakemake
 
     workdir = copy_demo(tmp_path / "demo")
-    config_path = workdir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["generate"]["backend"] = "vllm"
-    # Small KV cache and no CUDA graphs: the tiny models need neither, and the engines start
-    # faster (one per job).
-    config["generate"]["vllm"] = vllm_engine
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    # The backend and the engine's size are machine settings (rule resources), as a user sets
+    # them: a small KV cache and no CUDA graphs (the tiny models need neither; the engines, one
+    # per job, start faster).
+    machine = generate_resources(
+        backend="vllm", vllm_kv_cache_mib=256, vllm_max_num_seqs=8, vllm_enforce_eager=1
+    )
     targets = ["results/dialogue/blip2/summary.json", "results/dialogue/llava/summary.json"]
-    # Targets first: --resources takes every word after it.
-    result = snakemake(workdir, *targets, "--resources", "gpu=1", timeout=900)
+    # Targets first: --set-resources and --resources take every word after them.
+    result = snakemake(workdir, *targets, *machine, "--resources", "gpu=1", timeout=900)
     assert result.returncode == 0, result.stderr[-6000:]
 
     for generator in ("blip2", "llava"):
@@ -143,6 +146,7 @@ def test_demo_generation_dag_with_vllm_on_cuda(tmp_path: Path, vllm_engine: dict
         for path in stats_files:
             stats = json.loads(path.read_text())
             assert stats["backend"] == "vllm", path
+            assert stats["engine"]["device"] == device, path
             assert (
                 stats["rows"]["generated"] + stats["rows"]["image_errors"]
                 == (stats["rows"]["downloaded"])

@@ -120,6 +120,9 @@ class VllmBackend(GenerationBackend):
             log.info("vllm on CPU: %s", _describe_cpu_engine(kwargs))
         kwargs.update(engine_overrides)  # e.g. load_format="dummy" in the GPU benchmark
         log.info("vllm: starting engine for %s (%s, %s)", model, target.device, target.dtype)
+        # vLLM logs to stdout by default; a job's log is its stderr, and vLLM's start-up lines
+        # (weights, compile, graph capture times) belong there. Read when vllm is first imported.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         from vllm import LLM
 
         self.llm = LLM(**kwargs)
