@@ -12,6 +12,7 @@ from train_helpers import build_tiny_hf_clip
 from dialogclip.cli import main
 from dialogclip.models.openclip import ClipSpec, is_text_tower_key, load_clip, load_text_tower
 from dialogclip.models.towers import TextTower, copy_text_tower, set_trainable, text_tower_state
+from dialogclip.train.objectives import DraftLoss, DraftObjective
 
 BLOCK_SUFFIXES_CLIP = [
     "ln_1.weight",
@@ -167,3 +168,33 @@ def test_tiny_clip_from_the_command_line(tmp_path: Path) -> None:
 def test_a_model_without_text_tower_is_refused() -> None:
     with pytest.raises(TypeError, match="Linear has no open_clip text tower"):
         TextTower(torch.nn.Linear(2, 2))
+
+
+def test_draft_gradient_reaches_only_the_text_tower(tiny_clip) -> None:
+    """DRAFT trains T alone: with I(x) from the frozen image tower (as its cache holds it), the
+    loss reaches every parameter of T (the MMD term on its own as well) and none of the image
+    tower's."""
+    model = tiny_clip.model
+    images = torch.randn(4, 3, *model.visual.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # what embed_train_images stores
+        image_emb = model.encode_image(images)
+    batch = {
+        "image_emb": image_emb,
+        "caption_tokens": tiny_clip.tokenizer(["a dog", "two cars", "a red kite", "snow"]),
+        "dialogue_tokens": tiny_clip.tokenizer(
+            ["what is it? a dog", "how many? two", "what colour? red", "where? a hill"]
+        ),
+    }
+    grads = {}
+    for mmd_weight in (1.0, 0.0):
+        tower = copy_text_tower(model)
+        objective = DraftObjective(tower, 100.0, DraftLoss(mmd_weight=mmd_weight))
+        loss, _ = objective.loss(batch, lambda features: features)
+        loss.backward()
+        grads[mmd_weight] = {name: p.grad for name, p in tower.named_parameters()}
+    assert all(grad is not None for grad in grads[1.0].values())
+    assert any(grad.abs().sum() > 0 for grad in grads[1.0].values())
+    assert all(p.grad is None for p in model.visual.parameters())
+    # The MMD term adds its own gradient to T's weights.
+    changed = [n for n in grads[1.0] if not torch.allclose(grads[1.0][n], grads[0.0][n])]
+    assert "transformer.resblocks.0.attn.in_proj_weight" in changed
