@@ -44,17 +44,18 @@ def get_thesis_numbers():
 
 
 def check_thesis_rows():
-    """Every thesis_row of an evaluation entry (evaluate.models and the training runs'
-    thesis_rows) must be a row of numbers.yaml (checked at load time)."""
-    rows = get_thesis_numbers()["rows"]
-    for entry in get_eval_models().values():
-        linked = entry["thesis_row"]
-        for row in [linked] if isinstance(linked, str) else linked or []:
-            if row not in rows:
-                raise WorkflowError(
-                    f"evaluate.models: {entry['name']} has thesis_row {row!r}, "
-                    f"which is not a row of {THESIS_NUMBERS}"
-                )
+    """Every thesis_row of the entries the report receives (evaluate.models and the training
+    runs' variants) must be a row of numbers.yaml: the report's own check, run at load time.
+    """
+    from dialogclip.report.settings import report_settings_from_params
+    from dialogclip.report.tables import check_thesis_rows as check_rows
+    from dialogclip.report.thesis import load_thesis_numbers
+
+    settings = report_settings_from_params(json.loads(get_report_params(None)))
+    try:
+        check_rows(settings, load_thesis_numbers(THESIS_NUMBERS))
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
 
 
 def get_report_tables():
