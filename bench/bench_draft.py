@@ -28,7 +28,6 @@ Run: `.venv/bin/python bench/bench_draft.py [--batch 48] [--steps 5] [--threads 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
-from benchlib import machine_record, summary, time_interleaved
+from benchlib import autocast, machine_record, summary, sync, time_interleaved, train_step
 
 from dialogclip.models.towers import copy_text_tower
 from dialogclip.train.losses import DRAFT_A, contrastive_ce, draft_loss
@@ -50,17 +49,6 @@ EMBED_DIM = 512  # ViT-B-32's joint embedding width
 LOGIT_SCALE = 100.0
 CC3M_IMAGES = 2_800_000  # usable CC3M training images (as bench_train.py assumes)
 PAIRS_PER_IMAGE = 3  # LLaVA's three question/answer pairs: DRAFT's samples
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def measure_steps(batch: int, steps: int, device: torch.device) -> dict[str, Any]:
@@ -86,21 +74,15 @@ def measure_steps(batch: int, steps: int, device: torch.device) -> dict[str, Any
             for i in range(batch)
         ]
     ).to(device)
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast(device):
         image_emb = F.normalize(model.encode_image(images).float(), dim=-1)
 
     def step(mmd: float, image: torch.Tensor) -> None:
-        optimizer = optimizers[mmd]
-        optimizer.zero_grad(set_to_none=True)
         rows = {"image_emb": image, "caption_tokens": captions, "dialogue_tokens": dialogue}
-        with _autocast(device):
-            loss, _ = objectives[mmd].loss(rows, lambda features: features)
-        loss.backward()
-        optimizer.step()
-        _sync(device)
+        train_step(objectives[mmd], optimizers[mmd], rows, device)
 
     def full() -> None:
-        with torch.no_grad(), _autocast(device):  # the frozen image tower: no graph
+        with torch.no_grad(), autocast(device):  # the frozen image tower: no graph
             image = model.encode_image(images)
         step(1.0, image)
 
@@ -122,7 +104,7 @@ def measure_steps(batch: int, steps: int, device: torch.device) -> dict[str, Any
 
 def _optimizer_seconds(optimizer: torch.optim.Optimizer, device: torch.device) -> float:
     """One AdamW step's seconds (gradients present from the last step), median of 3."""
-    times = time_interleaved({"adamw": lambda: (optimizer.step(), _sync(device))}, 3)["adamw"]
+    times = time_interleaved({"adamw": lambda: (optimizer.step(), sync(device))}, 3)["adamw"]
     return round(sorted(times)[1], 4)
 
 
@@ -139,7 +121,7 @@ def measure_loss(batch: int, repeats: int, device: torch.device) -> dict[str, An
     def backward(loss: torch.Tensor) -> None:
         caption.grad = dialogue.grad = None
         loss.backward()
-        _sync(device)
+        sync(device)
 
     def contrastive() -> None:
         backward(

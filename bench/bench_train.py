@@ -32,7 +32,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from benchlib import machine_record, summary, time_interleaved
+from benchlib import machine_record, summary, time_interleaved, train_step
 
 from dialogclip.models.towers import copy_text_tower
 from dialogclip.train.cache import decode_image, read_embedding_cache, write_embedding_cache
@@ -40,13 +40,7 @@ from dialogclip.train.objectives import ThirdTowerLoss, ThirdTowerObjective
 from dialogclip.train.optim import adamw, param_groups
 
 OUT = Path(__file__).parent / "results" / "bench_train.json"
-
-
-def _step(objective: ThirdTowerObjective, optimizer, batch: dict[str, torch.Tensor]) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss, _ = objective.loss(batch, lambda features: features)
-    loss.backward()
-    optimizer.step()
+CPU = torch.device("cpu")
 
 
 def _jpegs(n: int, seed: int = 0) -> list[bytes]:
@@ -73,7 +67,7 @@ def measure(batch: int, steps: int, data_dir: Path) -> dict[str, Any]:
     g = copy_text_tower(model)
     objective = ThirdTowerObjective(g, 100.0, ThirdTowerLoss())
     # The trainer's optimizer: its decay groups and fused AdamW (dialogclip.train.optim).
-    optimizer = adamw(param_groups(g, 0.1), 1e-5, (0.9, 0.98), 1e-6, 0.1, torch.device("cpu"))
+    optimizer = adamw(param_groups(g, 0.1), 1e-5, (0.9, 0.98), 1e-6, 0.1, CPU)
     jpegs = _jpegs(batch)
     caption_texts = [f"a photo of thing number {i}" for i in range(batch)]
     dialogue_texts = [
@@ -98,17 +92,14 @@ def measure(batch: int, steps: int, data_dir: Path) -> dict[str, Any]:
     cached = {"image_emb": image_emb, "caption_emb": caption_emb, "dialogue_tokens": dialogue}
 
     def cached_step() -> None:
-        _step(objective, optimizer, cached)
+        train_step(objective, optimizer, cached, CPU)
 
     def full_step() -> None:
         with torch.no_grad():  # I and T are frozen: no graph, as in the full-forward baseline
             image_emb = model.encode_image(images)
             caption_emb = model.encode_text(captions)
-        _step(
-            objective,
-            optimizer,
-            {"image_emb": image_emb, "caption_emb": caption_emb, "dialogue_tokens": dialogue},
-        )
+        rows = {"image_emb": image_emb, "caption_emb": caption_emb, "dialogue_tokens": dialogue}
+        train_step(objective, optimizer, rows, CPU)
 
     mapped = {tower: read_embedding_cache(path, tower).emb for tower, path in paths.items()}
 
@@ -118,7 +109,7 @@ def measure(batch: int, steps: int, data_dir: Path) -> dict[str, Any]:
             "caption_emb": _gather(mapped["text"], picked),
             "dialogue_tokens": torch.from_numpy(token_matrix[picked]),
         }
-        _step(objective, optimizer, rows)
+        train_step(objective, optimizer, rows, CPU)
 
     def full_with_data() -> None:
         # Without caches every step decodes and preprocesses its images and tokenises its texts.
@@ -127,7 +118,8 @@ def measure(batch: int, steps: int, data_dir: Path) -> dict[str, Any]:
             image_emb = model.encode_image(pixels)
             caption_emb = model.encode_text(tokenizer(caption_texts))
         rows = {"image_emb": image_emb, "caption_emb": caption_emb}
-        _step(objective, optimizer, {**rows, "dialogue_tokens": tokenizer(dialogue_texts)})
+        rows["dialogue_tokens"] = tokenizer(dialogue_texts)
+        train_step(objective, optimizer, rows, CPU)
 
     arms = {
         "cached": cached_step,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -48,3 +49,29 @@ def machine_record(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": torch.__version__,
     }
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The trainer's precision: bf16 autocast on CUDA, float32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer stops when the work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step(
+    objective: Any, optimizer: torch.optim.Optimizer, batch: dict[str, Any], device: torch.device
+) -> None:
+    """One update as the trainer makes it: the objective's loss on ``batch`` (one process, so
+    gathering is the identity), backward, the optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device):
+        loss, _ = objective.loss(batch, lambda features: features)
+    loss.backward()
+    optimizer.step()
+    sync(device)
