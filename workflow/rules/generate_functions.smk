@@ -44,9 +44,10 @@ def get_generate_params(wildcards):
 
 # Host memory (MB) and wall time (minutes) of one generation job: the only resource defaults in
 # which the generators differ (LLaVA-1.5-7B has nearly twice BLIP-2 OPT-2.7B's weights and
-# writes three pairs per image where BLIP-2 writes two short turns). The one rule `generate` serves both, so
-# these defaults are callables of its {generator} wildcard reading this dict. A profile's
-# set-resources value replaces them for both generators, or per generator as an expression:
+# writes three pairs per image where BLIP-2 writes two short turns). The one rule `generate`
+# serves both, so these defaults are callables of its {generator} wildcard reading this dict.
+# A profile's set-resources value replaces them for both generators, or per generator as an
+# expression:
 #   generate: {mem_mb: "60000 if wildcards.generator == 'llava' else 32000"}
 # The figures leave room for one 10,000-image shard; the Slurm profile takes them as they are.
 GENERATE_RESOURCES = {

@@ -47,6 +47,7 @@ from dialogclip.core.io import (
     write_parquet_atomic,
 )
 from dialogclip.generate.backend import (
+    OMP_WAIT_POLICY,
     EngineTarget,
     GenerationBackend,
     create_backend,
@@ -377,7 +378,7 @@ def generate_shard(
     stats["engine"] = {
         **dataclasses.asdict(target),
         "threads": _torch_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_wait_policy": os.environ.get(OMP_WAIT_POLICY),
         "settings": engine_settings,
     }
     stats["machine"] = dataclasses.asdict(machine)
@@ -474,14 +475,14 @@ def _warn_if_oversubscribed() -> None:
 
     threads, cores = torch.get_num_threads(), os.cpu_count() or 1
     load = os.getloadavg()[0]
-    if threads > 1 and load > cores and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+    if threads > 1 and load > cores and os.environ.get(OMP_WAIT_POLICY, "").upper() != "PASSIVE":
         log.warning(
             "load average %.1f on %d cores, %d compute threads, OMP_WAIT_POLICY=%s: spinning "
             "threads on a busy machine slow every CPU kernel; use 1 thread or PASSIVE waits",
             load,
             cores,
             threads,
-            os.environ.get("OMP_WAIT_POLICY"),
+            os.environ.get(OMP_WAIT_POLICY),
         )
 
 
