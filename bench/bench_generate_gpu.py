@@ -591,9 +591,11 @@ def start_up_shares(results: list[dict[str, Any]], shard_size: int) -> dict[str,
 
     A job takes ``start + shard_size / rate`` seconds (rate: the base case's images/s), so the
     share is ``start / (start + shard_size / rate)``; under 5 % needs ``start <= gen / 19`` or a
-    shard of at least ``19 * start * rate`` images. Cold: the base case's start (empty compile
-    cache); compile cached: the restart case's. Dummy weights are made on the GPU: reading real
-    weights from disk comes on top (``model_weights_gib`` says how much).
+    shard of at least ``19 * start * rate`` images, i.e. one engine start per
+    ``shards_per_engine_for_target`` shards (the generation rule's resource). Cold: the base
+    case's start (empty compile cache); compile cached: the restart case's. Dummy weights are
+    made on the GPU: reading real weights from disk comes on top (``model_weights_gib`` says
+    how much).
     """
     share_max = TARGETS["engine_start_share_of_job_max"]
     shares: dict[str, Any] = {}
@@ -630,6 +632,11 @@ def start_up_shares(results: list[dict[str, Any]], shard_size: int) -> dict[str,
                     (1 - share_max) / share_max * start * base["images_per_s"]
                 ),
             }
+            # What the rule's resource shards_per_engine must be for the target: one engine
+            # start serves that many shards (dialogclip.generate.work_ahead).
+            entry[label]["shards_per_engine_for_target"] = math.ceil(
+                entry[label]["min_shard_size_for_target"] / shard_size
+            )
         shares[arch] = entry
     return shares
 

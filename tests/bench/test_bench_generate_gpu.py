@@ -94,12 +94,16 @@ def test_start_up_share_of_a_full_scale_job(bench) -> None:
     # 5 %: start <= 400 / 19; a shard of 19 * start * rate images.
     assert llava["max_start_s_for_target"] == round(400 / 19, 1)
     assert llava["cold"]["min_shard_size_for_target"] == math.ceil(19 * 60 * 25)
+    # ... which one engine start reaches over ceil(28,500 / 10,000) = 3 shards (work ahead).
+    assert llava["cold"]["shards_per_engine_for_target"] == 3
+    assert llava["compile_cached"]["shards_per_engine_for_target"] == 1
     assert llava["model_weights_gib"] == 13.1
     blip2 = shares["blip2-opt-2.7b"]
     assert blip2["generation_s"] == 25.0
     assert blip2["cold"]["share"] == round(30 / 55, 4)
     assert "compile_cached" not in blip2  # its restart failed: nothing claimed
     assert blip2["cold"]["min_shard_size_for_target"] == 19 * 30 * 400
+    assert blip2["cold"]["shards_per_engine_for_target"] == math.ceil(19 * 30 * 400 / 10_000)
 
 
 def test_the_share_uses_the_full_scale_shard_size(bench) -> None:

@@ -30,10 +30,10 @@ from dialogclip.core.config import load_yaml
 from dialogclip.core.shards import ShardPlan, count_lines
 from dialogclip.generate.config import MACHINE_FLAGS
 
-# The rule's per-generator defaults of host memory (MB) and wall time (minutes)
-# (GENERATE_RESOURCES in workflow/rules/generate_functions.smk).
-HOST_DEFAULTS = {"blip2": {"mem_mb": "32000", "runtime": "180"}}
-HOST_DEFAULTS["llava"] = {"mem_mb": "48000", "runtime": "240"}
+# The rule's per-generator defaults of host memory (MB), wall time (minutes) and shards per
+# engine start (GENERATE_RESOURCES in workflow/rules/generate_functions.smk).
+HOST_DEFAULTS = {"blip2": {"mem_mb": "32000", "runtime": "180", "shards_per_engine": "12"}}
+HOST_DEFAULTS["llava"] = {"mem_mb": "48000", "runtime": "240", "shards_per_engine": "3"}
 
 # A value other than the rule's default for every machine setting.
 MACHINE_EDITS: dict[str, int | str] = {
@@ -88,6 +88,7 @@ def test_editing_a_machine_setting_reruns_nothing(finished_demo: Path, name: str
 def test_editing_threads_or_memory_reruns_nothing(finished_demo: Path) -> None:
     args = ["--set-threads", f"{GENERATE_RULE}=1"]
     args += ["--set-resources", f"{GENERATE_RULE}:mem_mb=9000", f"{GENERATE_RULE}:runtime=5"]
+    args += [f"{GENERATE_RULE}:shards_per_engine=1"]
     assert planned_jobs(finished_demo, *args) == {}
     per_generator = f"{GENERATE_RULE}:mem_mb={_for_llava(90000, 9000)}"
     assert planned_jobs(finished_demo, "--set-resources", per_generator) == {}
@@ -153,11 +154,12 @@ def test_a_plain_override_reaches_both_generators(finished_demo: Path) -> None:
 
 
 def _host_resources(demo: Path, *args: str) -> dict[str, list[dict[str, str]]]:
-    """{generator: [mem_mb and runtime of each of its generation jobs]} when all are forced."""
+    """{generator: [the HOST_DEFAULTS resources of each of its generation jobs]} when all are
+    forced."""
     plan = planned(demo, "--forcerun", GENERATE_RULE, *args)
     jobs: dict[str, list[dict[str, str]]] = {}
     for job in plan.of(GENERATE_RULE):
-        host = {key: job.resources[key] for key in ("mem_mb", "runtime")}
+        host = {key: job.resources[key] for key in HOST_DEFAULTS["blip2"]}
         jobs.setdefault(job.wildcards["generator"], []).append(host)
     return jobs
 
@@ -177,6 +179,26 @@ def test_host_memory_and_wall_time_are_per_generator(finished_demo: Path) -> Non
         "blip2": [HOST_DEFAULTS["blip2"]] * n_shards,
         "llava": [{**HOST_DEFAULTS["llava"], "mem_mb": "60000"}] * n_shards,
     }
+
+
+def test_engine_reuse_and_wall_time_reach_the_command(finished_demo: Path) -> None:
+    """Each generator's shards per engine start and wall time are on its jobs' shell lines
+    (work ahead reads them); a plain override sets both generators."""
+    for args, expected in [
+        ((), {"blip2": ("12", "180"), "llava": ("3", "240")}),
+        (_set_resources("shards_per_engine", 1), {"blip2": ("1", "180"), "llava": ("1", "240")}),
+    ]:
+        output = _forced_commands(finished_demo, *args)
+        for generator, values in expected.items():
+            commands = re.findall(rf"generate-dialogue --generator {generator} .*", output)
+            found = set()
+            for command in commands:
+                words = shlex.split(command.split(" 2> ")[0])
+                found.add(
+                    tuple(words[words.index(f) + 1] for f in ("--shards-per-engine", "--runtime"))
+                )
+            assert len(commands) == _n_shards(finished_demo)
+            assert found == {values}, generator
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,11 @@ dialogue shards; the workflow then makes them again with the generation rules' r
   the two backends (test_generate_parity.py, on noise images) holds on the demo's images through
   the workflow's own path (chunks, decode pool, Parquet).
 
-Cost: one generation job per shard and generator (6 for the demo), each starting its own vLLM
-engine (about 8 s on 2 free cores, bench/results/bench_generate.json "job"), plus the
+- one vLLM engine start per generator: its first job works ahead on the other shards
+  (``shards_per_engine``, dialogclip.generate.work_ahead), whose jobs only assemble them.
+
+Cost: one generation job per shard and generator (6 for the demo), two of them starting a vLLM
+engine (about 8 s each on 2 free cores, bench/results/bench_generate.json "job"), plus the
 ``finished_demo`` session fixture.
 """
 
@@ -106,21 +109,52 @@ def test_every_row_and_shard_comes_from_vllm_on_cpu(vllm_demo: dict, finished_de
                 "cpu",
                 "float32",
             )
-            # The CPU defaults behind a short engine start in every job.
+            # The CPU defaults behind a short engine start, in every job that started one (a
+            # job that only assembles chunks made ahead records none).
             settings = engine["settings"]
-            assert settings["distributed_executor_backend"] == "uni"
-            assert settings["enforce_eager"] is True
-            assert settings["kv_cache_memory_bytes"] == 1 << 30
+            if stats["chunks"]["computed"]:
+                assert settings["distributed_executor_backend"] == "uni"
+                assert settings["enforce_eager"] is True
+                assert settings["kv_cache_memory_bytes"] == 1 << 30
+            else:
+                assert settings is None
             assert stats["machine"]["backend"] == "vllm"  # from the resource, not the config
-            timing = stats["timing"]
-            assert timing["engine_start_s"] > 0  # the job built its own engine
-            assert timing["images_generated"] == stats["rows"]["generated"] > 0
+            job = stats["job"]
             figures.append(
-                f"{generator}/{shard}: engine start {timing['engine_start_s']:.1f} s, "
-                f"{timing['images_generated']} images in {timing['engine_busy_s']:.2f} s, "
-                f"job {timing['wall_s']:.1f} s"
+                f"{generator}/{shard}: engine start {job['engine_start_s']} s, "
+                f"{stats['chunks']['computed']} chunks made, "
+                f"made ahead {job['work_ahead']['shards']}, job {job['wall_s']:.1f} s"
             )
     log.info("vLLM demo generation: %.0f s wall; %s", vllm_demo["wall_s"], "; ".join(figures))
+
+
+def test_one_engine_start_per_generator(vllm_demo: dict, finished_demo: Path) -> None:
+    """The rule's default shards_per_engine (12 and 3) covers the demo's 3 shards: the first
+    job of each generator (one generation job runs at a time on the demo's 2 cores) makes its
+    own shard and works ahead on the other two; their jobs assemble them without an engine."""
+    shards = _shards(finished_demo)
+    for generator in GENERATORS:
+        folder = vllm_demo["workdir"] / "results" / "dialogue" / generator
+        stats = {
+            shard: json.loads((folder / "stats" / f"{shard}.json").read_text()) for shard in shards
+        }
+        started = [shard for shard, s in stats.items() if s["job"]["engine_start_s"]]
+        assert len(started) == 1, (generator, started)
+        (first,) = started
+        job = stats[first]["job"]
+        assert job["engine_start_s"] > 0 and 0 < job["engine_start_share"] < 1
+        assert job["work_ahead"]["shards"] == [
+            *[s for s in shards if s > first],
+            *[s for s in shards if s < first],
+        ]
+        assert job["work_ahead"]["images"] == sum(
+            stats[s]["rows"]["generated"] for s in shards if s != first
+        )
+        for shard in shards:
+            if shard != first:
+                assert stats[shard]["chunks"]["computed"] == 0, (generator, shard)
+                assert stats[shard]["chunks"]["resumed"] == stats[shard]["chunks"]["total"] > 0
+        assert [p for p in (folder / ".chunks").iterdir() if p.is_dir()] == []
 
 
 def test_rows_equal_the_transformers_rows(vllm_demo: dict, finished_demo: Path) -> None:

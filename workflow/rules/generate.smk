@@ -1,7 +1,8 @@
 # Stage: generate. Dialogue from the image alone (the caption is never shown): BLIP-2 two-turn
 # and LLaVA-1.5 three-QA. One rule, `generate`, with a {generator} wildcard: one job per ingested
 # shard and generator, resumable by chunk inside the job (finished chunks under
-# results/dialogue/{generator}/.chunks/{shard}/).
+# results/dialogue/{generator}/.chunks/{shard}/); its engine then works ahead on other shards'
+# chunks (shards_per_engine below).
 # Science in params, machine in resources: params carry the generate section (models, prompts,
 # sampling, dtype, image preprocessing; only the job's own generator), so editing it reruns the
 # jobs that read it. Everything about how a job runs on its node is a resource with its default
@@ -21,8 +22,12 @@
 #   vllm_max_num_seqs, vllm_tensor_parallel_size (raise gpu with it)
 #   vllm_enforce_eager       auto (eager on CPU, compiled on GPU) | 0 | 1
 #   vllm_executor            auto (vLLM's choice on GPU, in-process "uni" on CPU) | uni | mp | ray
-# mem_mb and runtime differ per generator: callables of {generator} (GENERATE_RESOURCES in
-# generate_functions.smk). A set-resources value applies to both generators; to set one
+#   shards_per_engine        one engine start serves this many shards: after its own, the
+#                            job makes the chunks of pending shards beside it, which their
+#                            jobs then only assemble (dialogclip.generate.work_ahead); within
+#                            95 % of runtime. 1 = its own shard only.
+# mem_mb, runtime and shards_per_engine differ per generator: callables of {generator}
+# (GENERATE_RESOURCES in generate_functions.smk). A set-resources value applies to both generators; to set one
 # generator only, give a Python expression on the wildcard (Snakemake evaluates set-resources
 # values with `wildcards` in scope), e.g. LLaVA-1.5-13B tensor parallel on two GPUs:
 #   set-resources:
@@ -54,6 +59,7 @@ rule generate:
         gpu=1,
         mem_mb=get_generate_mem_mb,
         runtime=get_generate_runtime,
+        shards_per_engine=get_generate_shards_per_engine,
         backend="auto",
         chunk_size=512,
         decode_workers=0,
@@ -87,6 +93,7 @@ rule generate:
         " --vllm-tensor-parallel-size {resources.vllm_tensor_parallel_size}"
         " --vllm-enforce-eager {resources.vllm_enforce_eager}"
         " --vllm-executor {resources.vllm_executor}"
+        " --shards-per-engine {resources.shards_per_engine} --runtime {resources.runtime}"
         " 2> {log:q}"
 
 

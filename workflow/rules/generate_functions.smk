@@ -42,17 +42,23 @@ def get_generate_params(wildcards):
     return json.dumps(section, sort_keys=True)
 
 
-# Host memory (MB) and wall time (minutes) of one generation job: the only resource defaults in
-# which the generators differ (LLaVA-1.5-7B has nearly twice BLIP-2 OPT-2.7B's weights and
-# writes three pairs per image where BLIP-2 writes two short turns). The one rule `generate`
-# serves both, so these defaults are callables of its {generator} wildcard reading this dict.
-# A profile's set-resources value replaces them for both generators, or per generator as an
-# expression:
+# Host memory (MB), wall time (minutes) and engine reuse of one generation job: the only
+# resource defaults in which the generators differ (LLaVA-1.5-7B has nearly twice BLIP-2
+# OPT-2.7B's weights and writes three pairs per image where BLIP-2 writes two short turns). The
+# one rule `generate` serves both, so these defaults are callables of its {generator} wildcard
+# reading this dict. A profile's set-resources value replaces them for both generators, or per
+# generator as an expression:
 #   generate: {mem_mb: "60000 if wildcards.generator == 'llava' else 32000"}
-# The figures leave room for one 10,000-image shard; the Slurm profile takes them as they are.
+# mem_mb leaves room for one 10,000-image shard. runtime covers the job's own shard and those
+# it works ahead on (shards_per_engine, below), which stops before it would run out; the Slurm
+# profile takes these as they are.
+# shards_per_engine: one vLLM start serves this many shards (dialogclip.generate.work_ahead),
+# so that start-up stays under 5 % of the GPU's time: K >= 19 S r / N for a start of S s, r
+# images/s and N images per shard (docs/gpu.md); at S = 60 s, 3 for LLaVA (25 img/s) and 12 for
+# BLIP-2 (100 img/s).
 GENERATE_RESOURCES = {
-    "blip2": {"mem_mb": 32000, "runtime": 180},
-    "llava": {"mem_mb": 48000, "runtime": 240},
+    "blip2": {"mem_mb": 32000, "runtime": 180, "shards_per_engine": 12},
+    "llava": {"mem_mb": 48000, "runtime": 240, "shards_per_engine": 3},
 }
 
 
@@ -64,6 +70,11 @@ def get_generate_mem_mb(wildcards):
 def get_generate_runtime(wildcards):
     """Wall time (minutes) of a generation job of wildcards.generator (GENERATE_RESOURCES)."""
     return GENERATE_RESOURCES[wildcards.generator]["runtime"]
+
+
+def get_generate_shards_per_engine(wildcards):
+    """Shards one engine start of wildcards.generator serves (GENERATE_RESOURCES)."""
+    return GENERATE_RESOURCES[wildcards.generator]["shards_per_engine"]
 
 
 def get_text_params(wildcards):

@@ -17,11 +17,12 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from dialogclip.core.cli_utils import add_params_argument, parse_params
-from dialogclip.core.config import section_from_dict
+from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.core.io import TMP_PREFIX, read_json, write_json_atomic
 from dialogclip.core.text_forms import TextForms
 from dialogclip.generate.config import BACKENDS, MACHINE_FLAGS
@@ -59,6 +60,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             choices=BACKENDS if flag.name == "backend" else None,
             help=f"{flag.help} (default {flag.default})",
         )
+    job = parser.add_argument_group(
+        "engine reuse (rule resources; never change a row): see dialogclip.generate.work_ahead"
+    )
+    job.add_argument(
+        "--shards-per-engine",
+        type=int,
+        default=1,
+        help="shards one engine start serves: after its own shard the job makes the chunks of "
+        "up to this many - 1 pending shards beside it (default 1: its own only)",
+    )
+    job.add_argument(
+        "--runtime",
+        type=int,
+        default=0,
+        help="the job's wall-time limit in minutes (Snakemake's runtime resource): working "
+        "ahead starts no chunk that could end past 95%% of it (default 0: no limit)",
+    )
     parser.set_defaults(func=_generate_dialogue)
 
     parser = subparsers.add_parser(
@@ -96,8 +114,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _generate_dialogue(args: argparse.Namespace) -> int:
     from dialogclip.generate.config import generate_config_from_dict, machine_settings
-    from dialogclip.generate.runner import generate_shard
+    from dialogclip.generate.runner import LazyEngine, generate_shard
+    from dialogclip.generate.work_ahead import (
+        RUNTIME_MARGIN,
+        ShardLock,
+        ShardPaths,
+        work_ahead,
+    )
 
+    if args.shards_per_engine < 1:
+        raise ConfigError(f"--shards-per-engine must be >= 1, got {args.shards_per_engine}")
+    started = time.monotonic()
     config = generate_config_from_dict(args.params)
     machine = machine_settings(
         threads=args.threads, **{flag.name: getattr(args, flag.name) for flag in MACHINE_FLAGS}
@@ -106,15 +133,65 @@ def _generate_dialogue(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    work_dir = args.work_dir or args.output.parent / ".chunks" / args.output.stem
-    generate_shard(
-        shard_path=args.shard,
-        output_path=args.output,
-        stats_path=args.stats,
-        work_dir=work_dir,
-        generator=args.generator,
-        config=config,
-        machine=machine,
+    own = ShardPaths(
+        shard=args.shard,
+        output=args.output,
+        work_dir=args.work_dir or args.output.parent / ".chunks" / args.output.stem,
+    )
+    engine = LazyEngine(args.generator, config, machine)
+    lock = ShardLock(own.work_dir)
+    try:
+        lock.acquire_as_owner()
+        try:
+            # Its chunks stay until the job ends: killed while working ahead, it resumes from
+            # them instead of generating its shard again.
+            stats = generate_shard(
+                shard_path=own.shard,
+                output_path=own.output,
+                stats_path=args.stats,
+                work_dir=own.work_dir,
+                generator=args.generator,
+                config=config,
+                backend=engine,
+                machine=machine,
+                keep_chunks=True,
+            )
+        finally:
+            lock.release()
+        ahead = None
+        if args.shards_per_engine > 1:
+            ahead = work_ahead(
+                own,
+                engine,
+                args.generator,
+                config,
+                machine,
+                max_shards=args.shards_per_engine - 1,
+                deadline=started + RUNTIME_MARGIN * args.runtime * 60 if args.runtime else None,
+                slowest_chunk_s=max(stats["timing"]["chunk_busy_s"], default=0.0),
+            )
+    finally:
+        engine_close_s = engine.close()
+    shutil.rmtree(own.work_dir, ignore_errors=True)  # the job is done: its chunks can go
+    # The whole job's account beside its own shard's: where the engine's start went, and what
+    # it made ahead of other shards' jobs.
+    wall_s = time.monotonic() - started
+    start_s = engine.start_s
+    stats["job"] = {
+        "wall_s": round(wall_s, 3),
+        "engine_start_s": None if start_s is None else round(start_s, 3),
+        "engine_close_s": None if engine_close_s is None else round(engine_close_s, 3),
+        "engine_start_share": None if start_s is None else round(start_s / wall_s, 4),
+        "shards_per_engine": args.shards_per_engine,
+        "work_ahead": ahead.as_dict() if ahead else None,
+    }
+    write_json_atomic(stats, args.stats)
+    log.info(
+        "job: %.1f s in all; engine start %s s (%s of the job); shards made ahead: %s",
+        wall_s,
+        stats["job"]["engine_start_s"],
+        stats["job"]["engine_start_share"],
+        ahead.shards if ahead else [],
     )
     return 0
 

