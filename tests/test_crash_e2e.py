@@ -47,13 +47,15 @@ LOCK_REFUSED = "Directory cannot be locked"
 # - metrics.jsonl lines of a training run: samples_per_s (wall-clock throughput);
 # - ingest stats JSONs (results/ingest/[retried/]stats/*.json): their wall-clock fields;
 # - dialogue stats JSONs (results/dialogue/<generator>/stats/*.json): `timing` (wall clock),
-#   `machine` (machine settings, e.g. the demo profile's chunk_size 8) and `chunks` (how the job
-#   was cut into chunks and how many a resumed job found finished);
+#   `machine` (machine settings, e.g. the demo profile's chunk_size 8), `chunks` (how the job
+#   was cut into chunks and how many a resumed job found finished), and which job started an
+#   engine and made which chunks (work ahead): `job` and `engine.settings` (none in a job that
+#   only assembled chunks made ahead);
 # - ingested shards (results/ingest/[retried/]shards/*.parquet): error_message of a missing local
 #   file names its absolute path, i.e. the demo's folder (compared with that folder masked).
 WALL_CLOCK_FIELDS = {"samples_per_s"}
 INGEST_STATS_VOLATILE = {"seconds", "download_seconds", "images_per_second"}
-DIALOGUE_STATS_VOLATILE = {"timing", "machine", "chunks"}
+DIALOGUE_STATS_VOLATILE = {"timing", "machine", "chunks", "job"}
 
 
 def _env() -> dict[str, str]:
@@ -373,6 +375,7 @@ def _comparable(root: Path, rel: str) -> object:
         return {k: v for k, v in record.items() if k not in INGEST_STATS_VOLATILE}
     if re.fullmatch(r"results/dialogue/\w+/stats/\d+\.json", rel):
         record = json.loads(path.read_text())
+        record["engine"].pop("settings")
         return {k: v for k, v in record.items() if k not in DIALOGUE_STATS_VOLATILE}
     if re.fullmatch(r"results/ingest/(retried/)?shards/\d+\.parquet", rel):
         rows = pq.read_table(path).to_pylist()

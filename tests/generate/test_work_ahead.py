@@ -146,6 +146,22 @@ def test_one_engine_start_serves_several_shards_and_the_shards_are_unchanged(
     assert sorted(p.name for p in (out / ".chunks").iterdir() if p.is_dir()) == []
 
 
+def test_an_error_while_working_ahead_keeps_the_job_and_its_shard(tiny_params, tmp_path) -> None:
+    """A foreign file among the ingested shards stops work ahead, not the job: its own shard is
+    written (Snakemake would delete it if the job failed) and the log says why."""
+    shards = _shards(tmp_path / "in", {"00000": 2})
+    (tmp_path / "in" / "00001.parquet").write_bytes(b"not a shard")
+    out = tmp_path / "out"
+    command = _command(shards["00000"], out, tiny_params, 3)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "working ahead stopped by an error; this job's shard is done" in result.stderr
+    assert "00001.parquet" in result.stderr  # the error names the file
+    stats = read_json(out / "stats" / "00000.json")
+    assert stats["rows"]["generated"] == 2 and stats["job"]["work_ahead"] is None
+    assert pq.read_table(out / "00000.parquet").num_rows == 2
+
+
 @pytest.fixture
 def setup(tiny_params, tmp_path) -> dict[str, Any]:
     """Shards 00000-00002, the paths of the job of 00000 and the API's settings."""

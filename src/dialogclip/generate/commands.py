@@ -160,16 +160,22 @@ def _generate_dialogue(args: argparse.Namespace) -> int:
             lock.release()
         ahead = None
         if args.shards_per_engine > 1:
-            ahead = work_ahead(
-                own,
-                engine,
-                args.generator,
-                config,
-                machine,
-                max_shards=args.shards_per_engine - 1,
-                deadline=started + RUNTIME_MARGIN * args.runtime * 60 if args.runtime else None,
-                slowest_chunk_s=max(stats["timing"]["chunk_busy_s"], default=0.0),
-            )
+            try:
+                ahead = work_ahead(
+                    own,
+                    engine,
+                    args.generator,
+                    config,
+                    machine,
+                    max_shards=args.shards_per_engine - 1,
+                    deadline=started + RUNTIME_MARGIN * args.runtime * 60 if args.runtime else None,
+                    slowest_chunk_s=max(stats["timing"]["chunk_busy_s"], default=0.0),
+                )
+            except Exception:
+                # The job's own shard is written: an error while working ahead must not fail
+                # the job (Snakemake would delete that shard). The shard it was on keeps its
+                # finished chunks; its own job makes the rest, and meets the error, if any.
+                log.exception("working ahead stopped by an error; this job's shard is done")
     finally:
         engine_close_s = engine.close()
     shutil.rmtree(own.work_dir, ignore_errors=True)  # the job is done: its chunks can go

@@ -362,7 +362,6 @@ class LazyEngine:
 class ShardWork:
     """One shard's generation as planned: its usable rows, its chunks, which are finished."""
 
-    path: Path
     rows: ShardRows
     chunks: list[range]
     store: ChunkStore
@@ -412,7 +411,7 @@ def plan_shard(
         revision=settings.revision,
         backend=target.backend,
     )
-    return ShardWork(shard_path, rows, chunks, store, done, metadata, ctx)
+    return ShardWork(rows, chunks, store, done, metadata, ctx)
 
 
 def generate_shard(
