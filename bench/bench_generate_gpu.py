@@ -27,10 +27,9 @@ short by a time limit keeps what it measured):
   tower alone on preprocessed batches (autocast bf16, as the stage runs it, and bf16 weights),
   the evaluation stage's ``embed_images`` on JPEG files (decode + preprocess on one thread
   included), and JPEG decode + preprocess per CPU core (what feeds the tower).
-- ``train``: third-tower training step, samples/s at batch 1024. The training package ([5 of
-  8]) does not exist yet, so the proxy is what it will run per step: the ViT-B-32 open_clip text
-  transformer (the third tower G) forward + backward + AdamW step on random tokens, with the
-  CLIP-3Modal loss against cached (random) image and caption embeddings, bf16 autocast.
+- ``train``: third-tower training, samples/s at batch 1024: the trainer's update (its
+  objective, autocast and fused AdamW) of G, the ViT-B-32 open_clip text tower with random
+  weights, on random dialogue tokens against cached (random) image and caption embeddings.
 
 Every generation case runs in its own subprocess (a vLLM engine holds most of the GPU memory).
 Targets (issue 11) are recorded beside the figures: LLaVA-1.5-7B >= 25 images/s and BLIP-2 two
@@ -801,55 +800,47 @@ def bench_embed(smoke: bool) -> dict[str, Any]:
 
 
 def bench_train(smoke: bool) -> dict[str, Any]:
-    """Proxy of one CLIP-3Modal step at batch 1024: G forward/backward + AdamW, bf16 autocast.
+    """One CLIP-3Modal update as the trainer makes it, at batch 1024 (smoke: 4), in samples/s.
 
-    G is the ViT-B-32 open_clip text transformer; the image and caption embeddings are cached
-    (frozen towers), so they are random unit vectors here. Loss (METHOD.md section 4):
-    a * CE(G(z) vs I) + (1 - a) * CE(G(z) vs T), a = 0.65, tau from the model's logit scale.
+    The trainer's step on cached embeddings (``benchlib.train_step``: the objective's loss
+    under the trainer's autocast, bf16 on CUDA, backward, its fused AdamW over its decay groups,
+    a device sync): G, a copy of the ViT-B-32 open_clip text tower with random weights, on
+    random dialogue tokens against cached (random unit) image and caption embeddings, as
+    ``train_run`` reads them from the caches. Data loading is not included
+    (bench/bench_train.py measures that on the CPU).
     """
     import open_clip
     import torch
     import torch.nn.functional as F
+    from benchlib import train_step  # bench/ is the script's folder
+
+    from dialogclip.models.towers import copy_text_tower
+    from dialogclip.train.objectives import ThirdTowerLoss, ThirdTowerObjective
+    from dialogclip.train.optim import adamw, param_groups
 
     device = _device(smoke)
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32", pretrained=None).to(device)
-    model.visual = None  # the image tower is cached: only the text transformer trains
+    g = copy_text_tower(open_clip.create_model("ViT-B-32", pretrained=None)).to(device)
+    objective = ThirdTowerObjective(g, 100.0, ThirdTowerLoss())
+    optimizer = adamw(param_groups(g, 0.1), 1e-5, (0.9, 0.98), 1e-6, 0.1, device)
     batch = 4 if smoke else 1024
     iterations = 1 if smoke else 20
-    context = model.context_length
-    tokens = torch.randint(1, 49406, (batch, context), device=device)
+    tokens = torch.randint(1, 49406, (batch, 77), device=device)
     tokens[:, -1] = 49407  # end-of-text: open_clip pools the argmax token
-    cached_image = F.normalize(torch.randn(batch, 512, device=device), dim=-1)
-    cached_text = F.normalize(torch.randn(batch, 512, device=device), dim=-1)
-    labels = torch.arange(batch, device=device)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.1
-    )
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
-
-    def step() -> None:
-        with autocast:
-            dialogue = F.normalize(model.encode_text(tokens), dim=-1)  # [B, 512]
-            scale = model.logit_scale.exp()
-            loss = 0.65 * F.cross_entropy(scale * dialogue @ cached_image.T, labels)
-            loss = loss + 0.35 * F.cross_entropy(scale * dialogue @ cached_text.T, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    rows = {
+        "image_emb": F.normalize(torch.randn(batch, 512, device=device), dim=-1),
+        "caption_emb": F.normalize(torch.randn(batch, 512, device=device), dim=-1),
+        "dialogue_tokens": tokens,
+    }
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    seconds = _timed(step, iterations, device)
+    seconds = _timed(lambda: train_step(objective, optimizer, rows, device), iterations, device)
     rate = batch / seconds
     epoch_min = CC3M_TRAIN_ROWS / rate / 60
     result = {
-        "proxy": "open_clip ViT-B-32 text transformer fwd+bwd+AdamW with the CLIP-3Modal loss "
-        "on cached embeddings; no data loading (the trainer of [5 of 8] does not exist yet)",
+        "step": "the trainer's CLIP-3Modal update on cached embeddings (ThirdTowerObjective, "
+        "fused AdamW, autocast bf16 on CUDA); no data loading",
         "batch": batch,
         "device": str(device),
         "step_s": round(seconds, 4),
