@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -142,3 +144,41 @@ def mixed_rows(n_good: int = 7) -> list[dict[str, Any]]:
         rows.append(ingest_row(index, data))
         index += 1
     return rows
+
+
+# --- the job's command line ----------------------------------------------------------------
+
+
+def blip2_command(shard: Path, out: Path, params: dict, *flags: str) -> list[str]:
+    """``dialogclip generate-dialogue`` as the rule runs it, for BLIP-2 on ``shard`` into
+    ``out`` (``out/<shard name>.parquet``, stats under ``out/stats``, chunks under
+    ``out/.chunks``): transformers backend, chunks of 2 images, 1 thread (the same float
+    reductions in every run), then ``flags`` (a later flag wins)."""
+    name = shard.stem
+    return [
+        sys.executable,
+        "-m",
+        "dialogclip.cli",
+        "generate-dialogue",
+        "--generator",
+        "blip2",
+        "--shard",
+        str(shard),
+        "--output",
+        str(out / f"{name}.parquet"),
+        "--stats",
+        str(out / "stats" / f"{name}.json"),
+        "--work-dir",
+        str(out / ".chunks" / name),
+        "--threads",
+        "1",
+        "--params",
+        json.dumps(params),
+        "--backend",
+        "transformers",
+        "--chunk-size",
+        "2",
+        "--transformers-batch-size",
+        "4",
+        *flags,
+    ]

@@ -6,14 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from generate_helpers import ingest_row, jpeg_bytes, write_shard
+from generate_helpers import blip2_command, ingest_row, jpeg_bytes, write_shard
 
 from dialogclip.cli import main
 from dialogclip.core.io import read_json, read_parquet_metadata, write_json_atomic
@@ -22,30 +21,7 @@ from dialogclip.generate.commands import summarize_stats
 
 
 def _command(shard: Path, out: Path, params: dict, backend: str = "transformers") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dialogclip.cli",
-        "generate-dialogue",
-        "--generator",
-        "blip2",
-        "--shard",
-        str(shard),
-        "--output",
-        str(out / "00000.parquet"),
-        "--stats",
-        str(out / "stats" / "00000.json"),
-        "--threads",
-        "1",  # same threads in every run: same float reductions
-        "--params",
-        json.dumps(params),
-        "--backend",
-        backend,
-        "--chunk-size",
-        "2",
-        "--transformers-batch-size",
-        "4",
-    ]
+    return blip2_command(shard, out, params, "--backend", backend)
 
 
 def test_sigkilled_job_resumes_and_matches_an_uninterrupted_run(tiny_params, tmp_path) -> None:

@@ -12,7 +12,6 @@ Checked on the tiny BLIP-2 with the transformers backend (the same code path as 
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from generate_helpers import TINY_MACHINE, ingest_row, jpeg_bytes, write_shard
+from generate_helpers import TINY_MACHINE, blip2_command, ingest_row, jpeg_bytes, write_shard
 
 from dialogclip.core.io import read_json, read_parquet_metadata
 from dialogclip.generate.config import generate_config_from_dict, machine_settings
@@ -49,35 +48,8 @@ def _shards(folder: Path, sizes: dict[str, int] = SIZES) -> dict[str, Path]:
 
 
 def _command(shard: Path, out: Path, params: dict, shards_per_engine: int) -> list[str]:
-    name = shard.stem
-    return [
-        sys.executable,
-        "-m",
-        "dialogclip.cli",
-        "generate-dialogue",
-        "--generator",
-        "blip2",
-        "--shard",
-        str(shard),
-        "--output",
-        str(out / f"{name}.parquet"),
-        "--stats",
-        str(out / "stats" / f"{name}.json"),
-        "--work-dir",
-        str(out / ".chunks" / name),
-        "--threads",
-        "1",  # same threads in every run: same float reductions
-        "--params",
-        json.dumps(params),
-        "--backend",
-        "transformers",
-        "--chunk-size",
-        "2",
-        "--shards-per-engine",
-        str(shards_per_engine),
-        "--runtime",
-        "60",
-    ]
+    flags = ["--shards-per-engine", str(shards_per_engine), "--runtime", "60"]
+    return blip2_command(shard, out, params, *flags)
 
 
 def _run(*args: Any) -> dict:
