@@ -2,7 +2,8 @@
 
 - ``dialogclip generate-dialogue``: one generator on one ingested shard (rule generate, one job
   per shard and generator): the science as ``--params JSON`` (the ``generate`` section), the
-  machine settings as flags (the rule's resources, ``MACHINE_FLAGS``);
+  machine settings as flags (the rule's resources, ``MACHINE_FLAGS``); then, with
+  ``--shards-per-engine`` above 1, the same engine makes pending shards' chunks (work_ahead.py);
 - ``dialogclip dialogue-summary``: per-shard parse rates and counts in one JSON, and how many
   dialogue texts (in the ``text`` form) exceed each configured CLIP tokenizer's context (rule
   dialogue_summary);

@@ -5,7 +5,8 @@ finished chunk is written atomically to ``work_dir/NNNNN.parquet`` together with
 of everything that determines its content (input file, generator settings, backend, versions).
 A job killed at any moment (SIGKILL included) and started again keeps the chunks whose
 fingerprint matches and generates only the rest; under greedy decoding the assembled shard is
-then identical to an uninterrupted run's. The work folder is removed once the shard is written.
+then identical to an uninterrupted run's. The work folder is removed once the shard is written
+(``keep_chunks``: once the job ends, by ``dialogclip generate-dialogue``).
 The chunks of a shard can also be made by another job's engine that works ahead on it
 (:mod:`~dialogclip.generate.work_ahead`): they carry the same fingerprint, so this job keeps
 them and, when none is left to make, assembles the shard without starting an engine.
