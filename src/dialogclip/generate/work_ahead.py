@@ -74,33 +74,35 @@ class ShardLock:
         self.wanted = work_dir.parent / f"{work_dir.name}.wanted"
         self._fd: int | None = None
 
-    def try_acquire(self) -> bool:
-        """Take the lock if it is free; False if another job holds it."""
+    def _take(self, wait: bool) -> bool:
+        """Open the lock file and ``flock`` it: blocking if ``wait``, else False when taken."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
         self._fd = fd
         return True
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; False if another job holds it."""
+        return self._take(wait=False)
+
     def acquire_as_owner(self) -> float:
         """Claim the shard for its own job: at once if free, else announce the claim (the
         ``.wanted`` marker) and wait until the job working ahead on it lets go. Returns the
         seconds waited."""
         begin = time.perf_counter()
-        if not self.try_acquire():
+        if not self._take(wait=False):
             self.wanted.touch()
             log.info(
                 "%s is held by a job working ahead on this shard: waiting for it to finish "
                 "its current chunk",
                 self.path,
             )
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._fd = fd
+            self._take(wait=True)
         self.wanted.unlink(missing_ok=True)  # also a marker left by a killed owner
         waited = time.perf_counter() - begin
         if waited > 0.1:
