@@ -1,5 +1,6 @@
 # Entry points for people: `make demo` runs the embedded demo through the whole DAG,
-# `make test` runs the CPU test suite. Both install .venv first when needed.
+# `make test` runs the CPU test suite. Both install .venv first when needed; `make test` also
+# installs the Debian browser its report test drives (scripts/system_deps.sh).
 SHELL := /bin/bash
 VENV := .venv
 export HF_HUB_OFFLINE := 1
@@ -9,7 +10,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install install-gpu demo run test lint format clean-demo rulegraph
+.PHONY: install install-gpu demo run test test-deps lint format clean-demo rulegraph
 
 install:
 	bash scripts/setup.sh
@@ -24,8 +25,12 @@ demo: install
 run: install
 	bash scripts/run.sh
 
-test: install
+test: install test-deps
 	pytest
+
+# System packages the suite needs beyond .venv: Debian's chromium for the report's HTML test.
+test-deps:
+	bash scripts/system_deps.sh chromium
 
 lint: install
 	ruff check .
@@ -42,9 +47,10 @@ clean-demo:
 	rm -rf resources/demo/results resources/demo/logs resources/demo/benchmarks resources/demo/.snakemake resources/demo/report.html
 
 # The README's rule graph: the demo's DAG of rules (the same rules as the full run), rendered by
-# graphviz's `dot` (Debian package graphviz: scripts/install_browser.sh). Rerun after adding or
-# renaming a rule; commit docs/rulegraph.png.
+# graphviz's `dot` (Debian package graphviz, installed by scripts/system_deps.sh when missing).
+# Rerun after adding or renaming a rule; commit docs/rulegraph.png.
 rulegraph: install
+	bash scripts/system_deps.sh graphviz
 	snakemake --workflow-profile workflow/profiles/demo --rulegraph > docs/.rulegraph.dot
 	dot -Tpng -Gdpi=96 docs/.rulegraph.dot -o docs/.rulegraph.png
 	mv docs/.rulegraph.png docs/rulegraph.png
