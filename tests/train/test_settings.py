@@ -42,6 +42,7 @@ def test_schema_fills_the_defaults(repo_root: Path) -> None:
                 "optim": {
                     "lr": 1.0e-5,
                     "weight_decay": 0.1,
+                    "decay_embeddings": False,
                     "batch_size": 1024,
                     "epochs": 2,
                     "warmup_steps": 500,

@@ -4,6 +4,7 @@
 import hashlib
 import shlex
 
+from dialogclip.train.loss_settings import loss_params
 from dialogclip.train.settings import train_settings_from_dict
 
 
@@ -134,9 +135,13 @@ def get_train_run_inputs(wildcards):
 
 def get_train_run_params(wildcards):
     """The run's entry as JSON: everything its result depends on besides the data files (not
-    its `evaluate` variants, which only the evaluation reads). A function: a text template
-    inside it must not be read as wildcards."""
+    its `evaluate` variants, which only the evaluation reads), the loss with its defaults
+    filled in (a changed default reruns the run). A function: a text template inside it must
+    not be read as wildcards."""
     entry = {k: v for k, v in _run_entry(wildcards.run).items() if k != "evaluate"}
+    entry["loss"] = loss_params(
+        entry["method"], entry["loss"], f"train.runs[{entry['name']}]"
+    )
     return json.dumps(entry, sort_keys=True)
 
 

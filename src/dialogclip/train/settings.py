@@ -1,7 +1,7 @@
 """The ``train`` section of the config, typed, and the names of the files a run reads.
 
-Standard library and ``dialogclip.core`` / ``dialogclip.models.naming`` only: the workflow
-imports it to plan the jobs.
+Standard library, ``dialogclip.core``, ``dialogclip.models.naming`` and the torch-free
+``dialogclip.train.loss_settings`` only: the workflow imports it to plan the jobs.
 
 Each run (an entry of ``train.runs``) is a method on an OpenCLIP model with one generator's
 dialogue. What its data depend on decides where they live, so runs share every file they can:
@@ -27,6 +27,7 @@ from dialogclip.models.naming import (
     image_model_key,
     text_model_key,
 )
+from dialogclip.train.loss_settings import loss_settings
 
 METHODS = ("third_tower", "draft")
 GENERATORS = ("blip2", "llava")
@@ -81,6 +82,7 @@ class TrainRun:
                 f"{where}.sample_form must be one of {SAMPLE_FORMS} or null, "
                 f"got {self.sample_form!r}"
             )
+        loss_settings(self.method, self.loss, where)  # a bad loss key fails when the DAG is built
 
     @property
     def form(self) -> str:
