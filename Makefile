@@ -9,7 +9,7 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install install-gpu demo run test lint format clean-demo rulegraph
+.PHONY: install install-gpu demo run test test-fast lint format clean-demo rulegraph
 
 install:
 	bash scripts/setup.sh
@@ -26,6 +26,13 @@ run: install
 
 test: install
 	pytest
+
+# The inner loop: everything but the tests that run Snakemake, a vLLM engine, a browser, a
+# SIGKILL and rerun, or whole jobs in processes of their own (markers in pyproject.toml);
+# `make test` and CI still run those.
+FAST_MARKERS := not gpu and not slow and not slurm and not dag and not vllm and not browser and not crash and not jobs
+test-fast: install
+	pytest -m '$(FAST_MARKERS)'
 
 lint: install
 	ruff check .
