@@ -24,7 +24,7 @@ import pytest
 import yaml
 from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned_jobs, snakemake
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.dag]
 
 CONTROLLER = REPO_ROOT / ".venv-controller" / "bin" / "python"
 PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"

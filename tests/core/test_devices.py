@@ -265,6 +265,7 @@ def test_cli_gpus_option_claims_before_the_command(
         holder.communicate(timeout=30)
 
 
+@pytest.mark.dag
 def test_snakemake_resources_gpu_limits_and_separates_jobs(
     tmp_path: Path, job_env: dict[str, str]
 ) -> None:

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned, snakemake
 
+pytestmark = pytest.mark.dag
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:

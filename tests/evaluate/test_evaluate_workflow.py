@@ -23,6 +23,8 @@ from dialogclip.evaluate.vqa import score_results
 from dialogclip.models.naming import image_model_key
 from dialogclip.models.openclip import load_clip
 
+pytestmark = pytest.mark.dag
+
 GENERATED = ("results", "logs", "benchmarks", ".snakemake")
 # The demo's entries (resources/demo/config.yaml) and the sets each is evaluated on.
 EXPECTED = {

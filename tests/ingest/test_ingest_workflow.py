@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from ingest_helpers import VENV_BIN, ImageServer, command_env, run_command, write_tsv
+
+pytestmark = pytest.mark.dag
 
 SNAKEMAKE_TIMEOUT = 240
 

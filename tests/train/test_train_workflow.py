@@ -18,6 +18,8 @@ from dialogclip.train.cache import read_embedding_cache
 from dialogclip.train.datasets import DraftDataset, ShardFiles, ThirdTowerDataset
 from dialogclip.train.rows import read_rows
 
+pytestmark = pytest.mark.dag
+
 TINY = "results/models/tiny-clip-0.safetensors"
 SHARDS = ("00000", "00001", "00002")  # the demo's 70 TSV rows in shards of 32
 # The demo's runs (resources/demo/config.yaml): a third tower on BLIP-2, DRAFT with and without
