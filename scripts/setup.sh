@@ -12,6 +12,8 @@
 # GPU install (it runs on the CPU too) instead of replacing it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/python_version.sh
+source scripts/python_version.sh
 
 VENV=${DIALOGCLIP_VENV:-.venv}
 STAMP="$VENV/.dialogclip-installed"
@@ -43,7 +45,13 @@ if [[ -n $installed && $installed != "$flavour" ]]; then
     echo "switching $VENV from the $installed to the $flavour install (recreating it)" >&2
     clear=(--clear)
 fi
-python3.11 -m venv "${clear[@]}" "$VENV" 2>/dev/null || python3 -m venv "${clear[@]}" "$VENV"
+# Before anything is downloaded: a supported interpreter, and a .venv made by one.
+find_python
+if [[ -x $VENV/bin/python && $(python_version_of "$VENV/bin/python") != "$(python_version_of "$PYTHON")" ]]; then
+    echo "recreating $VENV with $PYTHON ($(python_version_of "$PYTHON"))" >&2
+    clear=(--clear)
+fi
+"$PYTHON" -m venv "${clear[@]}" "$VENV"
 rm -f "$STAMP"
 pip_install() {
     # The machine's pip config lists local mirror folders that hold only some packages; pip warns
