@@ -24,7 +24,9 @@ device found (a CPU machine): nothing happens, the job runs on the CPU.
 
 The slot directory is ``.snakemake/gpu-slots`` under the working directory (so the jobs of one
 workflow see each other's locks), or ``DIALOGCLIP_GPU_SLOT_DIR`` to share a node between several
-working directories.
+working directories (and users: the slot files are made read-write for all,
+:mod:`dialogclip.core.locks`). Where the working directory's file system has no ``flock``,
+``DIALOGCLIP_LOCK_DIR`` moves the default slot folder to a local disk.
 
 ``python -m dialogclip.core.devices --gpus k -- <command> ...`` claims the devices and then
 execs the command, which keeps the locks (for commands other than ``dialogclip``).
@@ -47,6 +49,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dialogclip.core.config import ConfigError
+from dialogclip.core.locks import (
+    ENV_LOCK_DIR,
+    LockUnsupportedError,
+    flock,
+    lock_folder,
+    open_lock_file,
+)
 
 ENV_DEVICES = "DIALOGCLIP_DEVICES"
 ENV_SLOT_DIR = "DIALOGCLIP_GPU_SLOT_DIR"
@@ -145,13 +154,16 @@ def _slot_file(slot_dir: Path, device: str) -> Path:
     return slot_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.lock"
 
 
-def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _try_lock(path: Path, setting: str) -> int | None:
+    fd = open_lock_file(path, shared=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, path, setting)
     except BlockingIOError:
         os.close(fd)
         return None
+    except LockUnsupportedError:
+        os.close(fd)
+        raise
     # Who holds it, for the message of a job that waits.
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
@@ -167,14 +179,16 @@ def _holders(slot_dir: Path, pool: Sequence[str]) -> str:
     return "; ".join(held) or "none recorded"
 
 
-def _take(slot_dir: Path, pool: Sequence[str], count: int) -> list[tuple[str, int]]:
+def _take(slot_dir: Path, pool: Sequence[str], count: int, setting: str) -> list[tuple[str, int]]:
     """Lock ``count`` free slots of ``pool`` or none (all-or-nothing, under the assign lock)."""
-    with open(slot_dir / "assign.lock", "a+") as assign:
+    assign_path = slot_dir / "assign.lock"
+    assign = open_lock_file(assign_path, shared=True)
+    try:
         # One job picks at a time, so two jobs needing 2 of 2 free slots cannot take one each.
-        fcntl.flock(assign, fcntl.LOCK_EX)
+        flock(assign, fcntl.LOCK_EX, assign_path, setting)
         taken: list[tuple[str, int]] = []
         for device in pool:
-            fd = _try_lock(_slot_file(slot_dir, device))
+            fd = _try_lock(_slot_file(slot_dir, device), setting)
             if fd is not None:
                 taken.append((device, fd))
                 if len(taken) == count:
@@ -182,6 +196,8 @@ def _take(slot_dir: Path, pool: Sequence[str], count: int) -> list[tuple[str, in
         for _, fd in taken:
             os.close(fd)
         return []
+    finally:
+        os.close(assign)  # closing drops the assign lock
 
 
 def _scheduler_assigned(environ: MutableMapping[str, str]) -> bool:
@@ -244,13 +260,19 @@ def claim_gpus(
             f"{','.join(pool)}); lower the rule's resources gpu (set-resources in the profile)"
         )
     _check_cuda_not_started()
-    slot_dir = Path(environ.get(ENV_SLOT_DIR, DEFAULT_SLOT_DIR)) if slot_dir is None else slot_dir
+    # The variable that moves the slot files, named when their folder has no flock.
+    setting = ENV_SLOT_DIR if environ.get(ENV_SLOT_DIR) else ENV_LOCK_DIR
+    if slot_dir is None:
+        slot_dir = (
+            Path(environ[ENV_SLOT_DIR])
+            if environ.get(ENV_SLOT_DIR)
+            else lock_folder(DEFAULT_SLOT_DIR, environ)
+        )
     poll_s = float(environ.get(ENV_POLL_S, DEFAULT_POLL_S)) if poll_s is None else poll_s
-    slot_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
     last_message = None
-    while not (taken := _take(slot_dir, pool, count)):
+    while not (taken := _take(slot_dir, pool, count, setting)):
         now = time.monotonic()
         if last_message is None or now - last_message >= REPEAT_WAIT_LOG_S:
             log.warning(

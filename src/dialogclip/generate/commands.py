@@ -120,11 +120,13 @@ def _generate_dialogue(args: argparse.Namespace) -> int:
         RUNTIME_MARGIN,
         ShardLock,
         ShardPaths,
+        shards_per_engine_here,
         work_ahead,
     )
 
     if args.shards_per_engine < 1:
         raise ConfigError(f"--shards-per-engine must be >= 1, got {args.shards_per_engine}")
+    args.shards_per_engine = shards_per_engine_here(args.shards_per_engine)
     started = time.monotonic()
     config = generate_config_from_dict(args.params)
     machine = machine_settings(
