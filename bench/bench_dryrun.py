@@ -60,7 +60,8 @@ def dry_run(folder: Path) -> tuple[float, int]:
     command = [
         str(VENV_BIN / "snakemake"),
         *("--snakefile", str(ROOT / "Snakefile"), "--directory", str(folder)),
-        *("--workflow-profile", "none", "--cores", "16", "--dry-run", "--quiet", "rules"),
+        *("--workflow-profile", "none", "--default-resources", "allow_cpu=0"),
+        *("--cores", "16", "--dry-run", "--quiet", "rules"),
     ]
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     started = time.perf_counter()

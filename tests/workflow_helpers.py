@@ -22,6 +22,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 GENERATED = ("results", "logs", "benchmarks", ".snakemake")
+# What the demo profile sets and a run without profile needs (workflow/rules/common.smk): GPU
+# jobs may run on the CPU. Followed by another option, never by targets (it takes every word).
+CPU_DEFAULT_RESOURCES = ("--default-resources", "allow_cpu=1")
 
 
 def copy_demo(workdir: Path, source: Path | None = None) -> Path:
@@ -43,7 +46,8 @@ def snakemake(
     workdir: Path, *args: str, timeout: float = 1500, cores: int = 2
 ) -> subprocess.CompletedProcess[str]:
     """Run the repository's Snakefile in ``workdir`` (``--workflow-profile none``: tests set
-    every option they rely on). A hang fails the test after ``timeout`` seconds."""
+    every option they rely on; ``allow_cpu=1`` as the demo profile: the GPU rules run on the
+    CPU here). A hang fails the test after ``timeout`` seconds."""
     return subprocess.run(
         [
             str(VENV_BIN / "snakemake"),
@@ -53,6 +57,7 @@ def snakemake(
             str(workdir),
             "--workflow-profile",
             "none",
+            *CPU_DEFAULT_RESOURCES,
             "--cores",
             str(cores),
             *args,

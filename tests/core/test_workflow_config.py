@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned, snakemake
+from workflow_helpers import (
+    CPU_DEFAULT_RESOURCES,
+    REPO_ROOT,
+    VENV_BIN,
+    copy_demo,
+    planned,
+    snakemake,
+)
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +185,11 @@ def test_a_plain_run_loads_the_default_profile(demo: Path) -> None:
     # Its settings apply: printshellcmds shows the commands in the dry run.
     assert "dialogclip ingest-shard" in result.stdout
     without = _plain_snakemake(
-        REPO_ROOT, "--dry-run", "--directory", str(demo), "--workflow-profile", "none"
+        REPO_ROOT,
+        *("--dry-run", "--directory", str(demo), "--workflow-profile", "none"),
+        *CPU_DEFAULT_RESOURCES,
     )
+    assert without.returncode == 0, without.stderr[-3000:]
     assert "dialogclip ingest-shard" not in without.stdout
 
 

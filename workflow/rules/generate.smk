@@ -77,7 +77,7 @@ rule generate:
         cfg=get_generate_params,
         work_dir="results/dialogue/{generator}/.chunks/{shard}",
     shell:
-        "dialogclip --gpus {resources.gpu} generate-dialogue --generator {wildcards.generator}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} generate-dialogue --generator {wildcards.generator}"
         " --shard {input.shard:q}"
         " --output {output.parquet:q} --stats {output.stats:q}"
         " --work-dir {params.work_dir:q} --threads {threads} --params {params.cfg:q}"

@@ -44,11 +44,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dialogclip.core.config import ConfigError
+from dialogclip.core.cuda_stack import explain_no_cuda, probe_torch, query_driver
 from dialogclip.core.locks import (
     ENV_LOCK_DIR,
     LockUnsupportedError,
@@ -302,6 +303,61 @@ def claim_gpus(
     return Claim(devices, source, round(waited_s, 3))
 
 
+def slurm_gave_gpus(environ: Mapping[str, str]) -> bool:
+    """Whether Slurm allocated GPUs to this job or step (``--gpus``, ``--gres=gpu``): the GPU
+    ids it exports, or its count of GPUs on this node."""
+    if "SLURM_JOB_ID" not in environ:
+        return False
+    ids = environ.get("SLURM_STEP_GPUS", "") + environ.get("SLURM_JOB_GPUS", "")
+    on_node = environ.get("SLURM_GPUS_ON_NODE", "").strip()
+    return bool(ids.strip()) or (on_node.isdigit() and int(on_node) > 0)
+
+
+def require_cuda(
+    count: int, allow_cpu: bool, environ: Mapping[str, str] | None = None
+) -> dict | None:
+    """Stop a job that was given GPUs when torch sees none, instead of letting it run (LLaVA-7B
+    in float32 on the CPU until the wall time runs out).
+
+    A job was given GPUs when it asks for ``count`` >= 1 (``--gpus``, the rule's ``gpu``
+    resource) or Slurm allocated it some (a ``gres`` request). ``allow_cpu`` (the profile's
+    ``allow_cpu`` resource: the demo's and the CPU test runs') lets it run on the CPU anyway.
+    torch is asked in a child process (:func:`dialogclip.core.cuda_stack.probe_torch`): this
+    process has not imported torch yet and must not initialise CUDA before its command.
+
+    Returns:
+        the probe's answer (None when nothing was checked).
+
+    Raises:
+        DeviceError: one line naming torch's build, the driver (or its absence),
+            ``CUDA_VISIBLE_DEVICES`` and the pin set to install.
+    """
+    environ = os.environ if environ is None else environ
+    given = count >= 1 or slurm_gave_gpus(environ)
+    if not given or allow_cpu:
+        return None
+    torch = probe_torch()
+    if torch.get("available"):
+        return torch
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    slurm_ids = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS")
+    asked = f"--gpus {count}" if count >= 1 else f"Slurm's GPUs {slurm_ids}"
+    if "error" in torch:
+        build, advice = f"torch cannot be imported ({torch['error']})", "check the install"
+    else:
+        driver = query_driver()
+        cuda = torch["cuda"]
+        build = f"torch {torch['version']} ({f'built for CUDA {cuda}' if cuda else 'a CPU build'})"
+        advice = explain_no_cuda(torch["version"], cuda, driver)
+        build += f", {driver.describe()}"
+    raise DeviceError(
+        f"this job was given GPUs ({asked}) but torch sees none: {build}, "
+        f"CUDA_VISIBLE_DEVICES={visible if visible is not None else 'unset'}; {advice}; "
+        "to run GPU jobs on the CPU on purpose set the resource allow_cpu: 1 "
+        "(default-resources of the profile)"
+    )
+
+
 def release_gpus() -> None:
     """Give back this process's slots before it ends (tests; a normal job just exits)."""
     while _HELD:
@@ -317,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m dialogclip.core.devices", description=main.__doc__.splitlines()[0]
     )
     parser.add_argument("--gpus", type=int, required=True, metavar="N")
+    parser.add_argument("--allow-cpu", type=int, choices=(0, 1), default=0)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -327,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("INFO")
     try:
         claim_gpus(args.gpus)
+        require_cuda(args.gpus, bool(args.allow_cpu))
     except DeviceError as err:
         log.error("%s", err)
         return 2
