@@ -27,6 +27,21 @@ GENERATED = ("results", "logs", "benchmarks", ".snakemake")
 CPU_DEFAULT_RESOURCES = ("--default-resources", "allow_cpu=1")
 
 
+def pretend_generators_fetched(
+    workdir: Path, config_path: Path = REPO_ROOT / "config.yaml"
+) -> None:
+    """Mark the hub generators of ``config_path`` as fetched in ``workdir`` (their folders with a
+    fetch record, no weights): enough for a dry run of a config such as the thesis', which the
+    workflow refuses to plan while the generators' weights are missing."""
+    from dialogclip.models.vlm_weights import is_hub_id, weights_folder, write_record
+
+    generate = yaml.safe_load(config_path.read_text())["generate"]
+    for generator in generate["generators"]:
+        model, revision = generate[generator]["model"], generate[generator].get("revision")
+        if is_hub_id(model):
+            write_record(workdir / weights_folder(model, revision), model, revision, None, {})
+
+
 def copy_demo(workdir: Path, source: Path | None = None) -> Path:
     """Copy ``resources/demo`` (or ``source``, e.g. a finished demo) to ``workdir``.
 
