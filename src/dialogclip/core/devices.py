@@ -20,7 +20,9 @@ Where the devices come from, first match wins:
 Under Slurm the scheduler has already given the job its own devices (``SLURM_JOB_GPUS`` /
 ``CUDA_VISIBLE_DEVICES``): nothing is locked or changed, unless Snakemake itself runs inside a
 larger allocation and starts local jobs there, which are then shared out like on a node. No
-device found (a CPU machine): nothing happens, the job runs on the CPU.
+device found (a CPU machine): nothing is claimed. Then :func:`require_cuda` stops a job given
+GPUs at once when torch sees none, unless the run allows the CPU (``--allow-cpu 1``, the
+profile's ``allow_cpu``).
 
 The slot directory is ``.snakemake/gpu-slots`` under the working directory (so the jobs of one
 workflow see each other's locks), or ``DIALOGCLIP_GPU_SLOT_DIR`` to share a node between several
