@@ -16,8 +16,10 @@ install:
 	bash scripts/setup.sh
 
 # On a machine with NVIDIA GPUs: CUDA torch + vLLM's CUDA build into .venv (docs/gpu.md).
+# CUDA=13 (default): NVIDIA driver >= 580; CUDA=12: older drivers (envs/gpu-requirements-cuda12.txt).
+CUDA ?= 13
 install-gpu:
-	bash scripts/setup.sh --gpu
+	bash scripts/setup.sh --gpu --cuda $(CUDA)
 
 demo: install
 	bash scripts/run.sh --workflow-profile workflow/profiles/demo

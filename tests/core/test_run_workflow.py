@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo
+from workflow_helpers import CPU_DEFAULT_RESOURCES, REPO_ROOT, VENV_BIN, copy_demo
 
 from dialogclip.core.run_workflow import (
     RUN_LOCK,
@@ -36,6 +36,7 @@ def _args(workdir: Path, *targets: str) -> list[str]:
         str(workdir),
         "--workflow-profile",
         "none",
+        *CPU_DEFAULT_RESOURCES,
         "--cores",
         "1",
         *targets,

@@ -114,7 +114,8 @@ def _shell_flags(output: str, generator: str) -> list[dict[str, str]]:
     """The machine flags (and ``gpus``, the devices claimed) of every generate-dialogue command
     of ``generator`` a dry run prints."""
     commands = re.findall(
-        rf"dialogclip --gpus \d+ generate-dialogue --generator {generator} .*", output
+        rf"dialogclip --gpus \d+ --allow-cpu [01] generate-dialogue --generator {generator} .*",
+        output,
     )
     flags = []
     for command in commands:

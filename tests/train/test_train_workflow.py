@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO_ROOT, copy_demo, planned_jobs, snakemake
+from workflow_helpers import (
+    REPO_ROOT,
+    copy_demo,
+    planned_jobs,
+    pretend_generators_fetched,
+    snakemake,
+)
 
 from dialogclip.core.io import read_json
 from dialogclip.models.naming import image_model_key
@@ -258,6 +264,7 @@ def test_the_thesis_config_trains_every_run_and_links_every_thesis_row(tmp_path:
         (tmp_path / folder).mkdir(parents=True)
     for name in THESIS_EVAL_FILES:
         (tmp_path / name).write_text("{}")
+    pretend_generators_fetched(tmp_path)
     config = ("--configfile", str(REPO_ROOT / "config.yaml"))
     planned = planned_jobs(tmp_path, *config)
     # 6 third towers (5 frozen model pairs: the caption caches) + 7 DRAFT runs (4 epoch counts
