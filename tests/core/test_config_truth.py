@@ -14,6 +14,7 @@ import pytest
 from dialogclip.core.config import _dataclass_in, load_yaml, resolve_ref
 from dialogclip.core.text_forms import TextForms
 from dialogclip.evaluate.settings import DatasetFiles
+from dialogclip.export.settings import DatasetExport
 from dialogclip.generate.config import GenerateConfig
 from dialogclip.ingest.settings import IngestSettings
 from dialogclip.models.eval_entry import EvalEntry
@@ -48,6 +49,7 @@ SECTIONS = {
         "#/properties/report/properties/dialogue_quality",
         DialogueQualitySettings,
     ),
+    "export.dataset": ("#/properties/export/properties/dataset", DatasetExport),
 }
 
 

@@ -168,6 +168,7 @@ def get_final_output():
         *get_evaluate_outputs(),
         *get_report_outputs(),
         *get_train_outputs(),
+        *get_export_outputs(),
     ]
 
 

@@ -1,0 +1,50 @@
+"""Commands of the export stage.
+
+- ``dialogclip export-dataset``: the dialogue-enriched CC3M as a dataset folder with its card
+  (rule ``export_dataset``; :mod:`dialogclip.export.dataset`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dialogclip.core.cli_utils import add_params_argument
+from dialogclip.core.config import ConfigError, section_from_dict
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add this stage's commands to the `dialogclip` parser."""
+    dataset = subparsers.add_parser(
+        "export-dataset",
+        help="the dialogue-enriched CC3M as a dataset folder (Parquet shards + dataset card)",
+    )
+    add_params_argument(dataset, "export.dataset")
+    dataset.add_argument(
+        "--ingested", required=True, nargs="+", type=Path, help="the ingested shards (Parquet)"
+    )
+    dataset.add_argument(
+        "--dialogue",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("GENERATOR", "SHARD"),
+        help="a generator's name, then its dialogue shards with the ingested shards' names;"
+        " once per generator",
+    )
+    dataset.add_argument("--output", required=True, type=Path, help="the dataset folder")
+    dataset.set_defaults(func=_export_dataset)
+
+
+def _export_dataset(args: argparse.Namespace) -> int:
+    from dialogclip.export.dataset import export_dataset
+    from dialogclip.export.settings import DatasetExport
+
+    settings = section_from_dict(DatasetExport, args.params, "export.dataset")
+    dialogue: dict[str, list[Path]] = {}
+    for name, *shards in args.dialogue:
+        if name in dialogue:
+            raise ConfigError(f"--dialogue names the generator {name!r} twice")
+        dialogue[name] = [Path(shard) for shard in shards]
+    export_dataset(args.ingested, dialogue, args.output, settings)
+    return 0
