@@ -27,6 +27,7 @@ from typing import Any
 from dialogclip.core.cli_utils import add_params_argument, parse_params
 from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.core.io import TMP_PREFIX, read_json, write_json_atomic
+from dialogclip.core.machine import add_machine_arguments, apply_machine_arguments
 from dialogclip.core.text_forms import TextForms
 from dialogclip.generate.config import BACKENDS, MACHINE_FLAGS
 
@@ -49,10 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="folder of finished chunks (default: <output dir>/.chunks/<output stem>)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the job")
     add_params_argument(parser, "generate")
-    machine = parser.add_argument_group(
-        "machine settings (the rule's resources of the same names; never change a row)"
+    # The rule's resources of the same names: never change a row.
+    machine = add_machine_arguments(
+        parser, weights_dir=False, threads_help="CPU threads of the job"
     )
     for flag in MACHINE_FLAGS:
         machine.add_argument(
@@ -151,10 +152,7 @@ def _generate_dialogue(args: argparse.Namespace) -> int:
     machine = machine_settings(
         threads=args.threads, **{flag.name: getattr(args, flag.name) for flag in MACHINE_FLAGS}
     )
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_machine_arguments(args)
     own = ShardPaths(
         shard=args.shard,
         output=args.output,

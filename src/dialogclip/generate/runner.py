@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from dialogclip.core.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from dialogclip.core.versions import package_versions as versions_of
 from dialogclip.generate.backend import (
     OMP_WAIT_POLICY,
     EngineTarget,
@@ -128,12 +128,7 @@ def package_versions() -> dict[str, str | None]:
         "dialogclip": __version__,
         "python": platform.python_version(),
     }
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {**versions, **versions_of(VERSIONED_PACKAGES)}
 
 
 def output_metadata(generator: str, target: EngineTarget, config: GenerateConfig) -> dict[str, Any]:

@@ -21,7 +21,6 @@ and the share of them beyond the text tower's context, and generated tokens per 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 from collections import Counter
@@ -33,6 +32,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dialogclip.core.images import ImageDecodeError, decode_rgb
+from dialogclip.core.machine import torch_device
 from dialogclip.core.text_forms import TextForms
 from dialogclip.models.openclip import token_counter
 from dialogclip.report.settings import DialogueQualitySettings, ReportClip
@@ -213,7 +214,6 @@ def score_rows(
     """Fill ``clipscore_dialogue`` / ``clipscore_caption`` of ``rows`` (all in ``images``);
     returns how many images could not be decoded (left unscored)."""
     import torch
-    from PIL import Image
 
     from dialogclip.models.text_encoders import autocast_for
 
@@ -225,10 +225,9 @@ def score_rows(
         batch, pixels = [], []
         for row in rows[start : start + batch_size]:
             try:
-                with Image.open(io.BytesIO(images[row.key])) as image:
-                    pixels.append(preprocess(image.convert("RGB")))
+                pixels.append(preprocess(decode_rgb(images[row.key])))
                 batch.append(row)
-            except (OSError, ValueError) as err:
+            except ImageDecodeError as err:
                 log.warning("image %s (shard %s) cannot be decoded: %s", row.key, row.shard, err)
                 failed += 1
         if not batch:
@@ -272,11 +271,10 @@ def dialogue_quality(
 ) -> tuple[dict[str, Any], pa.Table]:
     """The statistics of one generator (summary JSON) and one row per generated image;
     ``weights_dir``: where a pretrained tag's fetched weights are (config ``weights_dir``)."""
-    import torch
 
     from dialogclip.models.openclip import load_clip
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device(device or "auto")
     loaded = load_clip(clip.spec, device=device, weights_dir=weights_dir)
     context_length = int(
         getattr(loaded.tokenizer, "context_length", None) or loaded.model.context_length

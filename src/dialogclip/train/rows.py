@@ -45,7 +45,6 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,7 @@ import pyarrow.parquet as pq
 from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.core.io import write_json_atomic
 from dialogclip.core.text_forms import TextForms
+from dialogclip.core.versions import package_versions
 from dialogclip.models.openclip import token_counter
 from dialogclip.train.arrow_files import (
     arrow_metadata,
@@ -304,7 +304,7 @@ def _fixed_size(tokens: np.ndarray) -> pa.FixedSizeListArray:
 
 def write_rows(result: RowsResult, output: str | Path, stats_path: str | Path) -> None:
     """Write the rows file (metadata: the stats and package versions) and the stats JSON."""
-    versions = {name: version(name) for name in ("dialogclip", "open_clip_torch", "pyarrow")}
+    versions = package_versions(("dialogclip", "open_clip_torch", "pyarrow"))
     write_arrow_atomic(
         result.table, output, {METADATA_NAME: {**result.stats, "versions": versions}}
     )

@@ -50,6 +50,8 @@ from tqdm import tqdm
 
 from dialogclip.core.config import ConfigError
 from dialogclip.core.io import atomic_path
+from dialogclip.core.machine import torch_device
+from dialogclip.core.versions import package_versions
 from dialogclip.train import checkpoints
 from dialogclip.train.losses import gather_features
 from dialogclip.train.optim import adamw, param_groups, trainable_parameters, warmup_cosine_lr
@@ -302,7 +304,7 @@ def fit(
 
     run_dir = Path(run_dir)
     # accelerate treats a CPU-only launch as multi-process only when told cpu=True.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=torch_device().type == "cpu")
     rank, world = accelerator.process_index, accelerator.num_processes
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != world:
@@ -312,7 +314,7 @@ def fit(
         )
     is_main = accelerator.is_main_process
     device = accelerator.device
-    versions = checkpoints.package_versions()
+    versions = package_versions(checkpoints.VERSIONED_PACKAGES)
     optim_record = _settings_record(optim)
     run_config = json.loads(json.dumps(run_config))  # fail early if not JSON; plain types
 
