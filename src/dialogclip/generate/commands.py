@@ -135,7 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _generate_dialogue(args: argparse.Namespace) -> int:
     from dialogclip.generate.config import generate_config_from_dict, machine_settings
-    from dialogclip.generate.runner import LazyEngine, generate_shard
+    from dialogclip.generate.engine import LazyEngine
+    from dialogclip.generate.runner import generate_shard
     from dialogclip.generate.work_ahead import (
         RUNTIME_MARGIN,
         ShardLock,
