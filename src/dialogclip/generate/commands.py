@@ -211,12 +211,16 @@ def summarize_stats(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _dialogue_summary(args: argparse.Namespace) -> int:
-    from dialogclip.generate.text_lengths import read_pairs, text_length_summary, token_counter
+    from dialogclip.generate.text_lengths import (
+        architecture_token_counter,
+        read_pairs,
+        text_length_summary,
+    )
 
     stats = {path.stem: read_json(path) for path in args.stats}
     summary = summarize_stats(stats)
     forms = section_from_dict(TextForms, args.text, "text")
-    counters = [token_counter(architecture) for architecture in args.architectures]
+    counters = [architecture_token_counter(architecture) for architecture in args.architectures]
     summary["text"] = dataclasses.asdict(forms)
     summary["text_lengths"] = text_length_summary(read_pairs(args.shards), forms, counters)
     write_json_atomic(summary, args.output)

@@ -56,7 +56,7 @@ from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.core.io import write_json_atomic
 from dialogclip.core.text_forms import TextForms
 from dialogclip.core.versions import package_versions
-from dialogclip.models.openclip import token_counter
+from dialogclip.models.openclip import token_count_function
 from dialogclip.train.arrow_files import (
     arrow_metadata,
     column_array,
@@ -183,7 +183,7 @@ def build_rows(
     ingested, dialogue = Path(ingested), Path(dialogue)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.architecture)
     context = int(tokenizer.context_length)
-    n_tokens = token_counter(tokenizer)
+    n_tokens = token_count_function(tokenizer)
     images = _read_columns(ingested, INGEST_COLUMNS, "ingested shard")
     generated = _read_columns(dialogue, DIALOGUE_COLUMNS, "dialogue shard")
     by_key = _dialogue_by_key(generated, ingested, dialogue)
