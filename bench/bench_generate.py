@@ -74,12 +74,10 @@ from dialogclip.generate.config import (  # noqa: E402
 )
 from dialogclip.generate.generators import generator_settings, make_generator  # noqa: E402
 from dialogclip.generate.images import decode_image  # noqa: E402
-from dialogclip.generate.runner import (  # noqa: E402
-    generate_shard,
-    output_metadata,
-    read_ingested_shard,
-)
+from dialogclip.generate.provenance import output_metadata  # noqa: E402
+from dialogclip.generate.runner import generate_shard  # noqa: E402
 from dialogclip.generate.schema import RowContext, dialogue_row, error_row, rows_to_table  # noqa: E402
+from dialogclip.generate.shard_plan import read_ingested_shard  # noqa: E402
 from dialogclip.generate.tiny_models import build_tiny_models  # noqa: E402
 
 log = logging.getLogger("bench_generate")

@@ -27,6 +27,7 @@ from dialogclip.generate.backend import (
     GenerationBackend,
     GenerationRequest,
 )
+from dialogclip.generate.chunk_store import ChunkStore
 from dialogclip.generate.config import (
     SamplingSettings,
     TransformersSettings,
@@ -35,13 +36,8 @@ from dialogclip.generate.config import (
 )
 from dialogclip.generate.hf_backend import TransformersBackend
 from dialogclip.generate.parsing import PARSE_OK, parse_qa_pairs
-from dialogclip.generate.runner import (
-    ChunkStore,
-    chunk_fingerprint,
-    file_sha256,
-    generate_shard,
-    output_metadata,
-)
+from dialogclip.generate.provenance import chunk_fingerprint, file_sha256, output_metadata
+from dialogclip.generate.runner import generate_shard
 from dialogclip.generate.schema import DIALOGUE_SCHEMA, STATUS_IMAGE_ERROR, STATUS_SUCCESS
 
 SAMPLING = SamplingSettings()
@@ -225,7 +221,7 @@ def test_killed_job_resumes_after_the_last_chunk(
     assert chunks == ["00000.parquet", "00001.parquet"]
     assert not (tmp_path / "out" / "blip2.parquet").exists()
 
-    with caplog.at_level(logging.INFO, logger="dialogclip.generate.runner"):
+    with caplog.at_level(logging.INFO, logger="dialogclip.generate"):
         table, stats, out = _run(tmp_path, mixed_shard, "blip2", tiny_params, hf_backends["blip2"])
     assert "resuming after finished chunk(s) [0, 1]" in caplog.text
     assert stats["chunks"]["resumed"] == 2
@@ -267,7 +263,7 @@ def test_chunks_of_another_dtype_are_discarded(
     started = sorted(chunks.glob("*.parquet"))
     assert [path.name for path in started] == ["00000.parquet", "00001.parquet"]
 
-    with caplog.at_level(logging.INFO, logger="dialogclip.generate.runner"):
+    with caplog.at_level(logging.INFO, logger="dialogclip.generate"):
         table, stats, out = _run(tmp_path, mixed_shard, "blip2", tiny_params, hf_backends["blip2"])
     for path in started:
         assert f"discarding stale chunk {path} (other input or settings)" in caplog.text

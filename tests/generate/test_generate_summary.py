@@ -15,7 +15,7 @@ from dialogclip.core.io import read_json, write_parquet_atomic
 from dialogclip.core.text_forms import TextForms
 from dialogclip.generate.generators import Dialogue
 from dialogclip.generate.schema import RowContext, dialogue_row, error_row, rows_to_table
-from dialogclip.generate.text_lengths import text_length_summary, token_counter
+from dialogclip.generate.text_lengths import architecture_token_counter, text_length_summary
 
 LONG_ANSWER = (
     "a brown dog with a red collar runs along a wide sandy beach near the blue sea while two "
@@ -58,7 +58,7 @@ def _naive_drop_pairs(architecture: str, questions, answers, forms: TextForms, l
     [TextForms(), TextForms(qa_template="Question: {question} Answer: {answer}.")],
 )
 def test_text_lengths_match_a_naive_count(architecture: str, forms: TextForms) -> None:
-    counter = token_counter(architecture)
+    counter = architecture_token_counter(architecture)
     assert (counter.tokenizer, counter.context_length) == ("SimpleTokenizer", 77)
     summary = text_length_summary(DIALOGUES, forms, [counter])
     lengths = [_naive_tokens(architecture, forms.dialogue(q, a)) for q, a in DIALOGUES]
@@ -88,7 +88,7 @@ def test_text_lengths_match_a_naive_count(architecture: str, forms: TextForms) -
 
 def test_the_text_form_changes_the_counts() -> None:
     """A longer pair template pushes the short dialogue's token count up by exactly its words."""
-    counter = token_counter("ViT-B-32")
+    counter = architecture_token_counter("ViT-B-32")
     plain = text_length_summary(DIALOGUES[:1], TextForms(), [counter])
     tagged = text_length_summary(
         DIALOGUES[:1], TextForms(qa_template="Question: {question} Answer: {answer}"), [counter]
@@ -100,7 +100,10 @@ def test_the_text_form_changes_the_counts() -> None:
 
 
 def test_architectures_sharing_a_tokenizer_share_the_count() -> None:
-    counters = [token_counter(name) for name in ("ViT-B-32", "ViT-L-14", "ViT-H-14", "tiny-clip")]
+    counters = [
+        architecture_token_counter(name)
+        for name in ("ViT-B-32", "ViT-L-14", "ViT-H-14", "tiny-clip")
+    ]
     assert len({counter.key for counter in counters}) == 1
     summary = text_length_summary(DIALOGUES, TextForms(), counters)
     figures = list(summary["architectures"].values())
@@ -110,7 +113,7 @@ def test_architectures_sharing_a_tokenizer_share_the_count() -> None:
 
 def test_an_unknown_architecture_is_named() -> None:
     with pytest.raises(ConfigError, match="unknown model architecture 'ViT-Q-99'"):
-        token_counter("ViT-Q-99")
+        architecture_token_counter("ViT-Q-99")
 
 
 def _dialogue(questions: list[str], answers: list[str], status: str = "ok") -> Dialogue:
@@ -144,7 +147,7 @@ def test_summary_command_reads_the_shards(tmp_path: Path) -> None:
         "long_texts": "drop_pairs",
     }
     assert summary["text_lengths"] == text_length_summary(
-        DIALOGUES, TextForms(long_texts="drop_pairs"), [token_counter("ViT-B-32")]
+        DIALOGUES, TextForms(long_texts="drop_pairs"), [architecture_token_counter("ViT-B-32")]
     )
     assert summary["text_lengths"]["n_texts"] == 3
 

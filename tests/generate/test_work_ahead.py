@@ -28,7 +28,8 @@ from generate_helpers import TINY_MACHINE, blip2_command, ingest_row, jpeg_bytes
 from dialogclip.core.io import read_json, read_parquet_metadata
 from dialogclip.generate.backend import Completion, GenerationBackend, GenerationRequest
 from dialogclip.generate.config import generate_config_from_dict, machine_settings
-from dialogclip.generate.runner import LazyEngine, generate_shard
+from dialogclip.generate.engine import LazyEngine
+from dialogclip.generate.runner import generate_shard
 from dialogclip.generate.work_ahead import (
     OUT_OF_TIME,
     ShardLock,

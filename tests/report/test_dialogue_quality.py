@@ -17,15 +17,8 @@ import torch
 from PIL import Image
 
 from dialogclip.core.text_forms import TextForms
-from dialogclip.models.openclip import ClipSpec, load_clip, make_tiny_clip
-from dialogclip.report.dialogue_quality import (
-    clipscore,
-    describe,
-    dialogue_quality,
-    in_sample,
-    length_stats,
-    token_counter,
-)
+from dialogclip.models.openclip import ClipSpec, load_clip, make_tiny_clip, token_count_function
+from dialogclip.report.dialogue_quality import clipscore, dialogue_quality, in_sample
 from dialogclip.report.settings import DialogueQualitySettings, ReportClip
 
 
@@ -44,23 +37,6 @@ def test_clipscore_matches_a_naive_loop() -> None:
     assert torch.allclose(clipscore(images, texts, weight=1.0), torch.tensor(expected) / 2.5)
 
 
-def test_describe_matches_numpy() -> None:
-    values = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
-    stats = describe(values)
-    assert stats["n"] == 8 and stats["min"] == 1.0 and stats["max"] == 9.0
-    assert stats["mean"] == pytest.approx(np.mean(values))
-    assert stats["std"] == pytest.approx(np.std(values))
-    assert stats["median"] == pytest.approx(np.median(values))
-    assert stats["p95"] == pytest.approx(np.percentile(values, 95))
-    assert describe([])["mean"] is None
-
-
-def test_length_stats_count_texts_beyond_the_context() -> None:
-    stats = length_stats([10, 77, 78, 80, 10], context_length=77)
-    assert stats["beyond_context"] == 2 and stats["share_beyond_context"] == 0.4
-    assert stats["histogram"] == {"10": 2, "77": 1, "78": 1, "80": 1}
-
-
 def test_sample_depends_on_keys_and_seed_only() -> None:
     keys = [f"{i:09d}" for i in range(50)]
     sample = in_sample(keys, 10, seed=0)
@@ -75,9 +51,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     return str(path), load_clip(ClipSpec("tiny-clip", str(path)))
 
 
-def test_token_counter_counts_before_truncation(tiny) -> None:
+def test_token_count_function_counts_before_truncation(tiny) -> None:
     _, loaded = tiny
-    count = token_counter(loaded.tokenizer)
+    count = token_count_function(loaded.tokenizer)
     text = "a red triangle on a light blue background"
     tokens = loaded.tokenizer([text])[0]
     assert count(text) == int((tokens != 0).sum())  # start + words + end, no padding
@@ -165,7 +141,7 @@ def test_statistics_of_one_generator(tmp_path: Path, tiny) -> None:
     assert summary["finish_reason_shares"]["stop"] == 0.75
 
     # CLIPScore of the two images with dialogue, recomputed by hand with the same model
-    count = token_counter(loaded.tokenizer)
+    count = token_count_function(loaded.tokenizer)
     dialogues = [
         "Q: what is it? A: a red thing | Q: where? A: on a table",
         "Q: what is it? A: a word | Q: why? A: " + " ".join(["word"] * 90),

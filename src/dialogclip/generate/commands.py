@@ -3,7 +3,8 @@
 - ``dialogclip generate-dialogue``: one generator on one ingested shard (rule generate, one job
   per shard and generator): the science as ``--params JSON`` (the ``generate`` section), the
   machine settings as flags (the rule's resources, ``MACHINE_FLAGS``); then, with
-  ``--shards-per-engine`` above 1, the same engine makes pending shards' chunks (work_ahead.py);
+  ``--shards-per-engine`` above 1, the same engine makes pending shards' chunks (the job's
+  orchestration: job.py; work_ahead.py);
 - ``dialogclip dialogue-summary``: per-shard parse rates and counts in one JSON, and how many
   dialogue texts (in the ``text`` form) exceed each configured CLIP tokenizer's context (rule
   dialogue_summary);
@@ -27,6 +28,7 @@ from typing import Any
 from dialogclip.core.cli_utils import add_params_argument, parse_params
 from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.core.io import TMP_PREFIX, read_json, write_json_atomic
+from dialogclip.core.machine import add_machine_arguments, apply_machine_arguments
 from dialogclip.core.text_forms import TextForms
 from dialogclip.generate.config import BACKENDS, MACHINE_FLAGS
 
@@ -49,10 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="folder of finished chunks (default: <output dir>/.chunks/<output stem>)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the job")
     add_params_argument(parser, "generate")
-    machine = parser.add_argument_group(
-        "machine settings (the rule's resources of the same names; never change a row)"
+    # The rule's resources of the same names: never change a row.
+    machine = add_machine_arguments(
+        parser, weights_dir=False, threads_help="CPU threads of the job"
     )
     for flag in MACHINE_FLAGS:
         machine.add_argument(
@@ -134,94 +136,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _generate_dialogue(args: argparse.Namespace) -> int:
     from dialogclip.generate.config import generate_config_from_dict, machine_settings
-    from dialogclip.generate.runner import LazyEngine, generate_shard
-    from dialogclip.generate.work_ahead import (
-        RUNTIME_MARGIN,
-        ShardLock,
-        ShardPaths,
-        shards_per_engine_here,
-        work_ahead,
-    )
+    from dialogclip.generate.job import GenerationJob, run_generation_job
+    from dialogclip.generate.work_ahead import ShardPaths, shards_per_engine_here
 
     if args.shards_per_engine < 1:
         raise ConfigError(f"--shards-per-engine must be >= 1, got {args.shards_per_engine}")
-    args.shards_per_engine = shards_per_engine_here(args.shards_per_engine)
     started = time.monotonic()
     config = generate_config_from_dict(args.params)
     machine = machine_settings(
         threads=args.threads, **{flag.name: getattr(args, flag.name) for flag in MACHINE_FLAGS}
     )
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    own = ShardPaths(
-        shard=args.shard,
-        output=args.output,
-        work_dir=args.work_dir or args.output.parent / ".chunks" / args.output.stem,
+    apply_machine_arguments(args)
+    job = GenerationJob(
+        generator=args.generator,
+        own=ShardPaths(
+            shard=args.shard,
+            output=args.output,
+            work_dir=args.work_dir or args.output.parent / ".chunks" / args.output.stem,
+        ),
+        stats_path=args.stats,
+        config=config,
+        machine=machine,
+        shards_per_engine=shards_per_engine_here(args.shards_per_engine),
+        runtime_min=args.runtime,
+        model_path=_fetched_model(args.model_dir, args.generator, config),
     )
-    model_path = _fetched_model(args.model_dir, args.generator, config)
-    engine = LazyEngine(args.generator, config, machine, model_path=model_path)
-    lock = ShardLock(own.work_dir)
-    try:
-        lock.acquire_as_owner()
-        try:
-            # Its chunks stay until the job ends: killed while working ahead, it resumes from
-            # them instead of generating its shard again.
-            stats = generate_shard(
-                shard_path=own.shard,
-                output_path=own.output,
-                stats_path=args.stats,
-                work_dir=own.work_dir,
-                generator=args.generator,
-                config=config,
-                backend=engine,
-                machine=machine,
-                keep_chunks=True,
-            )
-        finally:
-            lock.release()
-        ahead = None
-        if args.shards_per_engine > 1:
-            try:
-                ahead = work_ahead(
-                    own,
-                    engine,
-                    args.generator,
-                    config,
-                    machine,
-                    max_shards=args.shards_per_engine - 1,
-                    deadline=started + RUNTIME_MARGIN * args.runtime * 60 if args.runtime else None,
-                    slowest_chunk_s=max(stats["timing"]["chunk_busy_s"], default=0.0),
-                )
-            except Exception:
-                # The job's own shard is written: an error while working ahead must not fail
-                # the job (Snakemake would delete that shard). The shard it was on keeps its
-                # finished chunks; its own job makes the rest, and meets the error, if any.
-                log.exception("working ahead stopped by an error; this job's shard is done")
-    finally:
-        engine_close_s = engine.close()
-    shutil.rmtree(own.work_dir, ignore_errors=True)  # the job is done: its chunks can go
-    # The whole job's account beside its own shard's: where the engine's start went, and what
-    # it made ahead of other shards' jobs.
-    wall_s = time.monotonic() - started
-    start_s = engine.start_s
-    stats["job"] = {
-        "wall_s": round(wall_s, 3),
-        "engine_start_s": None if start_s is None else round(start_s, 3),
-        "engine_close_s": None if engine_close_s is None else round(engine_close_s, 3),
-        "engine_start_share": None if start_s is None else round(start_s / wall_s, 4),
-        "shards_per_engine": args.shards_per_engine,
-        "work_ahead": ahead.as_dict() if ahead else None,
-    }
-    write_json_atomic(stats, args.stats)
-    log.info(
-        "job: %.1f s in all; engine start %s s (%s of the job); shards made ahead: %s",
-        wall_s,
-        stats["job"]["engine_start_s"],
-        stats["job"]["engine_start_share"],
-        ahead.shards if ahead else [],
-    )
+    run_generation_job(job, started)
     return 0
 
 
@@ -271,12 +211,16 @@ def summarize_stats(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _dialogue_summary(args: argparse.Namespace) -> int:
-    from dialogclip.generate.text_lengths import read_pairs, text_length_summary, token_counter
+    from dialogclip.generate.text_lengths import (
+        architecture_token_counter,
+        read_pairs,
+        text_length_summary,
+    )
 
     stats = {path.stem: read_json(path) for path in args.stats}
     summary = summarize_stats(stats)
     forms = section_from_dict(TextForms, args.text, "text")
-    counters = [token_counter(architecture) for architecture in args.architectures]
+    counters = [architecture_token_counter(architecture) for architecture in args.architectures]
     summary["text"] = dataclasses.asdict(forms)
     summary["text_lengths"] = text_length_summary(read_pairs(args.shards), forms, counters)
     write_json_atomic(summary, args.output)

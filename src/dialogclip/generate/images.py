@@ -4,7 +4,7 @@ Web images come in every shape: truncated files, CMYK JPEGs, PNGs with transpare
 grayscale, 1x1 tracking pixels, decompression bombs. :func:`decode_image` turns each into either
 an RGB :class:`PIL.Image.Image` or an error message for its row; it never raises, so one bad
 image cannot stop a shard. It is deterministic (same bytes, same pixels) and runs in the
-background decode pool (:mod:`dialogclip.generate.runner`).
+background decode pool (:mod:`dialogclip.generate.decode_prefetch`).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from dialogclip.core.config import ConfigError
 from dialogclip.core.text_forms import TextForms
+from dialogclip.core.token_lengths import DialogueLength, length_stats, measure_dialogue
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,11 @@ class TokenCounter:
     count: Callable[[str], int]  # tokens of a text, start and end tokens included
 
 
-def token_counter(architecture: str) -> TokenCounter:
+def architecture_token_counter(architecture: str) -> TokenCounter:
     """The open_clip tokenizer of ``architecture`` (e.g. ``ViT-B-32``, ``tiny-clip``)."""
     import open_clip
 
-    from dialogclip.models.openclip import register_model_configs
-    from dialogclip.models.openclip import token_counter as token_counter_of
+    from dialogclip.models.openclip import register_model_configs, token_count_function
 
     register_model_configs()
     model_config = open_clip.get_model_config(architecture)
@@ -75,7 +75,7 @@ def token_counter(architecture: str) -> TokenCounter:
         tokenizer=type(tokenizer).__name__,
         context_length=int(tokenizer.context_length),
         key=key,
-        count=token_counter_of(tokenizer),
+        count=token_count_function(tokenizer),
     )
 
 
@@ -105,34 +105,35 @@ def text_length_summary(
     ``pairs``: (questions, answers) per dialogue. Returns ``{"n_texts", "architectures":
     {architecture: {...}}}``.
     """
-    texts = [forms.dialogue(questions, answers) for questions, answers in pairs]
     dropping = dataclasses.replace(forms, long_texts="drop_pairs")
-    lengths: dict[str, list[int]] = {}
+    measured: dict[tuple[str, int], list[DialogueLength]] = {}
     result: dict[str, Any] = {}
     for counter in counters:
-        if counter.key not in lengths:
-            lengths[counter.key] = [counter.count(text) for text in texts]
-        n_tokens = lengths[counter.key]
         limit = counter.context_length
-        too_long = [i for i, n in enumerate(n_tokens) if n > limit]
-        losing = dropped = first_pair_cut = 0
-        for i in too_long:
-            questions, answers = pairs[i]
-            fitted, n_dropped = dropping.fitted_dialogue(questions, answers, counter.count, limit)
-            losing += n_dropped > 0
-            dropped += n_dropped
-            first_pair_cut += counter.count(fitted) > limit  # even the first pair is too long
+        if (counter.key, limit) not in measured:  # same tokenizer and context: same figures
+            measured[counter.key, limit] = [
+                measure_dialogue(dropping, questions, answers, counter.count, limit)
+                for questions, answers in pairs
+            ]
+        dialogues = measured[counter.key, limit]
+        lengths = length_stats([dialogue.tokens for dialogue in dialogues], limit)
+        too_long = [dialogue for dialogue in dialogues if dialogue.tokens > limit]
+        share = lengths["share_beyond_context"]
+        mean = lengths["mean"]
         result[counter.architecture] = {
             "tokenizer": counter.tokenizer,
             "context_length": limit,
-            "n_too_long": len(too_long),
-            "fraction_too_long": round(len(too_long) / len(texts), 6) if texts else None,
-            "tokens_max": max(n_tokens, default=None),
-            "tokens_mean": round(sum(n_tokens) / len(texts), 2) if texts else None,
+            "n_too_long": lengths["beyond_context"],
+            "fraction_too_long": None if share is None else round(share, 6),
+            "tokens_max": lengths["max"],
+            "tokens_mean": None if mean is None else round(mean, 2),
             "drop_pairs": {
-                "n_losing_pairs": losing,
-                "pairs_dropped": dropped,
-                "n_first_pair_truncated": first_pair_cut,
+                "n_losing_pairs": sum(dialogue.dropped_pairs > 0 for dialogue in too_long),
+                "pairs_dropped": sum(dialogue.dropped_pairs for dialogue in too_long),
+                # Even the first pair is too long: the tokenizer cuts it.
+                "n_first_pair_truncated": sum(
+                    counter.count(dialogue.fitted) > limit for dialogue in too_long
+                ),
             },
         }
-    return {"n_texts": len(texts), "architectures": result}
+    return {"n_texts": len(pairs), "architectures": result}

@@ -5,7 +5,7 @@ CUDA graph capture; docs/gpu.md), while one 10,000-image shard keeps it busy for
 100-400 s, so one engine per shard would spend 7-47 % of the GPU's time starting. Issue 11 asks
 for under 5 %. Here a job keeps its engine once its own shard is written and makes the chunks
 of up to ``shards_per_engine - 1`` other shards that no job has finished or claimed, into those
-shards' own chunk folders, exactly as their jobs would (same fingerprint: runner.py). When
+shards' own chunk folders, exactly as their jobs would (same fingerprint: provenance.py). When
 Snakemake then runs the job of such a shard, every chunk is there: the job only assembles the
 shard (seconds) and starts no engine. One start serves ``shards_per_engine`` shards.
 
@@ -53,7 +53,10 @@ from dialogclip.core.locks import (
     open_lock_file,
 )
 from dialogclip.generate.config import GenerateConfig, MachineSettings
-from dialogclip.generate.runner import EngineClock, LazyEngine, plan_shard, run_chunks
+from dialogclip.generate.engine import LazyEngine
+from dialogclip.generate.runner import run_chunks
+from dialogclip.generate.shard_plan import plan_shard
+from dialogclip.generate.shard_stats import EngineClock
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dialogclip.core.io import read_parquet, write_json_atomic, write_parquet_atomic
 from dialogclip.core.shards import make_key
+from dialogclip.core.versions import package_versions
 from dialogclip.ingest import errors
 from dialogclip.ingest.download import DownloadRequest, run_img2dataset
 from dialogclip.ingest.settings import IngestSettings
@@ -288,7 +288,7 @@ def _write(
             "tsv": os.fspath(job.tsv),
             "rows": [rows.start, rows.stop],
             "settings": asdict(settings),
-            "img2dataset_version": version("img2dataset"),
+            "img2dataset_version": package_versions(["img2dataset"])["img2dataset"],
         }
     }
     write_json_atomic(stats, job.stats)

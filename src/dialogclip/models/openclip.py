@@ -187,7 +187,7 @@ def load_clip(
     return LoadedClip(model, preprocess, tokenizer, quickgelu, model_name=spec.architecture)
 
 
-def token_counter(tokenizer: Any) -> Callable[[str], int]:
+def token_count_function(tokenizer: Any) -> Callable[[str], int]:
     """``text -> number of tokens`` an open_clip tokenizer makes of it before truncation, start
     and end tokens included (so a text fits the tower iff the count <= its context length)."""
     if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):

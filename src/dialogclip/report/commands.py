@@ -14,6 +14,7 @@ from pathlib import Path
 from dialogclip.core.cli_utils import add_params_argument
 from dialogclip.core.config import section_from_dict
 from dialogclip.core.io import write_json_atomic, write_parquet_atomic
+from dialogclip.core.machine import add_machine_arguments, apply_machine_arguments
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     quality.add_argument("--output", required=True, type=Path, help="summary JSON")
     quality.add_argument("--per-image", required=True, type=Path, help="per-image Parquet")
-    quality.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    quality.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    quality.add_argument(
-        "--weights-dir", type=Path, default=None, help="fetched pretrained weights (weights_dir)"
-    )
+    add_machine_arguments(quality, batch_size=64, batch_help="images per forward pass")
     quality.set_defaults(func=_dialogue_quality)
 
     report = subparsers.add_parser("report", help="tables beside the thesis' numbers, and plots")
@@ -57,14 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _dialogue_quality(args: argparse.Namespace) -> int:
-    import torch
-
     from dialogclip.core.text_forms import TextForms
     from dialogclip.report.dialogue_quality import dialogue_quality
     from dialogclip.report.settings import DialogueQualitySettings, ReportClip
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_machine_arguments(args)
     params = dict(args.params)
     text = section_from_dict(TextForms, params.pop("text", {}), "text")
     clip = section_from_dict(ReportClip, params.pop("clip", {}), "report.clip")

@@ -21,9 +21,7 @@ and the share of them beyond the text tower's context, and generated tokens per 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,8 +31,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dialogclip.core.images import ImageDecodeError, decode_rgb
+from dialogclip.core.machine import torch_device
 from dialogclip.core.text_forms import TextForms
-from dialogclip.models.openclip import token_counter
+from dialogclip.core.token_lengths import describe, length_stats, measure_dialogue
+from dialogclip.models.openclip import token_count_function
 from dialogclip.report.settings import DialogueQualitySettings, ReportClip
 
 log = logging.getLogger(__name__)
@@ -73,45 +74,6 @@ def in_sample(keys: Iterable[str], size: int | None, seed: int) -> set[str]:
         return set(keys)
     rank = sorted(keys, key=lambda key: hashlib.sha1(f"{seed}:{key}".encode()).hexdigest())
     return set(rank[:size])
-
-
-def describe(values: Sequence[float]) -> dict[str, float | int | None]:
-    """n, mean, std (population), min, median, p95, max of ``values`` (None when empty)."""
-    n = len(values)
-    if n == 0:
-        return {"n": 0, "mean": None, "std": None, "min": None, "median": None, "p95": None,
-                "max": None}  # fmt: skip
-    ordered = sorted(values)
-    mean = sum(ordered) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in ordered) / n)
-
-    def quantile(q: float) -> float:
-        # Linear interpolation between the closest ranks (numpy's default).
-        position = q * (n - 1)
-        low = math.floor(position)
-        high = min(low + 1, n - 1)
-        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-    return {
-        "n": n,
-        "mean": mean,
-        "std": std,
-        "min": ordered[0],
-        "median": quantile(0.5),
-        "p95": quantile(0.95),
-        "max": ordered[-1],
-    }
-
-
-def length_stats(lengths: Sequence[int], context_length: int) -> dict[str, Any]:
-    """Token-length statistics, the histogram {length: count} and the share beyond context."""
-    beyond = sum(1 for n in lengths if n > context_length)
-    return {
-        **describe(lengths),
-        "beyond_context": beyond,
-        "share_beyond_context": beyond / len(lengths) if lengths else None,
-        "histogram": {str(k): v for k, v in sorted(Counter(lengths).items())},
-    }
 
 
 @dataclass(slots=True)
@@ -186,10 +148,9 @@ def read_rows(
         )
         if questions:
             row.pair_tokens = [count(pair) for pair in text.pairs(questions, answers)]
-            row.dialogue_tokens = count(text.dialogue(questions, answers))
-            row.dialogue, row.dropped_pairs = text.fitted_dialogue(
-                questions, answers, count, context_length
-            )
+            measured = measure_dialogue(text, questions, answers, count, context_length)
+            row.dialogue_tokens = measured.tokens
+            row.dialogue, row.dropped_pairs = measured.fitted, measured.dropped_pairs
         rows.append(row)
     return rows
 
@@ -213,7 +174,6 @@ def score_rows(
     """Fill ``clipscore_dialogue`` / ``clipscore_caption`` of ``rows`` (all in ``images``);
     returns how many images could not be decoded (left unscored)."""
     import torch
-    from PIL import Image
 
     from dialogclip.models.text_encoders import autocast_for
 
@@ -225,10 +185,9 @@ def score_rows(
         batch, pixels = [], []
         for row in rows[start : start + batch_size]:
             try:
-                with Image.open(io.BytesIO(images[row.key])) as image:
-                    pixels.append(preprocess(image.convert("RGB")))
+                pixels.append(preprocess(decode_rgb(images[row.key])))
                 batch.append(row)
-            except (OSError, ValueError) as err:
+            except ImageDecodeError as err:
                 log.warning("image %s (shard %s) cannot be decoded: %s", row.key, row.shard, err)
                 failed += 1
         if not batch:
@@ -272,16 +231,15 @@ def dialogue_quality(
 ) -> tuple[dict[str, Any], pa.Table]:
     """The statistics of one generator (summary JSON) and one row per generated image;
     ``weights_dir``: where a pretrained tag's fetched weights are (config ``weights_dir``)."""
-    import torch
 
     from dialogclip.models.openclip import load_clip
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device(device or "auto")
     loaded = load_clip(clip.spec, device=device, weights_dir=weights_dir)
     context_length = int(
         getattr(loaded.tokenizer, "context_length", None) or loaded.model.context_length
     )
-    count = token_counter(loaded.tokenizer)
+    count = token_count_function(loaded.tokenizer)
     finish_reasons: Counter[str] = Counter()
     parse: Counter[str] = Counter()
     statuses: Counter[str] = Counter()

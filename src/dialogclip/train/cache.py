@@ -40,13 +40,11 @@ change the result only at the level of float rounding, far below float16's resol
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +52,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dialogclip.core.images import decode_rgb
+from dialogclip.core.machine import torch_device
+from dialogclip.core.versions import package_versions
 from dialogclip.models.naming import image_model_key, quickgelu_label, text_model_key
 from dialogclip.models.openclip import ClipSpec, LoadedClip
 from dialogclip.train.arrow_files import (
@@ -174,29 +175,7 @@ def count_rows(shard: Path) -> tuple[int, int]:
     return len(statuses), sum(status == SUCCESS for status in statuses)
 
 
-def decode_image(data: bytes | None) -> Any:
-    """The RGB PIL image in ``data``; raises ``ValueError`` with PIL's reason if unusable."""
-    from PIL import Image
-
-    if not data:
-        raise ValueError("no image bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{type(err).__name__}: {err}") from err
-
-
 # --- embedding ------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> Any:
-    """``auto`` -> cuda when available, else cpu."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _provenance(tower: str, spec: ClipSpec, clip: LoadedClip, shard: Path) -> dict[str, Any]:
@@ -212,9 +191,7 @@ def _provenance(tower: str, spec: ClipSpec, clip: LoadedClip, shard: Path) -> di
         "shard": shard.stem,
         "dtype": "float16",
         "normalized": True,
-        "versions": {
-            name: version(name) for name in ("dialogclip", "torch", "open_clip_torch", "pyarrow")
-        },
+        "versions": package_versions(("dialogclip", "torch", "open_clip_torch", "pyarrow")),
     }
     if tower == "image":
         provenance["preprocess"] = repr(clip.preprocess)
@@ -244,8 +221,8 @@ def embed_shard_images(
 
     shard, started = Path(shard), time.perf_counter()
     n_rows, n_success = count_rows(shard)  # first: a missing shard fails before the model loads
-    torch_device = resolve_device(device)
-    clip = load_clip(spec, device=torch_device, weights_dir=weights_dir)
+    run_device = torch_device(device)
+    clip = load_clip(spec, device=run_device, weights_dir=weights_dir)
     keys: list[str] = []
     chunks: list[np.ndarray] = []
     errors: list[dict[str, str]] = []
@@ -253,7 +230,7 @@ def embed_shard_images(
     def prepare(row: tuple[str, bytes | None]) -> tuple[str, Any, str | None]:
         key, data = row
         try:
-            return key, clip.preprocess(decode_image(data)), None
+            return key, clip.preprocess(decode_rgb(data)), None
         except ValueError as err:
             return key, None, str(err)
 
@@ -276,8 +253,8 @@ def embed_shard_images(
                     errors.append({"key": key, "error": error})
             if not good:
                 continue
-            pixels = torch.stack([pixels for _, pixels in good]).to(torch_device)  # [B, 3, H, W]
-            with torch.inference_mode(), autocast_for(torch_device):
+            pixels = torch.stack([pixels for _, pixels in good]).to(run_device)  # [B, 3, H, W]
+            with torch.inference_mode(), autocast_for(run_device):
                 chunks.append(_normalised_fp16(clip.model.encode_image(pixels)))  # [B, D]
             keys.extend(key for key, _ in good)
     emb = np.concatenate(chunks) if chunks else _empty(clip)
@@ -307,14 +284,14 @@ def embed_shard_captions(
 
     shard, started = Path(shard), time.perf_counter()
     n_rows, n_success = count_rows(shard)  # first: a missing shard fails before the model loads
-    torch_device = resolve_device(device)
-    clip = load_clip(spec, device=torch_device, weights_dir=weights_dir)
+    run_device = torch_device(device)
+    clip = load_clip(spec, device=run_device, weights_dir=weights_dir)
     keys: list[str] = []
     chunks: list[np.ndarray] = []
     for batch in iter_success_rows(shard, ["key", "caption"], batch_size):
         tokens = clip.tokenizer([caption or "" for caption in batch["caption"]])  # [B, L]
-        with torch.inference_mode(), autocast_for(torch_device):
-            features = clip.model.encode_text(tokens.to(torch_device))  # [B, D]
+        with torch.inference_mode(), autocast_for(run_device):
+            features = clip.model.encode_text(tokens.to(run_device))  # [B, D]
         chunks.append(_normalised_fp16(features))
         keys.extend(batch["key"])
     emb = np.concatenate(chunks) if chunks else _empty(clip)

@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +48,6 @@ VERSIONED_PACKAGES = ("torch", "open_clip_torch", "transformers", "accelerate", 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is unreadable or belongs to another configuration; the message names it."""
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages a trained result depends on."""
-    versions = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def step_dir_name(step: int) -> str:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from dialogclip.core.cli_utils import add_params_argument
+from dialogclip.core.machine import add_machine_arguments, apply_machine_arguments
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--run-dir", required=True, type=Path, help="checkpoints and metrics")
     train.add_argument("--final", required=True, type=Path, help="trained tower .safetensors")
     train.add_argument("--metrics", required=True, type=Path, help="metrics .jsonl copy")
-    train.add_argument(
-        "--weights-dir", type=Path, default=None, help="fetched pretrained weights (weights_dir)"
-    )
-    # Machine settings (rule resources): never part of the result.
-    train.add_argument("--checkpoint-every", type=int, default=500, help="updates per checkpoint")
-    train.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    train.add_argument(
+    machine = add_machine_arguments(train)
+    machine.add_argument("--checkpoint-every", type=int, default=500, help="updates per checkpoint")
+    machine.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    machine.add_argument(
         "--processes",
         type=int,
         default=1,
@@ -78,12 +75,13 @@ def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_argument(parser, "tower (architecture, pretrained, quickgelu)")
     parser.add_argument("--shard", required=True, type=Path, help="ingested shard .parquet")
     parser.add_argument("--output", required=True, type=Path, help="cache .arrow to write")
-    parser.add_argument("--batch-size", type=int, default=256, help="rows per forward pass")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch, decoding)")
-    parser.add_argument(
-        "--weights-dir", type=Path, default=None, help="fetched pretrained weights (weights_dir)"
+    machine = add_machine_arguments(
+        parser,
+        batch_size=256,
+        batch_help="rows per forward pass",
+        threads_help="CPU threads (torch, decoding)",
     )
+    machine.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:N")
 
 
 def _tower_spec(params: dict):
@@ -98,16 +96,8 @@ def _tower_spec(params: dict):
     return ClipSpec(params["architecture"], params["pretrained"], params.get("quickgelu", "auto"))
 
 
-def _set_threads(threads: int | None) -> None:
-    # Parallel jobs on one machine must not each take every core.
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _embed_train_images(args: argparse.Namespace) -> int:
-    _set_threads(args.threads)
+    apply_machine_arguments(args)
     from dialogclip.train.cache import embed_shard_images
 
     embed_shard_images(
@@ -123,7 +113,7 @@ def _embed_train_images(args: argparse.Namespace) -> int:
 
 
 def _embed_train_captions(args: argparse.Namespace) -> int:
-    _set_threads(args.threads)
+    apply_machine_arguments(args)
     from dialogclip.train.cache import embed_shard_captions
 
     embed_shard_captions(
@@ -156,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
         argv += [f"--nproc-per-node={args.processes}", "-m", "dialogclip.cli", *sys.argv[1:]]
         log.info("relaunching with %d processes: %s", args.processes, " ".join(argv))
         os.execv(sys.executable, argv)
-    _set_threads(args.threads)
+    apply_machine_arguments(args)
     from dialogclip.core.config import ConfigError
     from dialogclip.train.datasets import ShardFiles
     from dialogclip.train.run import publish, train_run

@@ -45,7 +45,6 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,8 @@ import pyarrow.parquet as pq
 from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.core.io import write_json_atomic
 from dialogclip.core.text_forms import TextForms
-from dialogclip.models.openclip import token_counter
+from dialogclip.core.versions import package_versions
+from dialogclip.models.openclip import token_count_function
 from dialogclip.train.arrow_files import (
     arrow_metadata,
     column_array,
@@ -183,7 +183,7 @@ def build_rows(
     ingested, dialogue = Path(ingested), Path(dialogue)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.architecture)
     context = int(tokenizer.context_length)
-    n_tokens = token_counter(tokenizer)
+    n_tokens = token_count_function(tokenizer)
     images = _read_columns(ingested, INGEST_COLUMNS, "ingested shard")
     generated = _read_columns(dialogue, DIALOGUE_COLUMNS, "dialogue shard")
     by_key = _dialogue_by_key(generated, ingested, dialogue)
@@ -304,7 +304,7 @@ def _fixed_size(tokens: np.ndarray) -> pa.FixedSizeListArray:
 
 def write_rows(result: RowsResult, output: str | Path, stats_path: str | Path) -> None:
     """Write the rows file (metadata: the stats and package versions) and the stats JSON."""
-    versions = {name: version(name) for name in ("dialogclip", "open_clip_torch", "pyarrow")}
+    versions = package_versions(("dialogclip", "open_clip_torch", "pyarrow"))
     write_arrow_atomic(
         result.table, output, {METADATA_NAME: {**result.stats, "versions": versions}}
     )

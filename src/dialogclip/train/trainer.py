@@ -50,6 +50,8 @@ from tqdm import tqdm
 
 from dialogclip.core.config import ConfigError
 from dialogclip.core.io import atomic_path
+from dialogclip.core.machine import torch_device
+from dialogclip.core.versions import package_versions
 from dialogclip.train import checkpoints
 from dialogclip.train.losses import gather_features
 from dialogclip.train.optim import adamw, param_groups, trainable_parameters, warmup_cosine_lr
@@ -281,6 +283,48 @@ class _Position:
     batch: int = 0
 
 
+@dataclass
+class _Training:
+    """What one :func:`fit` call sets up once and every step reads: the processes, the
+    trainable parameters and their optimizer, the plan's length, the records checkpoints keep."""
+
+    objective: Objective
+    optim: OptimSettings
+    run: RunSettings
+    run_dir: Path
+    accelerator: Any
+    named: list[tuple[str, torch.nn.Parameter]]  # the trainable parameters, by name
+    optimizer: torch.optim.Optimizer
+    epoch_lengths: list[int]  # global batches per epoch
+    run_config: dict[str, Any]  # plain JSON types
+    optim_record: dict[str, Any]
+    versions: dict[str, str | None]
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.epoch_lengths)
+
+    def gather(self, features: torch.Tensor) -> torch.Tensor:
+        """The global batch's features (this process's rows keep their graph)."""
+        return gather_features(features, self.accelerator)
+
+
 def fit(
     objective: Objective,
     dataset: Any,
@@ -298,144 +342,110 @@ def fit(
     refused (:class:`checkpoints.CheckpointError`). Launch with ``accelerate launch`` or
     torchrun for several processes; a plain call trains in this one.
     """
+    training = _set_up(objective, plan, optim, run, Path(run_dir), run_config)
+    position = _restore(training)
+    position = _train_loop(training, dataset, plan, position)
+    return _write_final_artefact(training, position)
+
+
+def _set_up(
+    objective: Objective,
+    plan: BatchPlan,
+    optim: OptimSettings,
+    run: RunSettings,
+    run_dir: Path,
+    run_config: dict[str, Any],
+) -> _Training:
+    """The processes, the seeds, the objective on its device and its optimizer."""
     from accelerate import Accelerator
 
-    run_dir = Path(run_dir)
     # accelerate treats a CPU-only launch as multi-process only when told cpu=True.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    rank, world = accelerator.process_index, accelerator.num_processes
+    accelerator = Accelerator(cpu=torch_device().type == "cpu")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != world:
+    if launched != accelerator.num_processes:
         # Otherwise every launched process would train alone and overwrite the others' files.
         raise RuntimeError(
-            f"launched as {launched} processes (WORLD_SIZE) but accelerate set up {world}"
+            f"launched as {launched} processes (WORLD_SIZE) but accelerate set up "
+            f"{accelerator.num_processes}"
         )
-    is_main = accelerator.is_main_process
-    device = accelerator.device
-    versions = checkpoints.package_versions()
-    optim_record = _settings_record(optim)
     run_config = json.loads(json.dumps(run_config))  # fail early if not JSON; plain types
-
     epoch_lengths = [len(plan(epoch)) for epoch in range(optim.epochs)]
-    total_steps = sum(epoch_lengths)
-    if total_steps == 0:
+    if sum(epoch_lengths) == 0:
         raise ConfigError("the batch plan has no batches: nothing to train")
-
-    _seed_everything(optim.seed + rank)
+    device = accelerator.device
+    _seed_everything(optim.seed + accelerator.process_index)
     if hasattr(objective, "to"):
         objective.to(device)  # an objective with more than its module on the device
     else:
         objective.module.to(device)
     objective.module.train()
-    named = trainable_parameters(objective.module)
-    params = [p for _, p in named]
     groups = param_groups(objective.module, optim.weight_decay, optim.decay_embeddings)
-    optimizer = adamw(groups, optim.lr, tuple(optim.betas), optim.eps, optim.weight_decay, device)
+    return _Training(
+        objective=objective,
+        optim=optim,
+        run=run,
+        run_dir=run_dir,
+        accelerator=accelerator,
+        named=trainable_parameters(objective.module),
+        optimizer=adamw(
+            groups, optim.lr, tuple(optim.betas), optim.eps, optim.weight_decay, device
+        ),
+        epoch_lengths=epoch_lengths,
+        run_config=run_config,
+        optim_record=_settings_record(optim),
+        versions=package_versions(checkpoints.VERSIONED_PACKAGES),
+    )
 
+
+def _restore(t: _Training) -> _Position:
+    """Resume from the newest complete checkpoint (the start when there is none); the metrics
+    lines written after it go."""
+    if t.is_main:
+        checkpoints.remove_partial(t.run_dir)
+    t.accelerator.wait_for_everyone()
     position = _Position()
-    if is_main:
-        checkpoints.remove_partial(run_dir)
-    accelerator.wait_for_everyone()
-    newest = checkpoints.newest_checkpoint(run_dir)
+    newest = checkpoints.newest_checkpoint(t.run_dir)
     if newest is not None:
-        position = _resume(newest, rank, device, named, optimizer, run_config, optim_record)
-        if position.step > total_steps:
+        position = _resume(
+            newest, t.rank, t.device, t.named, t.optimizer, t.run_config, t.optim_record
+        )
+        if position.step > t.total_steps:
             raise checkpoints.CheckpointError(
-                f"{newest}: {position.step} steps done but this plan has {total_steps}; "
-                f"the training rows changed: delete {run_dir} to start afresh"
+                f"{newest}: {position.step} steps done but this plan has {t.total_steps}; "
+                f"the training rows changed: delete {t.run_dir} to start afresh"
             )
-        log.info("resuming from %s (step %d of %d)", newest, position.step, total_steps)
-    metrics_path = run_dir / METRICS
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _trim_metrics(metrics_path, position.step)
-    accelerator.wait_for_everyone()
+        log.info("resuming from %s (step %d of %d)", newest, position.step, t.total_steps)
+    if t.is_main:
+        t.run_dir.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(t.run_dir / METRICS, position.step)
+    t.accelerator.wait_for_everyone()
+    return position
 
-    def gather(features: torch.Tensor) -> torch.Tensor:
-        return gather_features(features, accelerator)
 
-    def save(position: _Position) -> Path:
-        state = {
-            "step": position.step,
-            "epoch": position.epoch,
-            "batch": position.batch,
-            "total_steps": total_steps,
-            "epoch_lengths": epoch_lengths,
-            "schedule": {
-                "kind": "warmup_cosine",
-                "base_lr": optim.lr,
-                "warmup_steps": optim.warmup_steps,
-                "total_steps": total_steps,
-            },
-            "world_size": world,
-            "optim": optim_record,
-            "run_config": run_config,
-            "versions": versions,
-            "parameters": [name for name, _ in named],
-        }
-        if is_main:
-            checkpoints.begin(run_dir, position.step)
-        accelerator.wait_for_everyone()
-        tmp = checkpoints.tmp_dir(run_dir, position.step)
-        checkpoints.write_rng(tmp, rank)
-        if is_main:
-            weights = {name: p for name, p in named}
-            checkpoints.write_main_files(tmp, weights, optimizer.state_dict(), state)
-        accelerator.wait_for_everyone()
-        final = checkpoints.checkpoint_root(run_dir) / checkpoints.step_dir_name(position.step)
-        if is_main:
-            checkpoints.commit(run_dir, position.step)
-            checkpoints.prune(run_dir, run.keep_checkpoints)
-            log.info("checkpoint %s", final)
-        accelerator.wait_for_everyone()
-        return final
-
+def _train_loop(t: _Training, dataset: Any, plan: BatchPlan, position: _Position) -> _Position:
+    """Every update from ``position`` to the plan's end: one metrics line each, checkpoints
+    every ``checkpoint_every`` updates and at each epoch's end; returns the final position."""
     progress = tqdm(
-        total=total_steps,
+        total=t.total_steps,
         initial=position.step,
-        disable=not (run.progress and is_main),
+        disable=not (t.run.progress and t.is_main),
         desc="train",
         unit="step",
         dynamic_ncols=True,
     )
-    autocast = _autocast(device, optim.precision)
-    metrics_file = open(metrics_path, "a") if is_main else None  # noqa: SIM115 (closed below)
+    autocast = _autocast(t.device, t.optim.precision)
+    metrics_file = open(t.run_dir / METRICS, "a") if t.is_main else None  # noqa: SIM115 (closed below)
     try:
-        for epoch in range(position.epoch, optim.epochs):
-            batches = plan(epoch)
-            if len(batches) != epoch_lengths[epoch]:
-                raise RuntimeError(f"the batch plan is not deterministic (epoch {epoch})")
+        for epoch in range(position.epoch, t.optim.epochs):
+            batches = _epoch_batches(t, plan, epoch)
             start = position.batch if epoch == position.epoch else 0
-            too_big = [len(b) for b in batches if len(b) > optim.batch_size]
-            if too_big:
-                raise ConfigError(
-                    f"the batch plan of epoch {epoch} has batches of {max(too_big)} rows, more "
-                    f"than batch_size {optim.batch_size}"
-                )
             tick = time.perf_counter()  # samples/s include loading the batch
-            for index, rows in _local_batches(batches, start, dataset, rank, world, run):
+            for index, rows in _local_batches(batches, start, dataset, t.rank, t.world, t.run):
                 step = position.step  # 0-based index of this update
-                lr = warmup_cosine_lr(step, optim.lr, optim.warmup_steps, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = {key: value.to(device, non_blocking=True) for key, value in rows.items()}
-                with autocast:
-                    loss, parts = objective.loss(batch, gather)
-                if not _all_finite(loss.detach(), accelerator):
-                    raise _diverged(
-                        f"loss is {float(loss.detach()):g}", step, epoch, index, run_dir
-                    )
-                loss.backward()
-                _sum_gradients(params, accelerator)
-                grad_norm = _clip(params, optim.grad_clip)
-                if not _all_finite(grad_norm, accelerator):
-                    raise _diverged(
-                        f"gradient norm is {float(grad_norm):g}", step, epoch, index, run_dir
-                    )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                end_of_epoch = index + 1 == len(batches)
+                lr = warmup_cosine_lr(step, t.optim.lr, t.optim.warmup_steps, t.total_steps)
+                loss, grad_norm, parts = _step(t, rows, lr, autocast, (step, epoch, index))
                 # The position a resume continues from: the next batch, or the next epoch.
+                end_of_epoch = index + 1 == len(batches)
                 position = (
                     _Position(step + 1, epoch + 1, 0)
                     if end_of_epoch
@@ -446,49 +456,142 @@ def fit(
                     "step": position.step,
                     "epoch": epoch,
                     "batch": index,
-                    "loss": float(loss.detach()),
+                    "loss": loss,
                     "lr": lr,
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": grad_norm,
                     "samples_per_s": len(batches[index]) / seconds if seconds > 0 else None,
                     **{name: float(value) for name, value in parts.items()},
                 }
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                progress.update(1)
-                if position.step % run.log_every == 0:
-                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.3g}")
-                    log.info(
-                        "step %d/%d epoch %d loss %.5f lr %.3g %.1f samples/s",
-                        position.step,
-                        total_steps,
-                        epoch,
-                        record["loss"],
-                        lr,
-                        record["samples_per_s"] or 0.0,
-                    )
-                if end_of_epoch or position.step % run.checkpoint_every == 0:
-                    save(position)
+                _report(t, record, metrics_file, progress)
+                if end_of_epoch or position.step % t.run.checkpoint_every == 0:
+                    _save_checkpoint(t, position)
             position = _Position(position.step, epoch + 1, 0)
     finally:
         progress.close()
         if metrics_file is not None:
             metrics_file.close()
+    return position
 
-    final_path = run_dir / FINAL
-    if is_main:
+
+def _epoch_batches(t: _Training, plan: BatchPlan, epoch: int) -> list[list[int]]:
+    """The plan's global batches of ``epoch``, checked against the plan's first call and the
+    batch size."""
+    batches = plan(epoch)
+    if len(batches) != t.epoch_lengths[epoch]:
+        raise RuntimeError(f"the batch plan is not deterministic (epoch {epoch})")
+    too_big = [len(b) for b in batches if len(b) > t.optim.batch_size]
+    if too_big:
+        raise ConfigError(
+            f"the batch plan of epoch {epoch} has batches of {max(too_big)} rows, more "
+            f"than batch_size {t.optim.batch_size}"
+        )
+    return batches
+
+
+def _step(
+    t: _Training,
+    rows: dict[str, torch.Tensor],
+    lr: float,
+    autocast: contextlib.AbstractContextManager,
+    where: tuple[int, int, int],
+) -> tuple[float, float, dict[str, float]]:
+    """One optimizer update on this process's ``rows`` of a global batch: (loss, gradient norm
+    before clipping, the objective's loss parts). ``where``: (step, epoch, batch), for the
+    message when the loss or the gradient norm is not finite (then nothing is updated)."""
+    for group in t.optimizer.param_groups:
+        group["lr"] = lr
+    batch = {key: value.to(t.device, non_blocking=True) for key, value in rows.items()}
+    with autocast:
+        loss, parts = t.objective.loss(batch, t.gather)
+    if not _all_finite(loss.detach(), t.accelerator):
+        raise _diverged(f"loss is {float(loss.detach()):g}", *where, t.run_dir)
+    loss.backward()
+    params = [p for _, p in t.named]
+    _sum_gradients(params, t.accelerator)
+    grad_norm = _clip(params, t.optim.grad_clip)
+    if not _all_finite(grad_norm, t.accelerator):
+        raise _diverged(f"gradient norm is {float(grad_norm):g}", *where, t.run_dir)
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach()), float(grad_norm), parts
+
+
+def _report(t: _Training, record: dict[str, Any], metrics_file: Any, progress: tqdm) -> None:
+    """One update's metrics line (main process), progress bar and, every ``log_every``
+    updates, log line."""
+    if metrics_file is not None:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+    progress.update(1)
+    if record["step"] % t.run.log_every == 0:
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}")
+        log.info(
+            "step %d/%d epoch %d loss %.5f lr %.3g %.1f samples/s",
+            record["step"],
+            t.total_steps,
+            record["epoch"],
+            record["loss"],
+            record["lr"],
+            record["samples_per_s"] or 0.0,
+        )
+
+
+def _save_checkpoint(t: _Training, position: _Position) -> Path:
+    """Write the checkpoint of ``position`` (every process its RNG state, the main process the
+    weights, optimizer and state), commit it and prune old ones; returns its folder."""
+    state = {
+        "step": position.step,
+        "epoch": position.epoch,
+        "batch": position.batch,
+        "total_steps": t.total_steps,
+        "epoch_lengths": t.epoch_lengths,
+        "schedule": {
+            "kind": "warmup_cosine",
+            "base_lr": t.optim.lr,
+            "warmup_steps": t.optim.warmup_steps,
+            "total_steps": t.total_steps,
+        },
+        "world_size": t.world,
+        "optim": t.optim_record,
+        "run_config": t.run_config,
+        "versions": t.versions,
+        "parameters": [name for name, _ in t.named],
+    }
+    if t.is_main:
+        checkpoints.begin(t.run_dir, position.step)
+    t.accelerator.wait_for_everyone()
+    tmp = checkpoints.tmp_dir(t.run_dir, position.step)
+    checkpoints.write_rng(tmp, t.rank)
+    if t.is_main:
+        weights = {name: p for name, p in t.named}
+        checkpoints.write_main_files(tmp, weights, t.optimizer.state_dict(), state)
+    t.accelerator.wait_for_everyone()
+    final = checkpoints.checkpoint_root(t.run_dir) / checkpoints.step_dir_name(position.step)
+    if t.is_main:
+        checkpoints.commit(t.run_dir, position.step)
+        checkpoints.prune(t.run_dir, t.run.keep_checkpoints)
+        log.info("checkpoint %s", final)
+    t.accelerator.wait_for_everyone()
+    return final
+
+
+def _write_final_artefact(t: _Training, position: _Position) -> Path:
+    """``final.safetensors``: the objective's exported tensors, the run's records in the
+    metadata (main process)."""
+    final_path = t.run_dir / FINAL
+    if t.is_main:
         metadata = {
-            "run_config": json.dumps(run_config, sort_keys=True),
-            "optim": json.dumps(optim_record, sort_keys=True),
-            "versions": json.dumps(versions, sort_keys=True),
+            "run_config": json.dumps(t.run_config, sort_keys=True),
+            "optim": json.dumps(t.optim_record, sort_keys=True),
+            "versions": json.dumps(t.versions, sort_keys=True),
             "steps": str(position.step),
         }
-        extra = getattr(objective, "export_metadata", None)
+        extra = getattr(t.objective, "export_metadata", None)
         if callable(extra):
             metadata.update({str(k): str(v) for k, v in extra().items()})
-        _write_final(final_path, objective.export_state(), metadata)
+        _write_final(final_path, t.objective.export_state(), metadata)
         log.info("wrote %s after %d steps", final_path, position.step)
-    accelerator.wait_for_everyone()
+    t.accelerator.wait_for_everyone()
     return final_path
 
 
