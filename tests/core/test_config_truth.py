@@ -13,9 +13,10 @@ import pytest
 
 from dialogclip.core.config import _dataclass_in, load_yaml, resolve_ref
 from dialogclip.core.text_forms import TextForms
-from dialogclip.evaluate.settings import DatasetFiles, ModelEntry
+from dialogclip.evaluate.settings import DatasetFiles
 from dialogclip.generate.config import GenerateConfig
 from dialogclip.ingest.settings import IngestSettings
+from dialogclip.models.eval_entry import EvalEntry
 from dialogclip.report.settings import DialogueQualitySettings, ReportClip
 from dialogclip.train.loss_settings import (
     DIRECTIONS,
@@ -25,7 +26,7 @@ from dialogclip.train.loss_settings import (
     DraftLoss,
     ThirdTowerLoss,
 )
-from dialogclip.train.settings import TrainRun
+from dialogclip.train.settings import RunEvaluation, TrainRun
 
 SCHEMA = load_yaml(Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml")
 # Keys that steer the workflow (which jobs exist) and never reach a command's settings.
@@ -34,9 +35,14 @@ SECTIONS = {
     "ingest": ("#/properties/ingest", IngestSettings),
     "text": ("#/properties/text", TextForms),
     "generate": ("#/properties/generate", GenerateConfig),
-    "evaluate.models[]": ("#/properties/evaluate/properties/models/items", ModelEntry),
+    # The one evaluation entry type (evaluate, report, workflow, the runs' entries).
+    "evaluate.models[]": ("#/properties/evaluate/properties/models/items", EvalEntry),
     "evaluate.<dataset>": ("#/$defs/dataset_files", DatasetFiles),
     "train.runs[]": ("#/properties/train/properties/runs/items", TrainRun),
+    "train.runs[].evaluate": (
+        "#/properties/train/properties/runs/items/properties/evaluate",
+        RunEvaluation,
+    ),
     "report.clip": ("#/properties/report/properties/clip", ReportClip),
     "report.dialogue_quality": (
         "#/properties/report/properties/dialogue_quality",

@@ -5,11 +5,6 @@ from pathlib import Path
 TINY_MODELS = "results/models/tiny"
 
 
-def get_generators():
-    """The generators the config switches on (generate.generators)."""
-    return config["generate"]["generators"]
-
-
 def get_generate_outputs():
     """Every dialogue shard of each switched-on generator, plus its parse-rate summary."""
     generators = get_generators()
@@ -109,15 +104,6 @@ def get_dialogue_stats(wildcards):
     """The per-shard stats files of one generator, for its summary."""
     return expand(
         "results/dialogue/{generator}/stats/{shard}.json",
-        generator=wildcards.generator,
-        shard=get_shards(),
-    )
-
-
-def get_dialogue_shards(wildcards):
-    """The dialogue shards of one generator (the summary measures their texts)."""
-    return expand(
-        "results/dialogue/{generator}/{shard}.parquet",
         generator=wildcards.generator,
         shard=get_shards(),
     )

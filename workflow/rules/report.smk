@@ -10,7 +10,7 @@ include: "report_functions.smk"
 
 rule dialogue_quality:
     input:
-        dialogue=get_quality_dialogue_shards,
+        dialogue=get_dialogue_shards,
         ingested=get_quality_ingested_shards,
         checkpoint=get_report_clip_checkpoint,
     output:
