@@ -1,6 +1,6 @@
 """What a Slurm cluster sees of the thesis DAG at CC3M size (3,318,333 rows -> 332 shards).
 
-    .venv/bin/python bench/bench_dryrun.py --label before|after [--repeats 3]
+    .venv/bin/python bench/bench_dryrun.py --label before|after [--repeats 3] [--root DIR]
 
 In a temporary folder: a synthetic TSV with as many rows as Train_GCC-training.tsv, the thesis
 config.yaml (only cc3m.tsv redirected) and stand-in evaluation files (an empty JSON file or
@@ -8,10 +8,11 @@ folder at every path of the config's evaluate.<dataset> sections: a dry run only
 they exist), so that every stage is planned - downloads, generation, training data, training
 runs, evaluations, report - without any data. Measured there:
 
-- ``dry_run``: seconds of ``snakemake --dry-run`` as a user runs it (every job listed), median
-  of ``--repeats``: wall seconds, and the CPU seconds of Snakemake and its children, which a
-  busy shared machine inflates far less than the wall time (``machine`` records its load);
-  ``one_shard``: the same on a 10-row TSV, Snakemake's fixed cost;
+- ``dry_run``: seconds of ``snakemake --dry-run`` as a user runs it (the workflow's default
+  profile, profiles/default; every job listed), median of ``--repeats``: wall seconds, and the
+  CPU seconds of Snakemake and its children, which a busy shared machine inflates far less than
+  the wall time (``machine`` records its load); ``one_shard``: the same on a 10-row TSV,
+  Snakemake's fixed cost;
 - ``jobs``: the jobs per rule;
 - ``slurm``: what workflow/profiles/slurm would submit. A dry run with that profile's settings
   less its executor (the Slurm plugin lives in .venv-controller, not here) makes Snakemake form
@@ -25,7 +26,10 @@ runs, evaluations, report - without any data. Measured there:
   measurement); the CPU-only jobs.
 
 The figures go to bench/results/bench_dryrun.json under ``--label``; the other label's figures
-stay, and when both exist the after / before ratios are written beside them. Targets (issue
+stay, and when both exist the after / before ratios are written beside them. ``--root`` measures
+another checkout of the repository with this same bench (e.g. the commit before a change,
+exported with ``git archive``): its Snakefile, config.yaml, profiles and rules, and its src/
+first on PYTHONPATH, so that the workflow imports its own dialogclip. Targets (issue
 21): at most 3,000 jobs, a dry run of at most 6 s on 2 cores, at most 1,000 submissions.
 """
 
@@ -49,9 +53,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULT = ROOT / "bench" / "results" / "bench_dryrun.json"
-SLURM_PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
+HERE = Path(__file__).resolve().parents[1]
+RESULT = HERE / "bench" / "results" / "bench_dryrun.json"
 VENV_BIN = Path(sys.executable).parent
 CC3M_TRAIN_ROWS = 3_318_333  # lines of Train_GCC-training.tsv
 TARGETS = {"jobs": 3000, "dry_run_seconds": 6.0, "submissions": 1000}  # seconds: wall or CPU
@@ -77,12 +80,13 @@ def write_tsv(path: Path, rows: int) -> None:
             )
 
 
-def write_workdir(folder: Path, rows: int) -> None:
-    """The thesis config with its TSV of ``rows`` lines and stand-in evaluation files."""
+def write_workdir(folder: Path, rows: int, root: Path) -> None:
+    """The thesis config of ``root`` with a TSV of ``rows`` lines and stand-in evaluation
+    files."""
     folder.mkdir()
     tsv = folder / "cc3m.tsv"
     write_tsv(tsv, rows)
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config = yaml.safe_load((root / "config.yaml").read_text())
     config["cc3m"]["tsv"] = str(tsv)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     for name, files in config["evaluate"].items():
@@ -98,9 +102,9 @@ def write_workdir(folder: Path, rows: int) -> None:
         log.info("stand-in files for %s: %s", name, sorted(files))
 
 
-def slurm_profile_without_executor(folder: Path) -> Path:
-    """A copy of the Slurm profile less the settings of its executor plugin."""
-    profile = yaml.safe_load(SLURM_PROFILE.read_text())
+def slurm_profile_without_executor(folder: Path, root: Path) -> Path:
+    """A copy of ``root``'s Slurm profile less the settings of its executor plugin."""
+    profile = yaml.safe_load((root / "workflow/profiles/slurm/config.yaml").read_text())
     kept = {
         key: value
         for key, value in profile.items()
@@ -111,15 +115,17 @@ def slurm_profile_without_executor(folder: Path) -> Path:
     return folder
 
 
-def dry_run(workdir: Path, *options: str) -> tuple[float, float, str]:
-    """Wall and CPU seconds of one ``snakemake --dry-run`` in ``workdir``, and its output."""
+def dry_run(root: Path, workdir: Path, *options: str) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one ``snakemake --dry-run`` of ``root``'s Snakefile in
+    ``workdir``, and its output."""
     command = [
         str(VENV_BIN / "snakemake"),
-        *("--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)),
-        *("--cores", "16", "--dry-run"),
+        *("--snakefile", str(root / "Snakefile"), "--directory", str(workdir), "--dry-run"),
         *options,
     ]
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if root != HERE:
+        env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), env.get("PYTHONPATH", "")])
     cpu_before = _children_cpu_seconds()
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -136,10 +142,10 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(workdir: Path, repeats: int, name: str, *options: str) -> tuple[dict, str]:
+def timed(root: Path, workdir: Path, repeats: int, name: str, *options: str) -> tuple[dict, str]:
     wall, cpu, output = [], [], ""
     for run in range(repeats):
-        seconds, cpu_seconds, output = dry_run(workdir, *options)
+        seconds, cpu_seconds, output = dry_run(root, workdir, *options)
         wall.append(round(seconds, 3))
         cpu.append(round(cpu_seconds, 3))
         log.info("%s, run %d: %.2f s (%.2f s CPU)", name, run, seconds, cpu_seconds)
@@ -165,10 +171,10 @@ class Job:
     resources: dict[str, str] = field(default_factory=dict)
 
 
-def local_rules() -> set[str]:
+def local_rules(root: Path) -> set[str]:
     """The rules of workflow/rules/ that declare ``localrule: True`` (run by the controller)."""
     found = set()
-    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+    for path in sorted((root / "workflow" / "rules").glob("*.smk")):
         rule = None
         for line in path.read_text().splitlines():
             if match := re.match(r"^(?:rule|checkpoint) (\w+):", line):
@@ -242,20 +248,21 @@ def cluster_figures(jobs: list[Job], groups: Counter[str]) -> dict:
     }
 
 
-def measure(repeats: int) -> dict:
+def measure(root: Path, repeats: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_dryrun_") as tmp:
         full, small = Path(tmp) / "full", Path(tmp) / "small"
-        write_workdir(full, CC3M_TRAIN_ROWS)
-        write_workdir(small, 10)
-        profile = slurm_profile_without_executor(Path(tmp) / "slurm-profile")
-        plain = ("--workflow-profile", "none")
-        one_shard, _ = timed(small, repeats, "1 shard", *plain)
-        cc3m, output = timed(full, repeats, "332 shards", *plain)
+        write_workdir(full, CC3M_TRAIN_ROWS, root)
+        write_workdir(small, 10, root)
+        profile = slurm_profile_without_executor(Path(tmp) / "slurm-profile", root)
+        # No --workflow-profile: Snakemake applies the workflow's profiles/default, as it does
+        # for a plain `snakemake -n` in the repository.
+        one_shard, _ = timed(root, small, repeats, "1 shard")
+        cc3m, output = timed(root, full, repeats, "332 shards")
         grouped, grouped_output = timed(
-            full, 1, "332 shards, Slurm profile", "--workflow-profile", str(profile)
+            root, full, 1, "332 shards, Slurm profile", "--workflow-profile", str(profile)
         )
     jobs = job_stats(output)
-    listed, groups = parse_listing(grouped_output, local_rules())
+    listed, groups = parse_listing(grouped_output, local_rules(root))
     if Counter(job.rule for job in listed) != jobs:
         raise RuntimeError("the grouped listing and the plain dry run plan different jobs")
     return {
@@ -300,13 +307,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True, choices=("before", "after"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--root", type=Path, default=HERE, help="the repository to measure (default: this one)"
+    )
+    parser.add_argument("--commit", help="the commit of --root, when it is no git checkout")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    figures = measure(args.repeats)
+    root = args.root.resolve()
+    figures = measure(root, args.repeats)
     git = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
-    figures["commit"] = git.stdout.strip()
+    figures["commit"] = args.commit or git.stdout.strip()
     figures["meets_targets"] = meets_targets(figures)
     figures["machine"] = {
         "cpus": os.cpu_count(),
