@@ -10,14 +10,16 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install install-gpu demo run test test-deps lint format clean-demo rulegraph
+.PHONY: install install-gpu demo run test test-deps test-fast lint format clean-demo rulegraph
 
 install:
 	bash scripts/setup.sh
 
 # On a machine with NVIDIA GPUs: CUDA torch + vLLM's CUDA build into .venv (docs/gpu.md).
+# CUDA=13 (default): NVIDIA driver >= 580; CUDA=12: older drivers (envs/gpu-requirements-cuda12.txt).
+CUDA ?= 13
 install-gpu:
-	bash scripts/setup.sh --gpu
+	bash scripts/setup.sh --gpu --cuda $(CUDA)
 
 demo: install
 	bash scripts/run.sh --workflow-profile workflow/profiles/demo
@@ -31,6 +33,13 @@ test: install test-deps
 # System packages the suite needs beyond .venv: Debian's chromium for the report's HTML test.
 test-deps:
 	bash scripts/system_deps.sh chromium
+
+# The inner loop: everything but the tests that run Snakemake, a vLLM engine, a browser, a
+# SIGKILL and rerun, or whole jobs in processes of their own (markers in pyproject.toml);
+# `make test` and CI still run those.
+FAST_MARKERS := not gpu and not slow and not slurm and not dag and not vllm and not browser and not crash and not jobs
+test-fast: install
+	pytest -m '$(FAST_MARKERS)'
 
 lint: install
 	ruff check .

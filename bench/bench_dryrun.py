@@ -89,6 +89,7 @@ def write_workdir(folder: Path, rows: int, root: Path) -> None:
     config = yaml.safe_load((root / "config.yaml").read_text())
     config["cc3m"]["tsv"] = str(tsv)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_weight_records(folder, config)
     for name, files in config["evaluate"].items():
         if not isinstance(files, dict):
             continue  # activate, ks, models
@@ -100,6 +101,18 @@ def write_workdir(folder: Path, rows: int, root: Path) -> None:
                 stand_in.parent.mkdir(parents=True, exist_ok=True)
                 stand_in.write_text("{}")
         log.info("stand-in files for %s: %s", name, sorted(files))
+
+
+def write_weight_records(folder: Path, config: dict) -> None:
+    """Record the generators' pinned weights as fetched: the workflow plans no generation job
+    without them, and a dry run reads only the records. (A config from before weights were
+    pinned, measured with ``--root``, has no revision and needs none.)"""
+    from dialogclip.models.vlm_weights import weights_folder, write_record
+
+    for generator in config["generate"]["generators"]:
+        model, revision = (config["generate"][generator].get(key) for key in ("model", "revision"))
+        if revision is not None:
+            write_record(folder / weights_folder(model, revision), model, revision, None, {})
 
 
 def slurm_profile_without_executor(folder: Path, root: Path) -> Path:

@@ -30,10 +30,12 @@ from dialogclip.models.naming import image_model_key
 from dialogclip.train.cache import read_embedding_cache
 from dialogclip.train.rows import read_rows
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.dag]
 
 CONTROLLER = REPO_ROOT / ".venv-controller" / "bin" / "python"
 PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
+SITE_ACCOUNT = "dialogclip-test"  # what a user writes over the profile's placeholder
+NO_PROFILE = ("--workflow-profile", "none", "--default-resources", "allow_cpu=0")
 SHARDS = ("00000", "00001", "00002")
 BLOCKS = ("00000-00001", "00002-00002")  # the demo's train.shards_per_block = 2
 MODEL = image_model_key("tiny-clip", "results/models/tiny-clip-0.safetensors")
@@ -79,8 +81,26 @@ COMPARED_JSON = (
 )
 
 
-def _profile() -> dict:
-    return yaml.safe_load(PROFILE.read_text())
+def _site_profile(
+    folder: Path, allow_cpu: int = 1, gres_rules: tuple[str, ...] = ()
+) -> tuple[Path, dict]:
+    """The Slurm profile as a user edits it for this cluster, in ``folder``/slurm/config.yaml
+    (scripts/run.sh picks the controller for a profile folder named slurm): the account over
+    the placeholder; ``allow_cpu`` (1: the placeholder GPUs run the tiny models on the CPU);
+    for ``gres_rules``, the documented gres alternative in place of ``gpu: 1``."""
+    text = PROFILE.read_text().replace(
+        "slurm_account: your-account", f"slurm_account: {SITE_ACCOUNT}"
+    )
+    assert "allow_cpu: 0" in text
+    text = text.replace("allow_cpu: 0", f"allow_cpu: {allow_cpu}")
+    profile = yaml.safe_load(text)
+    for rule in gres_rules:
+        profile["set-resources"][rule].update(gpu=0, gres="gpu:1")
+        text = yaml.safe_dump(profile, sort_keys=False)
+    target = folder / "slurm" / "config.yaml"
+    target.parent.mkdir(parents=True)
+    target.write_text(text)
+    return target.parent, profile
 
 
 def _env_without_venv() -> dict[str, str]:
@@ -153,7 +173,7 @@ def _snakemake_command(python: Path, workdir: Path) -> list[str]:
     return [str(python), "-m", "snakemake", "--snakefile", snakefile, "--directory", str(workdir)]
 
 
-def _dry_run(python: Path, workdir: Path, *args: str) -> str:
+def _dry_run(python: Path, workdir: Path, *args: str, ok: bool = True) -> str:
     result = subprocess.run(
         [*_snakemake_command(python, workdir), "--dry-run", *args],
         capture_output=True,
@@ -161,7 +181,7 @@ def _dry_run(python: Path, workdir: Path, *args: str) -> str:
         timeout=600,
         cwd=REPO_ROOT,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert (result.returncode == 0) == ok, result.stdout[-3000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
 
 
@@ -170,12 +190,13 @@ def test_profile_places_every_gpu_rule(controller: Path, tmp_path: Path) -> None
     with the profile's GPUs, memory and wall time, or the rule's own where the profile leaves
     one out (generate: per generator); every other rule to the CPU partition; and every rule the
     profile names exists (a typo would be silently ignored by Snakemake)."""
-    profile = _profile()
     workdir = copy_demo(tmp_path / "demo")
-    declared = _job_resources(
-        _dry_run(VENV_BIN / "python", workdir, "--workflow-profile", "none", "--cores", "2")
-    )
-    placed = _job_resources(_dry_run(controller, workdir, "--workflow-profile", str(PROFILE)))
+    # As shipped, the profile's account is a placeholder: the run refuses it.
+    refused = _dry_run(controller, workdir, "--workflow-profile", str(PROFILE.parent), ok=False)
+    assert "default-resources slurm_account is still the placeholder 'your-account'" in refused
+    site, profile = _site_profile(tmp_path)
+    declared = _job_resources(_dry_run(VENV_BIN / "python", workdir, *NO_PROFILE, "--cores", "2"))
+    placed = _job_resources(_dry_run(controller, workdir, "--workflow-profile", str(site)))
     assert placed.keys() == declared.keys()
 
     assert {rule: jobs.keys() for rule, jobs in placed.items()} == {
@@ -210,7 +231,7 @@ def test_profile_places_every_gpu_rule(controller: Path, tmp_path: Path) -> None
     assert hosts["blip2"] != hosts["llava"]
 
     listed = subprocess.run(
-        [*_snakemake_command(controller, workdir), "--list-rules", "--workflow-profile", "none"],
+        [*_snakemake_command(controller, workdir), "--list-rules", *NO_PROFILE],
         capture_output=True,
         text=True,
         timeout=300,
@@ -244,12 +265,12 @@ def test_profile_groups_the_short_jobs(controller: Path, tmp_path: Path) -> None
     rule are in groups of that rule's group and of at most `group-components` jobs (downloads:
     shards, each a download and its retry pass); the serial groups' jobs take the one
     `group_slot`, the downloads none; the long GPU jobs and the evaluations are never grouped."""
-    profile = _profile()
+    site, profile = _site_profile(tmp_path)
     groups, sizes = profile["groups"], profile["group-components"]
     assert profile["resources"] == {"group_slot": 1}
     assert profile["resource-scopes"] == {"group_slot": "local"}
     workdir = copy_demo(tmp_path / "demo")
-    output = _dry_run(controller, workdir, "--workflow-profile", str(PROFILE))
+    output = _dry_run(controller, workdir, "--workflow-profile", str(site))
     found = _group_jobs(output)
     in_groups: Counter[str] = Counter()
     per_group: Counter[str] = Counter()
@@ -303,6 +324,18 @@ def _submissions(controller_log: str) -> dict[str, str]:
     return dict(found)
 
 
+def _sbatch_calls(output: str) -> dict[str, list[str]]:
+    """{`group_<group>_<rules>` or `rule_<rule>`: the sbatch command lines the plugin ran for
+    them} from a --verbose run (the name is the folder of the call's --output log)."""
+    calls: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        if "sbatch call: " in line:
+            call = line.split("sbatch call: ", 1)[1]
+            name = re.search(r"--output '?\S*/slurm_logs/((?:group|rule)_\w+)/", call)[1]
+            calls.setdefault(name, []).append(call)
+    return calls
+
+
 def _time_limit(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 
@@ -327,12 +360,29 @@ def _request(job: dict[str, str]) -> tuple[str, str | None, str, str, str]:
     )
 
 
-@pytest.mark.timeout(3000)
+def _run_through_slurm(profile: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The documented command (docs/cluster.md) with the edited profile; run.sh picks
+    .venv-controller for it. --verbose: the plugin then logs each sbatch call."""
+    command = ["bash", "scripts/run.sh", "--workflow-profile", str(profile)]
+    command += ["--directory", str(workdir), "--verbose", *args]
+    # No slurmdbd on the test cluster: squeue instead of sacct, first status query after 2 s.
+    command += ["--slurm-status-command", "squeue"]
+    command += ["--slurm-init-seconds-before-status-checks", "2"]
+    return subprocess.run(
+        ["timeout", "2400", *command],
+        cwd=REPO_ROOT,
+        env=_env_without_venv(),
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.timeout(3600)
 def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_path: Path) -> None:
     """21 demo jobs through Slurm as the profile submits them: one sbatch job per group (each
     group asking for what its jobs need together) and per ungrouped job, 12 in all; the
     results equal a local run's."""
-    profile = _profile()
+    site, profile = _site_profile(tmp_path / "site")
     local = copy_demo(tmp_path / "local")
     planned = planned_jobs(local, *TARGETS)
     assert sum(planned.values()) == 21
@@ -340,19 +390,7 @@ def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_pa
     assert reference.returncode == 0, reference.stderr[-4000:]
 
     workdir = copy_demo(tmp_path / "slurm")
-    # The documented command (docs/cluster.md); run.sh picks .venv-controller for this profile.
-    command = ["bash", "scripts/run.sh", "--workflow-profile", "workflow/profiles/slurm"]
-    command += ["--directory", str(workdir), *TARGETS]
-    # No slurmdbd on the test cluster: squeue instead of sacct, first status query after 2 s.
-    command += ["--slurm-status-command", "squeue"]
-    command += ["--slurm-init-seconds-before-status-checks", "2"]
-    result = subprocess.run(
-        ["timeout", "2400", *command],
-        cwd=REPO_ROOT,
-        env=_env_without_venv(),
-        capture_output=True,
-        text=True,
-    )
+    result = _run_through_slurm(site, workdir, *TARGETS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     n_jobs = sum(planned.values())
     assert f"{n_jobs} of {n_jobs} steps (100%) done" in result.stderr
@@ -414,6 +452,23 @@ def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_pa
         "rule_tiny_models": {(cpu, None, "2000M", _time_limit(10), "1")},
     }
 
+    # The sbatch lines: the account; a GPU request (the submissions above given gres:gpu:1) as
+    # the profile's `gpu: 1`, --gpus=1, never also a --gres.
+    calls = _sbatch_calls(result.stdout + result.stderr)
+    assert Counter({name: len(c) for name, c in calls.items()}) == SUBMISSIONS
+    gpu_submissions = {name for name, asked in requests.items() if any(r[1] for r in asked)}
+    assert len(gpu_submissions) == 4  # train_caches, generate, embed_eval_images, eval_retrieval
+    for name, name_calls in calls.items():
+        for call in name_calls:
+            assert f" -A {SITE_ACCOUNT} " in call, call
+            assert "--gres" not in call, call
+            assert call.count("--gpus=") == int(name in gpu_submissions), call
+            assert name not in gpu_submissions or " --gpus=1" in call, call
+
+    # Every submission's Slurm log is kept, the successful ones' too.
+    logs = {path.stem for path in (workdir / ".snakemake" / "slurm_logs").rglob("*.log")}
+    assert set(jobs) <= logs
+
     # The same results as the local run.
     for name in COMPARED_SHARDS:
         assert _shard_rows(workdir / name, workdir) == _shard_rows(local / name, local), name
@@ -429,3 +484,19 @@ def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_pa
             read_rows(local / f"{ROWS}/{block}.arrow"),
         )
         assert got.keys.equals(want.keys) and np.array_equal(got.tokens, want.tokens), block
+
+    # The gres alternative as documented (gpu: 0 beside gres), and a profile that does not allow
+    # the CPU: generation goes out with --gres alone, and the job, given Slurm's GPU but seeing
+    # none (placeholder devices), stops at once naming them.
+    gres_site, _ = _site_profile(tmp_path / "gres", allow_cpu=0, gres_rules=("generate",))
+    generation = "results/dialogue/blip2/00000.parquet"
+    stopped = _run_through_slurm(gres_site, workdir, generation, "--forcerun", "generate")
+    assert stopped.returncode != 0
+    (call,) = _sbatch_calls(stopped.stdout + stopped.stderr)["rule_generate"]
+    assert " --gres=gpu:1" in call and "--gpus" not in call, call
+    job_log = (workdir / "logs" / "generate" / "blip2" / "00000.log").read_text()
+    assert "this job was given GPUs (Slurm's GPUs 0) but torch sees none" in job_log
+    ((gres_id, name),) = _submissions(stopped.stdout + stopped.stderr).items()
+    gres_job = _slurm_jobs({gres_id})[gres_id]
+    assert name == "rule_generate" and gres_job["JobState"] == "FAILED", gres_job
+    assert gres_job["TresPerNode"] == "gres:gpu:1" and "TresPerJob" not in gres_job, gres_job

@@ -60,6 +60,8 @@ def _start(
         "dialogclip.core.devices",
         "--gpus",
         str(gpus),
+        "--allow-cpu",  # the devices are fake and torch is the CPU build
+        "1",
         "--",
         sys.executable,
         str(tmp_path / "record.py"),
@@ -253,7 +255,9 @@ def test_cli_gpus_option_claims_before_the_command(
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         for name in [n for n in os.environ if n.startswith("SLURM_")]:
             monkeypatch.delenv(name)
-        status = cli.main(["--gpus", "1", "dialogue-summary", "--output", "summary.json"])
+        status = cli.main(
+            ["--gpus", "1", "--allow-cpu", "1", "dialogue-summary", "--output", "summary.json"]
+        )
         assert status == 0
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
         assert (tmp_path / "summary.json").exists()
@@ -265,12 +269,15 @@ def test_cli_gpus_option_claims_before_the_command(
         holder.communicate(timeout=30)
 
 
+@pytest.mark.dag
 def test_snakemake_resources_gpu_limits_and_separates_jobs(
     tmp_path: Path, job_env: dict[str, str]
 ) -> None:
     """`snakemake --cores 4 --resources gpu=2`: at most 2 GPUs in use, never the same one."""
     job_env["DIALOGCLIP_DEVICES"] = "0,1,2,3"
-    wrapper = f"{sys.executable} -m dialogclip.core.devices --gpus {{resources.gpu}} --"
+    wrapper = (
+        f"{sys.executable} -m dialogclip.core.devices --gpus {{resources.gpu}} --allow-cpu 1 --"
+    )
     record = f"{sys.executable} {tmp_path / 'record.py'}"
     (tmp_path / "Snakefile").write_text(
         textwrap.dedent(

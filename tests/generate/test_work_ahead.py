@@ -65,6 +65,7 @@ def _chunk_files(out: Path, name: str) -> list[str]:
     return sorted(p.name for p in (out / ".chunks" / name).glob("*.parquet"))
 
 
+@pytest.mark.jobs
 def test_one_engine_start_serves_several_shards_and_the_shards_are_unchanged(
     tiny_params, tmp_path
 ) -> None:
@@ -120,6 +121,7 @@ def test_one_engine_start_serves_several_shards_and_the_shards_are_unchanged(
     assert sorted(p.name for p in (out / ".chunks").iterdir() if p.is_dir()) == []
 
 
+@pytest.mark.jobs
 def test_an_error_while_working_ahead_keeps_the_job_and_its_shard(tiny_params, tmp_path) -> None:
     """A foreign file among the ingested shards stops work ahead, not the job: its own shard is
     written (Snakemake would delete it if the job failed) and the log says why."""

@@ -19,6 +19,8 @@ from workflow_helpers import copy_demo, snakemake
 
 from dialogclip.core.io import read_json
 
+pytestmark = [pytest.mark.dag, pytest.mark.browser]
+
 CHROMIUM = Path("/usr/bin/chromium")
 # Flags that work in this sandbox: no GPU, no network side traffic, no first-run UI.
 CHROMIUM_ARGS = [

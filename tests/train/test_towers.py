@@ -230,7 +230,9 @@ def test_trainable_temperature_trains_from_the_pretrained_scale(tiny_clip, objec
     loss, parts = trained.loss(batch, lambda features: features)
     assert parts["logit_scale"] == pytest.approx(20.0)
     # The same loss value as the frozen objective's at the start: one temperature, two forms.
-    assert float(loss) == pytest.approx(float(frozen.loss(batch, lambda f: f)[0]), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(
+        float(frozen.loss(batch, lambda f: f)[0]), rel=1e-6
+    )
     loss.backward()
     assert scale.grad is not None and float(scale.grad) != 0
     assert "log_logit_scale" not in trained.export_state()

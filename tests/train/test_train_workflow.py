@@ -11,13 +11,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from workflow_helpers import REPO_ROOT, copy_demo, planned_jobs, snakemake
+from workflow_helpers import (
+    REPO_ROOT,
+    copy_demo,
+    planned_jobs,
+    pretend_generators_fetched,
+    snakemake,
+)
 
 from dialogclip.core.io import read_json
 from dialogclip.models.naming import image_model_key
 from dialogclip.train.cache import read_embedding_cache
 from dialogclip.train.datasets import DraftDataset, ShardFiles, ThirdTowerDataset
 from dialogclip.train.rows import read_rows
+
+pytestmark = pytest.mark.dag
 
 TINY = "results/models/tiny-clip-0.safetensors"
 SHARDS = ("00000", "00001", "00002")  # the demo's 70 TSV rows in shards of 32
@@ -270,6 +278,7 @@ def test_the_thesis_config_trains_every_run_and_links_every_thesis_row(tmp_path:
         (tmp_path / folder).mkdir(parents=True)
     for name in THESIS_EVAL_FILES:
         (tmp_path / name).write_text("{}")
+    pretend_generators_fetched(tmp_path)
     config = ("--configfile", str(REPO_ROOT / "config.yaml"))
     planned = planned_jobs(tmp_path, *config)
     # 6 third towers (5 frozen model pairs: the caption caches) + 7 DRAFT runs (4 epoch counts

@@ -75,6 +75,61 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 
+def check_allow_cpu():
+    """The GPU rules pass the machine setting `allow_cpu` (may a job given GPUs run on the CPU
+    when torch sees none?) from the default resources: every profile states it (the demo's 1,
+    the cluster profiles' 0), so that no run falls back to the CPU by omission."""
+    defaults = workflow.resource_settings.default_resources
+    if defaults is None or defaults.get("allow_cpu") is None:
+        raise WorkflowError(
+            "the machine setting allow_cpu is not set: add `allow_cpu: 0` (GPU jobs stop when "
+            "torch sees no GPU) or `allow_cpu: 1` (they may run on the CPU, as in the demo) "
+            "under default-resources of your profile, or pass --default-resources allow_cpu=0"
+        )
+
+
+check_allow_cpu()
+
+# The Slurm profile's account until it is edited (workflow/profiles/slurm/config.yaml).
+SLURM_ACCOUNT_PLACEHOLDER = "your-account"
+
+
+def _raw_resource(resources, name):
+    """A resource as the rule, profile or command line wrote it (a number, a string, or the text
+    of an expression evaluated per job); None when absent."""
+    resource = resources.get(name) if resources is not None else None
+    if resource is None:
+        return None
+    raw = resource.raw if resource.raw is not None else resource.value
+    return raw.strip("'\"") if isinstance(raw, str) else raw
+
+
+def check_slurm_requests():
+    """What the Slurm plugin would submit, checked once the rules are defined: an account that
+    is still the profile's placeholder, and a rule that asks for GPUs twice, as `gres` and as
+    `gpu` (the plugin sends --gres and --gpus; Slurm then counts both)."""
+    defaults = workflow.resource_settings.default_resources
+    if _raw_resource(defaults, "slurm_account") == SLURM_ACCOUNT_PLACEHOLDER:
+        raise WorkflowError(
+            f"default-resources slurm_account is still the placeholder "
+            f"'{SLURM_ACCOUNT_PLACEHOLDER}': set your Slurm account in the profile "
+            "(sacctmgr -n show associations user=$USER format=account), or delete the line "
+            "on a cluster without accounts"
+        )
+    double = [
+        f"{rule.name} (gres {gres}, gpu {gpu})"
+        for rule in workflow.rules
+        if "gpu" in str(gres := _raw_resource(rule.resources, "gres") or "")
+        and str(gpu := _raw_resource(rule.resources, "gpu")) not in ("None", "0")
+    ]
+    if double:
+        raise WorkflowError(
+            f"GPUs requested twice, as gres and as gpu: {', '.join(double)}; the Slurm plugin "
+            "would send both --gres and --gpus. Set `gpu: 0` beside `gres` (set-resources of "
+            "the profile), or drop `gres`"
+        )
+
+
 # Every wildcard's constraint, in one place: a path that does not fit names no job. After the
 # config check, which fills in its defaults: a generator is one that generate.generators switches
 # on (NO_MATCH, a pattern nothing fits, when none is).
