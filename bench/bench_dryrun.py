@@ -62,6 +62,7 @@ TARGETS = {"jobs": 3000, "dry_run_seconds": 6.0, "submissions": 1000}  # seconds
 # profile depends on them).
 EXECUTOR_KEYS = ("executor",)
 EXECUTOR_KEY_PREFIX = "slurm-"
+PLACEHOLDER_ACCOUNT = "your-account"  # workflow/profiles/slurm's, refused by the workflow
 
 log = logging.getLogger("bench_dryrun")
 
@@ -123,6 +124,11 @@ def slurm_profile_without_executor(folder: Path, root: Path) -> Path:
         for key, value in profile.items()
         if key not in EXECUTOR_KEYS and not key.startswith(EXECUTOR_KEY_PREFIX)
     }
+    # An account over the placeholder the workflow refuses, as a user sets it (no effect on
+    # the jobs or the groups).
+    defaults = kept.get("default-resources") or {}
+    if defaults.get("slurm_account") == PLACEHOLDER_ACCOUNT:
+        defaults["slurm_account"] = "bench-account"
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(kept, sort_keys=False))
     return folder

@@ -35,7 +35,7 @@ def test_schema_fills_the_defaults(repo_root: Path) -> None:
     )
     assert config["train"] == {
         "activate": False,
-        "shards_per_block": 8,
+        "shards_per_block": 16,
         "runs": [
             {
                 **RUN,
@@ -94,7 +94,7 @@ def test_runs_share_the_image_cache_and_pick_their_form() -> None:
 
 def test_shards_per_block_defaults_to_the_schema_and_must_be_positive(repo_root: Path) -> None:
     """The schema fills in the same default as the typed settings; 0 is refused by both."""
-    assert train_settings_from_dict({}).shards_per_block == DEFAULT_SHARDS_PER_BLOCK == 8
+    assert train_settings_from_dict({}).shards_per_block == DEFAULT_SHARDS_PER_BLOCK == 16
     filled = validate_config(
         _config(repo_root, {}), repo_root / "workflow/schemas/config.schema.yaml"
     )

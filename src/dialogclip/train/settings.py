@@ -6,7 +6,7 @@ workflow imports it to plan the jobs.
 
 Each run (an entry of ``train.runs``) is a method on an OpenCLIP model with one generator's
 dialogue. Its data are prepared per block of ``train.shards_per_block`` consecutive ingested
-shards (``core.shards``: a block such as ``00000-00007`` is one file of each kind, its shards'
+shards (``core.shards``: a block such as ``00000-00015`` is one file of each kind, its shards'
 rows in shard order). What the data depend on decides where they live, so runs share every
 file they can:
 
@@ -221,8 +221,10 @@ class TrainRun:
 
 # Shards per training-data file and job: a job per shard would be 1,660 image caches for the
 # thesis' five models at CC3M size, each a minute of GPU with nothing to resume inside, and
-# Snakemake spends ~4 ms of planning per job (bench/bench_dryrun.py); 8 shards make 42 blocks.
-DEFAULT_SHARDS_PER_BLOCK = 8
+# Snakemake spends ~3 ms of planning per job (bench/bench_dryrun.py). 16 shards make 21 blocks
+# (the last 12 shards): a block job is minutes of work, all that a killed job or an ingest edit
+# of one shard redoes; 8 made 336 more jobs for the same work.
+DEFAULT_SHARDS_PER_BLOCK = 16
 
 
 @dataclass(frozen=True)
