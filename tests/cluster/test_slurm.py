@@ -408,6 +408,12 @@ def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_pa
     wanted = profile["set-resources"]
     threads = profile["set-threads"]
     caches = wanted["embed_train_images"], wanted["embed_train_captions"]
+
+    def own_gpu_request(rule: str) -> tuple[str, str, str, str, str]:
+        """An ungrouped GPU job's request: the profile's memory, wall time and threads."""
+        mem_mb, runtime = wanted[rule]["mem_mb"], wanted[rule]["runtime"]
+        return (gpu, "gres:gpu:1", f"{mem_mb}M", _time_limit(runtime), str(threads[rule]))
+
     assert requests == {
         # The 3 shards side by side (no group slot): 3 x 2 CPUs and 3 x 4000 MB, then the 3
         # retry passes; wall time: a download's, then a retry pass's.
@@ -430,24 +436,8 @@ def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_pa
         "rule_generate": {
             (gpu, "gres:gpu:1", "32000M", _time_limit(180), str(threads["generate"]))
         },
-        "rule_embed_eval_images": {
-            (
-                gpu,
-                "gres:gpu:1",
-                f"{wanted['embed_eval_images']['mem_mb']}M",
-                _time_limit(wanted["embed_eval_images"]["runtime"]),
-                str(threads["embed_eval_images"]),
-            )
-        },
-        "rule_eval_retrieval": {
-            (
-                gpu,
-                "gres:gpu:1",
-                f"{wanted['eval_retrieval']['mem_mb']}M",
-                _time_limit(wanted["eval_retrieval"]["runtime"]),
-                str(threads["eval_retrieval"]),
-            )
-        },
+        "rule_embed_eval_images": {own_gpu_request("embed_eval_images")},
+        "rule_eval_retrieval": {own_gpu_request("eval_retrieval")},
         "rule_tiny_clip": {(cpu, None, "2000M", _time_limit(10), "1")},
         "rule_tiny_models": {(cpu, None, "2000M", _time_limit(10), "1")},
     }
