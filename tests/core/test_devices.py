@@ -23,6 +23,9 @@ from dialogclip import cli
 from dialogclip.core import devices
 from dialogclip.core.devices import Claim, DeviceError, claim_gpus, parse_nvidia_smi
 
+# What the process had before any test here ran (the leak check at the end compares with it).
+ORIGINAL_CUDA_VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES")
+
 # A job: write {"devices", "start", "end", "pid"} to argv[1] after sleeping argv[2] seconds.
 RECORD = textwrap.dedent(
     """
@@ -252,7 +255,11 @@ def test_cli_gpus_option_claims_before_the_command(
             time.sleep(0.05)
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("DIALOGCLIP_DEVICES", "5,7")
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        # The claim below sets CUDA_VISIBLE_DEVICES in os.environ: setenv first, so that
+        # monkeypatch restores the variable's state from before the test (a bare delenv of an
+        # unset variable records nothing, and "7" would leak into the tests that follow).
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
         for name in [n for n in os.environ if n.startswith("SLURM_")]:
             monkeypatch.delenv(name)
         status = cli.main(
@@ -320,3 +327,9 @@ def test_snakemake_resources_gpu_limits_and_separates_jobs(
     _assert_never_shared(records)
     # Snakemake's resource limit holds (2 GPUs at most), and it is reached: jobs overlapped.
     assert _max_concurrent_devices(list(records.values())) == 2
+
+
+def test_the_cli_claim_leaves_no_devices_behind() -> None:
+    # Runs after test_cli_gpus_option_claims_before_the_command (file order): its claim of
+    # device 7 must not outlive it, or every later test would see one GPU "visible".
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") in (None, ORIGINAL_CUDA_VISIBLE_DEVICES)

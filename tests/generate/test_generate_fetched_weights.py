@@ -32,6 +32,7 @@ def _folder(revision: str) -> str:
     return f"resources/vlm_weights/loopback--tiny-blip2/{revision}"
 
 
+@pytest.mark.dag
 def test_a_hub_generator_reads_only_its_fetched_folder(
     finished_demo: Path,
     tiny_models: dict[str, Path],

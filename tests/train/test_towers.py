@@ -231,7 +231,7 @@ def test_trainable_temperature_trains_from_the_pretrained_scale(tiny_clip, objec
     assert parts["logit_scale"] == pytest.approx(20.0)
     # The same loss value as the frozen objective's at the start: one temperature, two forms.
     assert float(loss.detach()) == pytest.approx(
-        float(frozen.loss(batch, lambda f: f)[0]), rel=1e-6
+        float(frozen.loss(batch, lambda f: f)[0].detach()), rel=1e-6
     )
     loss.backward()
     assert scale.grad is not None and float(scale.grad) != 0
