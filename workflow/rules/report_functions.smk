@@ -42,6 +42,7 @@ def check_thesis_rows():
     """
     from dialogclip.report.settings import report_settings_from_params
     from dialogclip.report.tables import check_thesis_rows as check_rows
+
     settings = report_settings_from_params(json.loads(get_report_params(None)))
     try:
         check_rows(settings, get_thesis_numbers())
