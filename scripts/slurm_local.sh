@@ -84,9 +84,10 @@ SelectTypeParameters=CR_Core_Memory
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-# Finished jobs stay visible to squeue/scontrol for 5 minutes: snakemake's squeue status
-# queries (no slurmdbd here) and the test's look at what each job requested need them.
-MinJobAge=300
+# Finished jobs stay visible to squeue/scontrol for 30 minutes: snakemake's squeue status
+# queries (no slurmdbd here) and the test's look at what each job requested, after a run of
+# several minutes, need them.
+MinJobAge=1800
 ReturnToService=2
 SlurmdParameters=config_overrides
 GresTypes=gpu

@@ -155,16 +155,16 @@ def planned_jobs(workdir: Path, *args: str) -> Counter[str]:
 
 
 # What the finished demo redoes after a change to one generator's dialogue (all shards): its
-# statistics, its training rows, the runs that learn from it, their evaluation variants and the
-# report (resources/demo/config.yaml: a third tower on BLIP-2, evaluated at six betas on COCO;
-# two DRAFT runs on LLaVA, each at two betas on COCO and both VQA sets, the first one also
-# blended by the weights at beta 0.9).
+# statistics, its training rows (one job per block of 2 shards: 2 blocks), the runs that learn
+# from it, their evaluation variants and the report (resources/demo/config.yaml: a third tower
+# on BLIP-2, evaluated at six betas on COCO; two DRAFT runs on LLaVA, each at two betas on COCO
+# and both VQA sets, the first one also blended by the weights at beta 0.9).
 DEMO_AFTER_DIALOGUE = {
     "blip2": Counter(
         {
             "dialogue_summary": 1,
             "dialogue_quality": 1,
-            "train_rows": 3,
+            "train_rows": 2,
             "train_run": 1,
             "eval_retrieval": 6,
             "report": 1,
@@ -174,7 +174,7 @@ DEMO_AFTER_DIALOGUE = {
         {
             "dialogue_summary": 1,
             "dialogue_quality": 1,
-            "train_rows": 3,
+            "train_rows": 2,
             "train_run": 2,
             "eval_retrieval": 5,
             "eval_vqa": 10,

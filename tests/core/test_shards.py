@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from dialogclip.core.shards import ShardPlan, count_lines, make_key, shard_name
+from dialogclip.core.shards import (
+    ShardPlan,
+    block_shards,
+    count_lines,
+    make_key,
+    shard_name,
+    shard_paths,
+)
 
 
 def test_key_and_shard_names_are_zero_padded() -> None:
@@ -28,6 +35,31 @@ def test_row_ranges_partition_the_rows() -> None:
         plan.row_range(3)
     with pytest.raises(ValueError, match="shard_size"):
         ShardPlan(n_rows=1, shard_size=0)
+
+
+def test_blocks_cover_the_shards_in_order() -> None:
+    """CC3M's 332 shards in blocks of 8: 41 full blocks and a last one of 4; the shards of
+    every block, in order, are every shard once."""
+    plan = ShardPlan(n_rows=3_318_333, shard_size=10_000)
+    blocks = plan.blocks(8)
+    assert len(blocks) == 42
+    assert (blocks[0], blocks[1], blocks[-1]) == ("00000-00007", "00008-00015", "00328-00331")
+    assert [shard for block in blocks for shard in block_shards(block)] == plan.names
+    assert ShardPlan(n_rows=70, shard_size=32).blocks(2) == ["00000-00001", "00002-00002"]
+    assert plan.blocks(1)[:2] == ["00000-00000", "00001-00001"]
+    assert len(plan.blocks(1000)) == 1
+    with pytest.raises(ValueError, match="shards_per_block must be positive"):
+        plan.blocks(0)
+    for bad in ("00007", "00008-00003", "a-b"):
+        with pytest.raises(ValueError, match=f"not a block of shards: '{bad}'"):
+            block_shards(bad)
+
+
+def test_shard_paths_take_one_path_or_several(tmp_path: Path) -> None:
+    assert shard_paths("a/00000.parquet") == [Path("a/00000.parquet")]
+    assert shard_paths([tmp_path / "1", "2"]) == [tmp_path / "1", Path("2")]
+    with pytest.raises(ValueError, match="no shard file given"):
+        shard_paths([])
 
 
 @pytest.mark.parametrize(

@@ -65,11 +65,11 @@ def test_the_text_form_reruns_what_reads_texts_never_generation(
         lambda c: c.setdefault("text", {}).update(qa_template="Q: {question} A: {answer}"),
     )
     # Never generation: the shards keep raw pairs; the form is applied by their readers (VQA
-    # candidates, training samples, statistics).
+    # candidates, training samples - two rows sets in two blocks of shards - statistics).
     assert planned_jobs(finished_demo, "--configfile", edited) == {
         "eval_vqa": 15,
         "eval_retrieval": 11,
-        "train_rows": 6,
+        "train_rows": 4,
         "train_run": 3,
         "dialogue_summary": 2,
         "dialogue_quality": 2,

@@ -244,11 +244,12 @@ def test_editing_generation_science_reruns_exactly_its_jobs(
 
 # The pair template reaches every sample (DRAFT pairs, the joined dialogue) and the VQA
 # candidates; the separator and the long-text policy only the joined dialogue (third tower).
+# Training rows: one job per rows set and block of 2 shards (2 blocks).
 EVERY_TEXT = Counter(
     {
         "dialogue_summary": 2,
         "dialogue_quality": 2,
-        "train_rows": 6,
+        "train_rows": 4,
         "train_run": 3,
         "eval_retrieval": 11,
         "eval_vqa": 15,
@@ -259,7 +260,7 @@ JOINED_TEXT = Counter(
     {
         "dialogue_summary": 2,
         "dialogue_quality": 2,
-        "train_rows": 3,
+        "train_rows": 2,
         "train_run": 1,
         "eval_retrieval": 6,
         "report": 1,

@@ -12,9 +12,10 @@ from workflow_helpers import copy_demo, edited_config, planned, planned_jobs
 
 pytestmark = pytest.mark.dag
 
-# One shard's images change: its retry pass, dialogue (one job per generator), frozen-tower
-# caches and training rows, then every run (all shards feed each), their evaluations, the
-# statistics and the report.
+# One shard's images change: its retry pass, dialogue (one job per generator), the frozen-tower
+# caches and training rows of its block (train.shards_per_block = 2: the block 00000-00001 of
+# shard 00001), then every run (all shards feed each), their evaluations, the statistics and the
+# report.
 DOWNSTREAM_OF_ONE_SHARD = {
     "retry_failed_downloads": 1,
     "generate": 2,
@@ -30,7 +31,15 @@ DOWNSTREAM_OF_ONE_SHARD = {
     "report": 1,
 }
 PER_SHARD = ("retry_failed_downloads", "generate", "download_shard")
-PER_SHARD += ("embed_train_images", "embed_train_captions", "train_rows")
+PER_BLOCK = ("embed_train_images", "embed_train_captions", "train_rows")
+
+
+def _every_shard(jobs: dict[str, int]) -> dict[str, int]:
+    """``jobs`` (those of one shard) for all 3 shards: their 2 blocks for the training data."""
+    return {
+        name: count * 3 if name in PER_SHARD else count * 2 if name in PER_BLOCK else count
+        for name, count in jobs.items()
+    }
 
 
 def test_download_threads_rerun_nothing(finished_demo: Path) -> None:
@@ -70,10 +79,7 @@ def test_a_new_limit_redoes_only_the_shard_whose_rows_change(
 def test_an_ingest_setting_redoes_every_shard(finished_demo: Path, tmp_path: Path) -> None:
     edited = edited_config(finished_demo, tmp_path, lambda c: c["ingest"].update(encode_quality=90))
     plan = planned(finished_demo, "--configfile", edited)
-    assert plan.jobs == {
-        name: count * 3 if name in PER_SHARD else count
-        for name, count in {"download_shard": 1, **DOWNSTREAM_OF_ONE_SHARD}.items()
-    }
+    assert plan.jobs == _every_shard({"download_shard": 1, **DOWNSTREAM_OF_ONE_SHARD})
     assert plan.by("generate", "generator") == {"blip2": 3, "llava": 3}
 
 
@@ -84,8 +90,5 @@ def test_a_retry_setting_redoes_only_the_retry_pass(finished_demo: Path, tmp_pat
         lambda c: c["ingest"]["retry_failed"].update(error_kinds=["timeout"]),
     )
     plan = planned(finished_demo, "--configfile", edited)
-    assert plan.jobs == {
-        name: count * 3 if name in PER_SHARD else count
-        for name, count in DOWNSTREAM_OF_ONE_SHARD.items()
-    }
+    assert plan.jobs == _every_shard(DOWNSTREAM_OF_ONE_SHARD)
     assert plan.by("generate", "generator") == {"blip2": 3, "llava": 3}

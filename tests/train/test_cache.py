@@ -1,5 +1,6 @@
 """Frozen-tower embedding caches: values against a naive per-image computation, float16
-precision, memory-mapped zero-copy reading, decode errors recorded, the commands."""
+precision, memory-mapped zero-copy reading, decode errors recorded, a block of shards as its
+shards' caches end to end, the commands."""
 
 from __future__ import annotations
 
@@ -18,11 +19,7 @@ from train_helpers import ingest_row, jpeg_bytes, write_ingested
 from dialogclip.cli import main
 from dialogclip.models.naming import image_model_key, text_model_key
 from dialogclip.models.openclip import ClipSpec
-from dialogclip.train.cache import (
-    embed_shard_captions,
-    embed_shard_images,
-    read_embedding_cache,
-)
+from dialogclip.train.cache import embed_captions, embed_images, read_embedding_cache
 
 CORRUPT = jpeg_bytes(99)[:200]  # a truncated JPEG: PIL cannot decode it
 
@@ -50,7 +47,7 @@ def spec(tiny_checkpoint) -> ClipSpec:
 @pytest.fixture(scope="module")
 def image_cache(shard, spec, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("cache") / "image.arrow"
-    embed_shard_images(shard, spec, output, batch_size=2, device="cpu", threads=2)
+    embed_images(shard, spec, output, batch_size=2, device="cpu", threads=2)
     return output
 
 
@@ -89,11 +86,11 @@ def test_cache_metadata_names_the_tower(image_cache, spec) -> None:
         False,
         "auto",
     )
-    assert (meta["dtype"], meta["dim"], meta["normalized"], meta["shard"]) == (
+    assert (meta["dtype"], meta["dim"], meta["normalized"], meta["shards"]) == (
         "float16",
         32,
         True,
-        "00000",
+        ["00000"],
     )
     assert "Normalize" in meta["preprocess"]
 
@@ -111,7 +108,7 @@ def test_reading_is_a_zero_copy_memory_map(image_cache) -> None:
 
 def test_batch_size_and_threads_do_not_change_the_cache(shard, spec, image_cache, tmp_path) -> None:
     other = tmp_path / "image-b5.arrow"
-    embed_shard_images(shard, spec, other, batch_size=5, device="cpu", threads=1)
+    embed_images(shard, spec, other, batch_size=5, device="cpu", threads=1)
     a, b = read_embedding_cache(image_cache), read_embedding_cache(other)
     assert a.keys.equals(b.keys)
     assert np.abs(a.emb.astype(np.float32) - b.emb.astype(np.float32)).max() <= 2.0**-11
@@ -119,7 +116,7 @@ def test_batch_size_and_threads_do_not_change_the_cache(shard, spec, image_cache
 
 def test_caption_cache_holds_every_success_row(shard, spec, tiny_clip, tmp_path) -> None:
     output = tmp_path / "text.arrow"
-    embed_shard_captions(shard, spec, output, batch_size=3, device="cpu")
+    embed_captions(shard, spec, output, batch_size=3, device="cpu")
     cache = read_embedding_cache(output, "text")
     keys = ["000000000", "000000002", "000000003", "000000004", "000000006"]
     assert cache.keys.to_pylist() == keys  # the corrupt image's caption is embedded too
@@ -139,9 +136,39 @@ def test_a_shard_without_success_rows_gives_an_empty_cache(spec, tmp_path) -> No
     shard = write_ingested(
         tmp_path / "00001.parquet", [ingest_row(10, status="failed_to_download")]
     )
-    embed_shard_images(shard, spec, tmp_path / "empty.arrow", device="cpu")
+    embed_images(shard, spec, tmp_path / "empty.arrow", device="cpu")
     cache = read_embedding_cache(tmp_path / "empty.arrow")
     assert cache.emb.shape == (0, 32) and len(cache.keys) == 0
+
+
+def test_a_block_of_shards_is_its_shards_caches_end_to_end(
+    shard, spec, image_cache, tmp_path
+) -> None:
+    """One job embeds a block of consecutive shards into one file: the shards' rows in order,
+    the same embeddings as each shard alone, the counts and decode errors of all of them."""
+    second = write_ingested(
+        tmp_path / "00001.parquet",
+        [ingest_row(10), ingest_row(11, jpg=CORRUPT), ingest_row(12, status="failed_to_download")],
+    )
+    block = tmp_path / "00000-00001.arrow"
+    embed_images([shard, second], spec, block, batch_size=3, device="cpu", threads=2)
+    alone = tmp_path / "00001.arrow"
+    embed_images(second, spec, alone, batch_size=3, device="cpu", threads=2)
+    got = read_embedding_cache(block, "image")
+    parts = [read_embedding_cache(image_cache), read_embedding_cache(alone)]
+    assert got.keys.to_pylist() == parts[0].keys.to_pylist() + parts[1].keys.to_pylist()
+    assert got.keys.to_pylist()[-1] == "000000010"
+    assert np.array_equal(got.emb, np.concatenate([part.emb for part in parts]))
+    meta = got.metadata
+    assert meta["shards"] == ["00000", "00001"]
+    assert (meta["n_input_rows"], meta["n_success"], meta["n_rows"]) == (10, 7, 5)
+    assert list(got.errors) == ["000000003", "000000011"]
+    captions = tmp_path / "captions.arrow"
+    embed_captions([shard, second], spec, captions, batch_size=4, device="cpu")
+    assert read_embedding_cache(captions, "text").keys.to_pylist()[-2:] == [
+        "000000010",
+        "000000011",
+    ]
 
 
 def test_commands_write_the_caches(shard, spec, image_cache, tmp_path) -> None:
@@ -151,7 +178,7 @@ def test_commands_write_the_caches(shard, spec, image_cache, tmp_path) -> None:
             command,
             "--params",
             params,
-            "--shard",
+            "--shards",
             str(shard),
             "--output",
             str(tmp_path / name),
@@ -162,10 +189,10 @@ def test_commands_write_the_caches(shard, spec, image_cache, tmp_path) -> None:
     assert read_embedding_cache(tmp_path / "t.arrow", "text").emb.shape == (5, 32)
 
 
-def test_missing_inputs_are_named(spec, tmp_path, capfd) -> None:
+def test_missing_inputs_are_named(shard, spec, tmp_path, capfd) -> None:
     params = json.dumps({"architecture": "tiny-clip", "pretrained": spec.pretrained})
     missing = tmp_path / "absent.parquet"
-    argv = ["embed-train-images", "--params", params, "--shard", str(missing)]
+    argv = ["embed-train-images", "--params", params, "--shards", str(shard), str(missing)]
     assert main([*argv, "--output", str(tmp_path / "x.arrow"), "--device", "cpu"]) == 2
     assert f"ingested shard not found: {missing}" in capfd.readouterr().err
     assert not (tmp_path / "x.arrow").exists()

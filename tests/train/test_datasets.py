@@ -16,7 +16,7 @@ from train_helpers import (
 )
 
 from dialogclip.models.openclip import ClipSpec
-from dialogclip.train.cache import embed_shard_captions, embed_shard_images, read_embedding_cache
+from dialogclip.train.cache import embed_captions, embed_images, read_embedding_cache
 from dialogclip.train.datasets import DraftDataset, ShardFiles, ThirdTowerDataset
 from dialogclip.train.rows import RowsSettings, build_rows, load_tokenizer, read_rows, write_rows
 from dialogclip.train.sampler import unique_image_batches
@@ -41,9 +41,11 @@ def _make_shard(folder: Path, name: str, indices: list[int], corrupt: int | None
     files = {
         "image": folder / "emb" / "image" / f"{name}.arrow",
         "text": folder / "emb" / "text" / f"{name}.arrow",
+        "ingested": ingested,
+        "dialogue": dialogue,
     }
-    embed_shard_images(ingested, spec, files["image"], batch_size=4, device="cpu")
-    embed_shard_captions(ingested, spec, files["text"], batch_size=4, device="cpu")
+    embed_images(ingested, spec, files["image"], batch_size=4, device="cpu")
+    embed_captions(ingested, spec, files["text"], batch_size=4, device="cpu")
     tokenizer = load_tokenizer("tiny-clip")
     for form in ("pairs", "concatenated"):
         result = build_rows(ingested, dialogue, RowsSettings("tiny-clip", form), tokenizer)
@@ -116,6 +118,38 @@ def test_draft_items_and_groups(shards) -> None:
         # batch() equals stacking the items.
         for name in stacked:
             assert torch.equal(stacked[name], torch.stack([data[i][name] for i in batch]))
+
+
+def test_a_block_file_reads_as_its_shards_files(shards, tiny_checkpoint, tmp_path) -> None:
+    """The training data of a block of shards (one file of each kind, train.shards_per_block)
+    gives the datasets the same rows, in the same order, with the same image groups and values,
+    as one file per shard: the block size never changes what a run trains on."""
+    spec = ClipSpec("tiny-clip", str(tiny_checkpoint))
+    ingested = [s["ingested"] for s in shards]
+    dialogue = [s["dialogue"] for s in shards]
+    block = {"image": tmp_path / "image.arrow", "text": tmp_path / "text.arrow"}
+    embed_images(ingested, spec, block["image"], batch_size=3, device="cpu")
+    embed_captions(ingested, spec, block["text"], batch_size=3, device="cpu")
+    tokenizer = load_tokenizer("tiny-clip")
+    for form in ("pairs", "concatenated"):
+        block[form] = tmp_path / f"{form}.arrow"
+        rows = build_rows(ingested, dialogue, RowsSettings("tiny-clip", form), tokenizer)
+        write_rows(rows, block[form], tmp_path / f"{form}.json")
+    # The corrupt image's rows are skipped: its 3 pairs, or its one joined dialogue.
+    for dataset, form, skipped in (
+        (DraftDataset, "pairs", 3),
+        (ThirdTowerDataset, "concatenated", 1),
+    ):
+        per_shard = dataset(_files(shards, form))
+        whole = dataset([ShardFiles(block[form], block["image"], block["text"])])
+        assert len(whole) == len(per_shard) > 0
+        assert whole.excluded == per_shard.excluded == {"image_decode_error": skipped}
+        assert np.array_equal(whole.groups, per_shard.groups)
+        every = np.arange(len(whole))
+        got, want = whole.batch(every), per_shard.batch(every)
+        assert got.keys() == want.keys()
+        for name in want:
+            assert torch.equal(got[name], want[name]), (form, name)
 
 
 def test_a_cache_of_another_shard_is_an_error_naming_key_and_files(shards) -> None:

@@ -1,5 +1,5 @@
 """Training rows: the join of an ingested shard with a dialogue shard, the exclusion counts, the
-text forms and their tokens, the command."""
+text forms and their tokens, a block of shards as its shards' rows end to end, the command."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from train_helpers import dialogue_row, ingest_row, write_dialogue, write_ingested
 
@@ -189,6 +190,34 @@ def test_a_dialogue_of_another_shard_is_refused(tmp_path, tokenizer) -> None:
         build_rows(ingested, tmp_path / "absent.parquet", RowsSettings("tiny-clip"), tokenizer)
 
 
+def _second_shard(folder: Path) -> tuple[Path, Path]:
+    """Shard 00001 of the same generator: one image kept, one without dialogue."""
+    ingested = write_ingested(folder / "00001.parquet", [ingest_row(20), ingest_row(21)])
+    dialogue = write_dialogue(folder / "llava-00001.parquet", [dialogue_row(20, Q, A)])
+    return ingested, dialogue
+
+
+def test_a_block_of_shards_is_its_shards_rows_end_to_end(shard, tokenizer, tmp_path) -> None:
+    """One job turns a block of consecutive shards into one rows file: each shard joined with
+    its own dialogue, the rows shard after shard, the counts summed."""
+    second = _second_shard(tmp_path)
+    settings = RowsSettings("tiny-clip", "pairs")
+    block = build_rows([shard[0], second[0]], [shard[1], second[1]], settings, tokenizer)
+    parts = [build_rows(*pair, settings, tokenizer) for pair in (shard, second)]
+    assert block.table.equals(pa.concat_tables([part.table for part in parts]))
+    assert block.table.column("key").to_pylist()[-3:] == ["000000020"] * 3
+    stats = block.stats
+    assert stats["shards"] == ["00000", "00001"]
+    assert stats["images"]["input"] == 14 and stats["rows"] == 12
+    assert stats["images"]["excluded"] == {**EXCLUDED, "missing_dialogue": 2}
+    assert [item["dialogue"] for item in stats["inputs"]] == [str(shard[1]), str(second[1])]
+    with pytest.raises(ValueError, match="2 ingested shards but 1 dialogue shards"):
+        build_rows([shard[0], second[0]], [shard[1]], settings, tokenizer)
+    # Paired by position: the second shard's keys are not in the first's dialogue.
+    with pytest.raises(ValueError, match=r"keys \(e\.g\. 000000020\) are not in .*00000\.parquet"):
+        build_rows([shard[0], second[0]], [second[1], shard[1]], settings, tokenizer)
+
+
 def test_command_writes_rows_and_stats(shard, tmp_path) -> None:
     ingested, dialogue = shard
     params = {
@@ -201,12 +230,15 @@ def test_command_writes_rows_and_stats(shard, tmp_path) -> None:
             "long_texts": "truncate",
         },
     }
+    second = _second_shard(tmp_path)
     argv = ["train-rows", "--params", json.dumps(params), "--ingested", str(ingested)]
-    argv += ["--dialogue", str(dialogue), "--output", str(tmp_path / "r.arrow")]
+    argv += [str(second[0]), "--dialogue", str(dialogue), str(second[1])]
+    argv += ["--output", str(tmp_path / "r.arrow")]
     assert main([*argv, "--stats", str(tmp_path / "s.json")]) == 0
     stats = json.loads((tmp_path / "s.json").read_text())
-    assert stats["images"]["excluded"] == EXCLUDED and stats["rows"] == 3
-    assert read_rows(tmp_path / "r.arrow").tokens.shape == (3, 77)
+    assert stats["images"]["excluded"] == {**EXCLUDED, "missing_dialogue": 2}
+    assert stats["rows"] == 4 and stats["shards"] == ["00000", "00001"]
+    assert read_rows(tmp_path / "r.arrow").tokens.shape == (4, 77)
     assert rows_settings_from_params(params).text == TextForms()
     with pytest.raises(Exception, match=r"sample_form must be one of \('concatenated', 'pairs'\)"):
         rows_settings_from_params({**params, "sample_form": "triples"})

@@ -8,7 +8,11 @@ import pytest
 
 from dialogclip.core.config import ConfigError, load_yaml, validate_config
 from dialogclip.models.naming import image_model_key
-from dialogclip.train.settings import TrainRun, train_settings_from_dict
+from dialogclip.train.settings import (
+    DEFAULT_SHARDS_PER_BLOCK,
+    TrainRun,
+    train_settings_from_dict,
+)
 
 RUN = {
     "name": "draft-b32",
@@ -31,6 +35,7 @@ def test_schema_fills_the_defaults(repo_root: Path) -> None:
     )
     assert config["train"] == {
         "activate": False,
+        "shards_per_block": 16,
         "runs": [
             {
                 **RUN,
@@ -71,17 +76,37 @@ def test_runs_share_the_image_cache_and_pick_their_form() -> None:
     )
     draft, third = settings.runs
     assert (draft.form, third.form) == ("pairs", "concatenated")
+    key = image_model_key("ViT-B-32", "laion400m_e32")
     assert (
-        draft.image_cache("00003")
-        == third.image_cache("00003")
-        == (f"results/train/emb/image/{image_model_key('ViT-B-32', 'laion400m_e32')}/00003.arrow")
+        draft.image_cache("00008-00015")
+        == third.image_cache("00008-00015")
+        == f"results/train/emb/image/{key}/00008-00015.arrow"
     )
     assert (draft.uses_caption_cache, third.uses_caption_cache) == (False, True)
-    assert draft.rows_file("00003") == "results/train/rows/llava/ViT-B-32/pairs/00003.arrow"
-    truncated = TrainRun(**{**RUN, "include_truncated": True, "sample_form": "concatenated"})
-    assert truncated.rows_stats("00003") == (
-        "results/train/rows/llava/ViT-B-32/concatenated-with_truncated/stats/00003.json"
+    assert draft.rows_file("00008-00015") == (
+        "results/train/rows/llava/ViT-B-32/pairs/00008-00015.arrow"
     )
+    truncated = TrainRun(**{**RUN, "include_truncated": True, "sample_form": "concatenated"})
+    assert truncated.rows_stats("00008-00015") == (
+        "results/train/rows/llava/ViT-B-32/concatenated-with_truncated/stats/00008-00015.json"
+    )
+
+
+def test_shards_per_block_defaults_to_the_schema_and_must_be_positive(repo_root: Path) -> None:
+    """The schema fills in the same default as the typed settings; 0 is refused by both."""
+    assert train_settings_from_dict({}).shards_per_block == DEFAULT_SHARDS_PER_BLOCK == 16
+    filled = validate_config(
+        _config(repo_root, {}), repo_root / "workflow/schemas/config.schema.yaml"
+    )
+    assert filled["train"]["shards_per_block"] == DEFAULT_SHARDS_PER_BLOCK
+    assert train_settings_from_dict({"shards_per_block": 2}).shards_per_block == 2
+    with pytest.raises(ConfigError, match=r"train\.shards_per_block must be at least 1, got 0"):
+        train_settings_from_dict({"shards_per_block": 0})
+    with pytest.raises(ConfigError, match=r"train\.shards_per_block: 0 is less than the minimum"):
+        validate_config(
+            _config(repo_root, {"shards_per_block": 0}),
+            repo_root / "workflow/schemas/config.schema.yaml",
+        )
 
 
 def test_rows_params_hold_only_the_text_settings_used() -> None:

@@ -8,6 +8,7 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from workflow_helpers import (
@@ -28,16 +29,18 @@ pytestmark = pytest.mark.dag
 
 TINY = "results/models/tiny-clip-0.safetensors"
 SHARDS = ("00000", "00001", "00002")  # the demo's 70 TSV rows in shards of 32
+# ... in blocks of train.shards_per_block = 2 shards: the training data's jobs and files.
+BLOCKS = {"00000-00001": SHARDS[:2], "00002-00002": SHARDS[2:]}
 # The demo's runs (resources/demo/config.yaml): a third tower on BLIP-2, DRAFT with and without
-# MMD on LLaVA pairs. One image tower: 3 image caches, not 9; the third tower adds the captions;
-# both DRAFT runs read the same rows. Each run adds its evaluation variants: the third tower six
-# betas on COCO, each DRAFT run two betas on COCO and both VQA sets, the first DRAFT run also
-# its weight blend at beta 0.9.
+# MMD on LLaVA pairs. One image tower: 2 image caches (one per block), not 6; the third tower
+# adds the captions; both DRAFT runs read the same rows. Each run adds its evaluation variants:
+# the third tower six betas on COCO, each DRAFT run two betas on COCO and both VQA sets, the
+# first DRAFT run also its weight blend at beta 0.9.
 TRAIN_JOBS = Counter(
     {
-        "embed_train_images": 3,
-        "embed_train_captions": 3,
-        "train_rows": 6,
+        "embed_train_images": 2,
+        "embed_train_captions": 2,
+        "train_rows": 4,
         "train_run": 3,
         "eval_retrieval": 6 + 3 + 2,
         "eval_vqa": 6 + 4,
@@ -143,14 +146,14 @@ NO_MMD_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
             lambda c: c["train"]["runs"][1].update(
                 pretrained="results/models/tiny-clip-1.safetensors"
             ),
-            {"embed_train_images": 3, "embed_eval_images": 3, "train_run": 1, **DRAFT_EVALS},
+            {"embed_train_images": 2, "embed_eval_images": 3, "train_run": 1, **DRAFT_EVALS},
         ),
         # QuickGELU changes both frozen towers of the third tower.
         (
             lambda c: c["train"]["runs"][0].update(quickgelu=True),
             {
-                "embed_train_images": 3,
-                "embed_train_captions": 3,
+                "embed_train_images": 2,
+                "embed_train_captions": 2,
                 "embed_eval_images": 1,
                 "train_run": 1,
                 **THIRD_TOWER_EVALS,
@@ -158,14 +161,14 @@ NO_MMD_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
         ),
         (
             lambda c: c["train"]["runs"][1].update(include_truncated=False),
-            {"train_rows": 3, "train_run": 1, **DRAFT_EVALS},
+            {"train_rows": 2, "train_run": 1, **DRAFT_EVALS},
         ),
         # The separator joins pairs: only the concatenated (third-tower) rows read it, and the
         # dialogue statistics.
         (
             lambda c: c.setdefault("text", {}).update(pair_separator=" / "),
             {
-                "train_rows": 3,
+                "train_rows": 2,
                 "train_run": 1,
                 "dialogue_summary": 2,
                 "dialogue_quality": 2,
@@ -202,43 +205,54 @@ def test_science_edits_rerun_exactly_what_depends_on_them(
 
 
 def test_written_files_join_into_datasets(trained: Path) -> None:
+    """One file per block and kind, holding its shards' rows in order: the ingested rows of
+    both shards of 00000-00001, every image's stats counted once."""
     emb = trained / "results" / "train" / "emb"
     rows_dir = trained / "results" / "train" / "rows"
+    pairs = rows_dir / "llava/tiny-clip/pairs-with_truncated"
     assert sorted(p.name for p in (emb / "image").iterdir()) == [MODEL]
     assert sorted(p.name for p in (emb / "image" / MODEL).iterdir()) == [
-        f"{s}.arrow" for s in SHARDS
+        f"{block}.arrow" for block in BLOCKS
     ]
     assert sorted(str(p.relative_to(rows_dir)) for p in rows_dir.glob("*/*/*")) == [
         "blip2/tiny-clip/concatenated-with_truncated",
         "llava/tiny-clip/pairs-with_truncated",
     ]
-    for shard in SHARDS:
-        stats = read_json(rows_dir / f"llava/tiny-clip/pairs-with_truncated/stats/{shard}.json")
+    n_input = 0
+    for block, shards in BLOCKS.items():
+        stats = read_json(pairs / f"stats/{block}.json")
         images = stats["images"]
+        assert stats["shards"] == list(shards)
         assert images["kept"] + images["n_excluded"] == images["input"]
-        ingested = read_embedding_cache(emb / "image" / MODEL / f"{shard}.arrow").metadata
-        assert images["input"] == ingested["n_input_rows"]
-        assert stats["rows"] == len(
-            read_rows(rows_dir / f"llava/tiny-clip/pairs-with_truncated/{shard}.arrow")
-        )
+        cache = read_embedding_cache(emb / "image" / MODEL / f"{block}.arrow").metadata
+        assert cache["shards"] == list(shards)
+        assert images["input"] == cache["n_input_rows"]
+        rows = read_rows(pairs / f"{block}.arrow")
+        assert stats["rows"] == len(rows)
+        keys = rows.keys.to_pylist()
+        assert keys == sorted(keys)
+        ingested = [
+            pq.read_table(trained / f"results/ingest/retried/shards/{shard}.parquet")
+            for shard in shards
+        ]
+        assert set(keys) <= {key for table in ingested for key in table["key"].to_pylist()}
+        assert images["input"] == sum(table.num_rows for table in ingested)
+        n_input += images["input"]
+    assert n_input == 70  # every TSV row in exactly one block
+    first = read_rows(pairs / "00000-00001.arrow").keys.to_pylist()
+    assert int(first[0]) < 32 <= int(first[-1])  # rows of both shards of the block
     third = ThirdTowerDataset(
         [
             ShardFiles(
-                rows_dir / f"blip2/tiny-clip/concatenated-with_truncated/{s}.arrow",
-                emb / "image" / MODEL / f"{s}.arrow",
-                emb / "text" / MODEL / f"{s}.arrow",
+                rows_dir / f"blip2/tiny-clip/concatenated-with_truncated/{b}.arrow",
+                emb / "image" / MODEL / f"{b}.arrow",
+                emb / "text" / MODEL / f"{b}.arrow",
             )
-            for s in SHARDS
+            for b in BLOCKS
         ]
     )
     draft = DraftDataset(
-        [
-            ShardFiles(
-                rows_dir / f"llava/tiny-clip/pairs-with_truncated/{s}.arrow",
-                emb / "image" / MODEL / f"{s}.arrow",
-            )
-            for s in SHARDS
-        ]
+        [ShardFiles(pairs / f"{b}.arrow", emb / "image" / MODEL / f"{b}.arrow") for b in BLOCKS]
     )
     assert len(third) > 0 and len(draft) > 0
     assert third[0]["image_emb"].shape == (32,) and draft[0]["dialogue_tokens"].shape == (77,)

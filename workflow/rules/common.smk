@@ -135,6 +135,7 @@ def check_slurm_requests():
 # on (NO_MATCH, a pattern nothing fits, when none is).
 wildcard_constraints:
     shard=r"\d{5}",
+    block=r"\d{5}-\d{5}",
     seed=r"\d+",
     model=NAME,
     image_model=NAME,

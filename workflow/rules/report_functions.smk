@@ -1,7 +1,5 @@
 # Input functions and parameters of the report stage (workflow/rules/report.smk includes this
 # file: `snakemake --lint` wants Python functions and rules in separate snakefiles).
-from dialogclip.core.config import load_yaml
-
 # The thesis' numbers live in the repository, whatever the working directory (the demo runs in
 # resources/demo/): an absolute path, an input of the report.
 THESIS_NUMBERS = str(Path(workflow.basedir) / "resources" / "thesis" / "numbers.yaml")
@@ -28,8 +26,14 @@ def is_dialogue_quality_active():
 
 @cache
 def get_thesis_numbers():
-    """numbers.yaml as read (its table names decide the report's table files)."""
-    return load_yaml(THESIS_NUMBERS)
+    """numbers.yaml, read and checked once per planning (its table names decide the report's
+    table files; the entries' thesis rows are checked against it)."""
+    from dialogclip.report.thesis import load_thesis_numbers
+
+    try:
+        return load_thesis_numbers(THESIS_NUMBERS)
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
 
 
 def check_thesis_rows():
@@ -38,18 +42,17 @@ def check_thesis_rows():
     """
     from dialogclip.report.settings import report_settings_from_params
     from dialogclip.report.tables import check_thesis_rows as check_rows
-    from dialogclip.report.thesis import load_thesis_numbers
 
     settings = report_settings_from_params(json.loads(get_report_params(None)))
     try:
-        check_rows(settings, load_thesis_numbers(THESIS_NUMBERS))
+        check_rows(settings, get_thesis_numbers())
     except ConfigError as err:
         raise WorkflowError(str(err)) from None
 
 
 def get_report_tables():
     """The report's tables: those of numbers.yaml, then the dialogue-quality table."""
-    return [*get_thesis_numbers()["tables"], QUALITY_TABLE]
+    return [*get_thesis_numbers().tables, QUALITY_TABLE]
 
 
 def get_report_table_outputs():

@@ -1,9 +1,13 @@
-# Stage: train (data part). Per ingested shard: the frozen image tower's embeddings I(x)
-# (one cache per image tower, shared by every run on it), the frozen text tower's caption
-# embeddings T(y) (third-tower runs), and the training rows (one generator's dialogue joined on
-# key, in a text form, tokenised once). Batch size, device and threads are machine settings:
-# resources / threads, overridable in a profile, never parameters. Targets only with
-# train.activate; get_train_outputs() and the input functions are in train_functions.smk.
+# Stage: train (data part). Per block of train.shards_per_block consecutive ingested shards
+# (named FIRST-LAST, e.g. 00000-00007; one job and one file per block and kind): the frozen
+# image tower's embeddings I(x) (one cache per image tower, shared by every run on it), the
+# frozen text tower's caption embeddings T(y) (third-tower runs), and the training rows (one
+# generator's dialogue joined on key, in a text form, tokenised once). A block rather than a
+# shard: each is a minute of work with nothing to resume inside, and a job per shard made
+# thousands of them (docs/cluster.md, "Job granularity"). Batch size, device and threads are
+# machine settings: resources / threads, overridable in a profile, never parameters. Targets
+# only with train.activate; get_train_outputs() and the input functions are in
+# train_functions.smk.
 
 
 include: "train_functions.smk"
@@ -11,14 +15,14 @@ include: "train_functions.smk"
 
 rule embed_train_images:
     input:
-        shard=get_ingested_shard,
+        shards=get_block_ingested_shards,
         checkpoint=get_train_image_checkpoint,
     output:
-        emb="results/train/emb/image/{image_model}/{shard}.arrow",
+        emb="results/train/emb/image/{image_model}/{block}.arrow",
     log:
-        "logs/embed_train_images/{image_model}/{shard}.log",
+        "logs/embed_train_images/{image_model}/{block}.log",
     benchmark:
-        "benchmarks/embed_train_images/{image_model}/{shard}.tsv"
+        "benchmarks/embed_train_images/{image_model}/{block}.tsv"
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 4  # image decoding
@@ -31,7 +35,7 @@ rule embed_train_images:
         cfg=get_train_image_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} embed-train-images --params {params.cfg:q} --shard {input.shard:q}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} embed-train-images --params {params.cfg:q} --shards {input.shards:q}"
         " --output {output.emb:q} --batch-size {resources.batch_size}"
         " --weights-dir {params.weights_dir:q}"
         " --threads {threads} 2> {log:q}"
@@ -39,14 +43,14 @@ rule embed_train_images:
 
 rule embed_train_captions:
     input:
-        shard=get_ingested_shard,
+        shards=get_block_ingested_shards,
         checkpoint=get_train_text_checkpoint,
     output:
-        emb="results/train/emb/text/{text_model}/{shard}.arrow",
+        emb="results/train/emb/text/{text_model}/{block}.arrow",
     log:
-        "logs/embed_train_captions/{text_model}/{shard}.log",
+        "logs/embed_train_captions/{text_model}/{block}.log",
     benchmark:
-        "benchmarks/embed_train_captions/{text_model}/{shard}.tsv"
+        "benchmarks/embed_train_captions/{text_model}/{block}.tsv"
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 2
@@ -59,29 +63,32 @@ rule embed_train_captions:
         cfg=get_train_text_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} embed-train-captions --params {params.cfg:q} --shard {input.shard:q}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} embed-train-captions --params {params.cfg:q} --shards {input.shards:q}"
         " --output {output.emb:q} --batch-size {resources.batch_size}"
         " --weights-dir {params.weights_dir:q}"
         " --threads {threads} 2> {log:q}"
 
 
+# One job per block and rows set (generator, architecture, form), not per block and generator
+# with every set at once: an edit of one set's settings (the joined form's separator, a new
+# run's architecture) then rewrites only that set's files and reruns only the runs reading it.
 rule train_rows:
     input:
-        ingested=get_ingested_shard,
-        dialogue="results/dialogue/{generator}/{shard}.parquet",
+        ingested=get_block_ingested_shards,
+        dialogue=get_block_dialogue_shards,
     output:
-        rows="results/train/rows/{generator}/{architecture}/{rows_form}/{shard}.arrow",
-        stats="results/train/rows/{generator}/{architecture}/{rows_form}/stats/{shard}.json",
+        rows="results/train/rows/{generator}/{architecture}/{rows_form}/{block}.arrow",
+        stats="results/train/rows/{generator}/{architecture}/{rows_form}/stats/{block}.json",
     log:
-        "logs/train_rows/{generator}/{architecture}/{rows_form}/{shard}.log",
+        "logs/train_rows/{generator}/{architecture}/{rows_form}/{block}.log",
     benchmark:
-        "benchmarks/train_rows/{generator}/{architecture}/{rows_form}/{shard}.tsv"
+        "benchmarks/train_rows/{generator}/{architecture}/{rows_form}/{block}.tsv"
     conda:
         "../../envs/dialogclip.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=15,  # seconds of CPU per shard
     params:
         cfg=get_train_rows_params,
     shell:

@@ -6,28 +6,62 @@
 import hashlib
 import shlex
 
+from dialogclip.core.shards import block_shards
 from dialogclip.train.loss_settings import loss_params
+
+
+@cache
+def get_train_blocks():
+    """Names (``00000-00007``...) of the blocks of train.shards_per_block consecutive shards:
+    the unit of the training-data jobs and files."""
+    return get_shard_plan().blocks(config["train"]["shards_per_block"])
+
+
+def _shards_of_block(wildcards):
+    """The shards of wildcards.block, which must be one of the plan's blocks."""
+    if wildcards.block not in get_train_blocks():
+        raise WorkflowError(
+            f"{wildcards.block} is not a block of train.shards_per_block = "
+            f"{config['train']['shards_per_block']} shards of this TSV (e.g. "
+            f"{get_train_blocks()[0]})"
+        )
+    return block_shards(wildcards.block)
+
+
+def get_block_ingested_shards(wildcards):
+    """The final ingested shards of wildcards.block, in order."""
+    return [ingested_shard(shard) for shard in _shards_of_block(wildcards)]
+
+
+def get_block_dialogue_shards(wildcards):
+    """wildcards.generator's dialogue shards of wildcards.block, in the same order."""
+    return [
+        f"results/dialogue/{wildcards.generator}/{shard}.parquet"
+        for shard in _shards_of_block(wildcards)
+    ]
 
 
 def get_train_outputs():
     """Every run's trained tower and metrics, and the data behind them (image and caption
-    caches, rows and their stats, once each: runs share what they have in common); nothing
-    unless train.activate."""
+    caches, rows and their stats per block, once each: runs share what they have in common);
+    nothing unless train.activate."""
     if not is_train_active():
         return []
     outputs = []
     for run in get_train_runs():
         outputs += [run.final, run.metrics]
-        for shard in get_shards():
-            outputs.append(run.image_cache(shard))
+        for block in get_train_blocks():
+            outputs.append(run.image_cache(block))
             if run.uses_caption_cache:
-                outputs.append(run.caption_cache(shard))
-            outputs += [run.rows_file(shard), run.rows_stats(shard)]
+                outputs.append(run.caption_cache(block))
+            outputs += [run.rows_file(block), run.rows_stats(block)]
     return list(dict.fromkeys(outputs))
 
 
+@cache
 def get_train_towers(kind):
-    """{cache key: architecture, pretrained, quickgelu} of the frozen image / caption towers."""
+    """{cache key: architecture, pretrained, quickgelu} of the frozen image / caption towers
+    (cached: every embedding job's input functions ask)."""
     if kind == "image":
         return {run.image_model: run.tower_params() for run in get_train_runs()}
     return {
@@ -99,18 +133,18 @@ def _run_entry(name):
 
 
 def get_train_run_inputs(wildcards):
-    """What a run reads: per shard its rows and image cache (and caption cache for the third
-    tower), and the pretrained weights. Named lists, in shard order."""
+    """What a run reads: per block its rows and image cache (and caption cache for the third
+    tower), and the pretrained weights. Named lists, in block order."""
     run = get_train_run(wildcards)
-    shards = get_shards()
+    blocks = get_train_blocks()
     inputs = {
-        "rows": [run.rows_file(shard) for shard in shards],
-        "image_emb": [run.image_cache(shard) for shard in shards],
+        "rows": [run.rows_file(block) for block in blocks],
+        "image_emb": [run.image_cache(block) for block in blocks],
         "caption_emb": [],
         "weights": get_weights_file(run.architecture, run.pretrained),
     }
     if run.uses_caption_cache:
-        inputs["caption_emb"] = [run.caption_cache(shard) for shard in shards]
+        inputs["caption_emb"] = [run.caption_cache(block) for block in blocks]
     return inputs
 
 

@@ -1,14 +1,21 @@
 """Shard arithmetic and the stable image key.
 
-A shard is a contiguous block of ``shard_size`` rows of the source TSV. Shard ids and keys
+A shard is a contiguous run of ``shard_size`` rows of the source TSV. Shard ids and keys
 depend only on row positions in that TSV, so every stage (download, generation, embedding,
-training) can join its outputs on ``key`` and name its files after the shard they came from.
+training) can join its outputs on ``key`` and name its files after the shards they came from.
+
+A block is a run of consecutive shards that one job of the training-data stage turns into one
+file (``train.shards_per_block``), named after its first and last shard, e.g. ``00008-00015``:
+a block's rows are its shards' rows in shard order, so a block file is its shards' files
+concatenated.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 KEY_DIGITS = 9  # CC3M train has ~3.3M rows; 9 digits leave room for any web-scale TSV.
 SHARD_DIGITS = 5
@@ -45,12 +52,48 @@ class ShardPlan:
     def names(self) -> list[str]:
         return [shard_name(i) for i in range(self.n_shards)]
 
+    def blocks(self, shards_per_block: int) -> list[str]:
+        """Names of the blocks of ``shards_per_block`` consecutive shards (the last may be
+        shorter), in order."""
+        if shards_per_block <= 0:
+            raise ValueError(f"shards_per_block must be positive, got {shards_per_block}")
+        return [
+            block_name(first, min(first + shards_per_block, self.n_shards) - 1)
+            for first in range(0, self.n_shards, shards_per_block)
+        ]
+
     def row_range(self, shard: int) -> range:
         """0-based TSV row positions that belong to ``shard``."""
         if not 0 <= shard < self.n_shards:
             raise ValueError(f"shard {shard} out of range: the plan has {self.n_shards} shards")
         start = shard * self.shard_size
         return range(start, min(start + self.shard_size, self.n_rows))
+
+
+def block_name(first: int, last: int) -> str:
+    """File stem of the block of shards ``first`` to ``last`` (inclusive), e.g. ``00008-00015``."""
+    return f"{shard_name(first)}-{shard_name(last)}"
+
+
+def block_shards(block: str) -> list[str]:
+    """The shard names of block ``block`` (``00008-00015`` -> ``00008`` ... ``00015``)."""
+    first, _, last = block.partition("-")
+    if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+        raise ValueError(
+            f"not a block of shards: {block!r} (expected FIRST-LAST, e.g. 00000-00007)"
+        )
+    return [shard_name(i) for i in range(int(first), int(last) + 1)]
+
+
+ShardPaths = str | Path | Sequence[str | Path]
+
+
+def shard_paths(shards: ShardPaths) -> list[Path]:
+    """The files of a block's shards, in order: one path, or a sequence of them."""
+    paths = [Path(shards)] if isinstance(shards, str | Path) else [Path(s) for s in shards]
+    if not paths:
+        raise ValueError("no shard file given")
+    return paths
 
 
 def count_lines(path: str | os.PathLike[str], limit: int | None = None) -> int:

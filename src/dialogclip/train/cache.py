@@ -1,16 +1,17 @@
-"""Frozen-tower embedding caches: I(x) and T(y) of one ingested shard, computed once.
+"""Frozen-tower embedding caches: I(x) and T(y) of a block of ingested shards, computed once.
 
 The image tower I (both methods) and the caption text tower T (the third tower) are frozen, so
-their embeddings of the training set never change; computing them once per shard turns
-training into running only the trained tower. One file per (tower, shard):
+their embeddings of the training set never change; computing them once turns training into
+running only the trained tower. One file per (tower, block), a block being consecutive shards
+(``core.shards``; one or more):
 
-- ``results/train/emb/image/{image_model}/{shard}.arrow``: I(x) of the shard's rows with
-  ``status == "success"``, in shard (= key) order, keyed by ``naming.image_model_key``
+- ``results/train/emb/image/{image_model}/{block}.arrow``: I(x) of the block's rows with
+  ``status == "success"``, shard after shard in key order, keyed by ``naming.image_model_key``
   (architecture, pretrained tag or checkpoint, QuickGELU setting). The image preprocessing is a
   function of the architecture and the pretrained config, so the key covers it; nothing else
   (not the training method, generator or text form) enters, so the third tower and DRAFT on
   the same model share the file.
-- ``results/train/emb/text/{text_model}/{shard}.arrow``: T(caption) of the same rows, keyed by
+- ``results/train/emb/text/{text_model}/{block}.arrow``: T(caption) of the same rows, keyed by
   ``naming.text_model_key``.
 
 **Format**: an uncompressed Arrow IPC file (``arrow_files``) with two columns, ``key``
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ import pyarrow.parquet as pq
 
 from dialogclip.core.images import decode_rgb
 from dialogclip.core.machine import torch_device
+from dialogclip.core.shards import ShardPaths, shard_paths
 from dialogclip.core.versions import package_versions
 from dialogclip.models.naming import image_model_key, quickgelu_label, text_model_key
 from dialogclip.models.openclip import ClipSpec, LoadedClip
@@ -175,10 +177,27 @@ def count_rows(shard: Path) -> tuple[int, int]:
     return len(statuses), sum(status == SUCCESS for status in statuses)
 
 
+def count_block_rows(shards: Sequence[Path]) -> tuple[int, int]:
+    """(rows, success rows) of the block ``shards``; a missing shard fails here, naming it."""
+    counts = [count_rows(shard) for shard in shards]
+    return sum(n for n, _ in counts), sum(n for _, n in counts)
+
+
+def iter_block_rows(
+    shards: Iterable[Path], columns: Sequence[str], batch_size: int
+) -> Iterator[dict[str, list[Any]]]:
+    """:func:`iter_success_rows` of each shard of a block, shard after shard (a batch never
+    spans two shards)."""
+    for shard in shards:
+        yield from iter_success_rows(shard, columns, batch_size)
+
+
 # --- embedding ------------------------------------------------------------------------------
 
 
-def _provenance(tower: str, spec: ClipSpec, clip: LoadedClip, shard: Path) -> dict[str, Any]:
+def _provenance(
+    tower: str, spec: ClipSpec, clip: LoadedClip, shards: Sequence[Path]
+) -> dict[str, Any]:
     key_of = image_model_key if tower == "image" else text_model_key
     provenance = {
         "tower": tower,
@@ -188,7 +207,7 @@ def _provenance(tower: str, spec: ClipSpec, clip: LoadedClip, shard: Path) -> di
         "quickgelu": clip.quickgelu,
         "quickgelu_setting": quickgelu_label(spec.quickgelu),
         "open_clip_name": clip.open_clip_name,
-        "shard": shard.stem,
+        "shards": [shard.stem for shard in shards],
         "dtype": "float16",
         "normalized": True,
         "versions": package_versions(("dialogclip", "torch", "open_clip_torch", "pyarrow")),
@@ -204,8 +223,8 @@ def _normalised_fp16(features: Any) -> np.ndarray:
     return F.normalize(features.float(), dim=-1).cpu().numpy().astype(EMB_DTYPE)
 
 
-def embed_shard_images(
-    shard: str | Path,
+def embed_images(
+    shards: ShardPaths,
     spec: ClipSpec,
     output: str | Path,
     batch_size: int = 256,
@@ -213,14 +232,16 @@ def embed_shard_images(
     threads: int = 1,
     weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """I(x) of the shard's success rows into the cache ``output``; returns a summary."""
+    """I(x) of the success rows of ``shards`` (one ingested shard or a block of them, in
+    order) into the cache ``output``: ``emb`` [N, D] float16; returns a summary."""
     import torch
 
     from dialogclip.models.openclip import load_clip
     from dialogclip.models.text_encoders import autocast_for
 
-    shard, started = Path(shard), time.perf_counter()
-    n_rows, n_success = count_rows(shard)  # first: a missing shard fails before the model loads
+    shards, started = shard_paths(shards), time.perf_counter()
+    # First: a missing shard fails before the model loads.
+    n_rows, n_success = count_block_rows(shards)
     run_device = torch_device(device)
     clip = load_clip(spec, device=run_device, weights_dir=weights_dir)
     keys: list[str] = []
@@ -237,7 +258,7 @@ def embed_shard_images(
     def prepare_batch(batch: dict[str, list[Any]]) -> list[tuple[str, Any, str | None]]:
         return list(decode_pool.map(prepare, zip(batch["key"], batch["jpg"], strict=True)))
 
-    batches = iter_success_rows(shard, ["key", "jpg"], batch_size)
+    batches = iter_block_rows(shards, ["key", "jpg"], batch_size)
     # Decoding (threads) runs one batch ahead of the model.
     with ThreadPoolExecutor(max(threads, 1)) as decode_pool, ThreadPoolExecutor(1) as ahead:
         future = ahead.submit(prepare_batch, next(batches, {"key": [], "jpg": []}))
@@ -249,7 +270,7 @@ def embed_shard_images(
             good = [(key, pixels) for key, pixels, error in prepared if error is None]
             for key, _, error in prepared:
                 if error is not None:
-                    log.warning("%s: image %s cannot be decoded: %s", shard, key, error)
+                    log.warning("image %s cannot be decoded: %s", key, error)
                     errors.append({"key": key, "error": error})
             if not good:
                 continue
@@ -259,36 +280,38 @@ def embed_shard_images(
             keys.extend(key for key, _ in good)
     emb = np.concatenate(chunks) if chunks else _empty(clip)
     metadata = {
-        **_provenance("image", spec, clip, shard),
+        **_provenance("image", spec, clip, shards),
         "n_input_rows": n_rows,
         "n_success": n_success,
         "errors": errors,
     }
     write_embedding_cache(keys, emb, output, metadata)
-    return _summary("image", shard, len(keys), len(errors), started)
+    return _summary("image", output, len(keys), len(errors), started)
 
 
-def embed_shard_captions(
-    shard: str | Path,
+def embed_captions(
+    shards: ShardPaths,
     spec: ClipSpec,
     output: str | Path,
     batch_size: int = 256,
     device: str = "auto",
     weights_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """T(caption) of the shard's success rows into the cache ``output``; returns a summary."""
+    """T(caption) of the success rows of ``shards`` (one ingested shard or a block of them, in
+    order) into the cache ``output``: ``emb`` [N, D] float16; returns a summary."""
     import torch
 
     from dialogclip.models.openclip import load_clip
     from dialogclip.models.text_encoders import autocast_for
 
-    shard, started = Path(shard), time.perf_counter()
-    n_rows, n_success = count_rows(shard)  # first: a missing shard fails before the model loads
+    shards, started = shard_paths(shards), time.perf_counter()
+    # First: a missing shard fails before the model loads.
+    n_rows, n_success = count_block_rows(shards)
     run_device = torch_device(device)
     clip = load_clip(spec, device=run_device, weights_dir=weights_dir)
     keys: list[str] = []
     chunks: list[np.ndarray] = []
-    for batch in iter_success_rows(shard, ["key", "caption"], batch_size):
+    for batch in iter_block_rows(shards, ["key", "caption"], batch_size):
         tokens = clip.tokenizer([caption or "" for caption in batch["caption"]])  # [B, L]
         with torch.inference_mode(), autocast_for(run_device):
             features = clip.model.encode_text(tokens.to(run_device))  # [B, D]
@@ -296,17 +319,17 @@ def embed_shard_captions(
         keys.extend(batch["key"])
     emb = np.concatenate(chunks) if chunks else _empty(clip)
     metadata = {
-        **_provenance("text", spec, clip, shard),
+        **_provenance("text", spec, clip, shards),
         "n_input_rows": n_rows,
         "n_success": n_success,
         "errors": [],
     }
     write_embedding_cache(keys, emb, output, metadata)
-    return _summary("text", shard, len(keys), 0, started)
+    return _summary("text", output, len(keys), 0, started)
 
 
 def _empty(clip: LoadedClip) -> np.ndarray:
-    """[0, D]: a shard without one usable row still gets its (empty) cache, of the right width."""
+    """[0, D]: a block without one usable row still gets its (empty) cache, of the right width."""
     import torch
 
     device = next(clip.model.parameters()).device
@@ -315,15 +338,15 @@ def _empty(clip: LoadedClip) -> np.ndarray:
     return np.empty((0, dim), dtype=EMB_DTYPE)
 
 
-def _summary(tower: str, shard: Path, n_rows: int, n_errors: int, started: float) -> dict:
+def _summary(tower: str, output: str | Path, n_rows: int, n_errors: int, started: float) -> dict:
     seconds = time.perf_counter() - started
     summary = {
         "tower": tower,
-        "shard": shard.stem,
+        "output": str(output),
         "rows": n_rows,
         "errors": n_errors,
         "seconds": round(seconds, 3),
         "rows_per_s": round(n_rows / seconds, 1) if seconds > 0 else None,
     }
-    log.info("%s embeddings of %s: %s", tower, shard, summary)
+    log.info("%s embeddings: %s", tower, summary)
     return summary

@@ -1,4 +1,7 @@
-"""Commands of the train stage (data part: frozen-tower caches, training rows).
+"""Commands of the train stage (data part: frozen-tower caches, training rows; the run).
+
+The data commands take a block of ingested shards (``--shards`` / ``--ingested``: one or more,
+in order) and write one file for it.
 
 ``--params`` carries what the output depends on (the rule's params); ``--batch-size``,
 ``--device`` and ``--threads`` are machine settings (the rule's resources and threads), which
@@ -21,25 +24,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's commands to the `dialogclip` parser."""
     images = subparsers.add_parser(
         "embed-train-images",
-        help="frozen image-tower embeddings I(x) of one ingested shard (training cache)",
+        help="frozen image-tower embeddings I(x) of a block of ingested shards (training cache)",
     )
     _add_cache_arguments(images)
     images.set_defaults(func=_embed_train_images)
 
     captions = subparsers.add_parser(
         "embed-train-captions",
-        help="frozen text-tower embeddings T(caption) of one ingested shard (training cache)",
+        help="frozen text-tower embeddings T(caption) of a block of ingested shards",
     )
     _add_cache_arguments(captions)
     captions.set_defaults(func=_embed_train_captions)
 
     rows = subparsers.add_parser(
         "train-rows",
-        help="training rows of one shard: ingested images joined with one generator's dialogue",
+        help="training rows of a block of shards: ingested images joined with one generator's "
+        "dialogue",
     )
     add_params_argument(rows, "train rows (architecture, sample_form, include_truncated, text)")
-    rows.add_argument("--ingested", required=True, type=Path, help="ingested shard .parquet")
-    rows.add_argument("--dialogue", required=True, type=Path, help="dialogue shard .parquet")
+    rows.add_argument(
+        "--ingested", required=True, nargs="+", type=Path, help="ingested shards .parquet"
+    )
+    rows.add_argument(
+        "--dialogue",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="dialogue shards .parquet, one per ingested shard, in the same order",
+    )
     rows.add_argument("--output", required=True, type=Path, help="rows .arrow to write")
     rows.add_argument("--stats", required=True, type=Path, help="stats .json to write")
     rows.set_defaults(func=_train_rows)
@@ -51,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_params_argument(train, "one train.runs entry")
     train.add_argument("--rows", required=True, nargs="+", type=Path, help="rows .arrow files")
     train.add_argument(
-        "--image-emb", required=True, nargs="+", type=Path, help="image caches, one per shard"
+        "--image-emb", required=True, nargs="+", type=Path, help="image caches, one per block"
     )
     train.add_argument(
         "--caption-emb", nargs="*", type=Path, default=[], help="caption caches (third tower)"
@@ -73,7 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_argument(parser, "tower (architecture, pretrained, quickgelu)")
-    parser.add_argument("--shard", required=True, type=Path, help="ingested shard .parquet")
+    parser.add_argument(
+        "--shards", required=True, nargs="+", type=Path, help="ingested shards .parquet, in order"
+    )
     parser.add_argument("--output", required=True, type=Path, help="cache .arrow to write")
     machine = add_machine_arguments(
         parser,
@@ -98,10 +112,10 @@ def _tower_spec(params: dict):
 
 def _embed_train_images(args: argparse.Namespace) -> int:
     apply_machine_arguments(args)
-    from dialogclip.train.cache import embed_shard_images
+    from dialogclip.train.cache import embed_images
 
-    embed_shard_images(
-        args.shard,
+    embed_images(
+        args.shards,
         _tower_spec(args.params),
         args.output,
         batch_size=args.batch_size,
@@ -114,10 +128,10 @@ def _embed_train_images(args: argparse.Namespace) -> int:
 
 def _embed_train_captions(args: argparse.Namespace) -> int:
     apply_machine_arguments(args)
-    from dialogclip.train.cache import embed_shard_captions
+    from dialogclip.train.cache import embed_captions
 
-    embed_shard_captions(
-        args.shard,
+    embed_captions(
+        args.shards,
         _tower_spec(args.params),
         args.output,
         batch_size=args.batch_size,
@@ -157,7 +171,7 @@ def _train(args: argparse.Namespace) -> int:
     ):
         raise ConfigError(
             f"train: {len(args.rows)} rows files but {len(args.image_emb)} image caches and "
-            f"{len(args.caption_emb)} caption caches (one of each per shard)"
+            f"{len(args.caption_emb)} caption caches (one of each per block)"
         )
     captions = args.caption_emb or [None] * len(args.rows)
     shards = [

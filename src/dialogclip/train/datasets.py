@@ -1,10 +1,10 @@
 """Map-style training datasets over the rows files and the embedding caches, joined by key.
 
-Per shard, a rows file (``train-rows``) is matched with the image cache of the same ingested
-shard (``embed-train-images``) and, for the third tower, its caption cache
-(``embed-train-captions``). All three are memory-mapped (``arrow_files``): building a dataset
-reads only the key columns, and a row costs a few slices of mapped memory, shared by every
-worker process through the page cache.
+Per block of shards (``core.shards``; one or more shards), a rows file (``train-rows``) is
+matched with the image cache of the same block (``embed-train-images``) and, for the third
+tower, its caption cache (``embed-train-captions``). All three are memory-mapped
+(``arrow_files``): building a dataset reads only the key columns, and a row costs a few slices
+of mapped memory, shared by every worker process through the page cache.
 
 - :class:`ThirdTowerDataset`: ``{"image_emb": [D] float32, "caption_emb": [D] float32,
   "dialogue_tokens": [L] int64}`` - I(x) and T(y) from the caches, G's input z tokenised;
@@ -13,7 +13,7 @@ worker process through the page cache.
 
 A row whose key is not in the image cache is skipped (and counted in ``excluded``) only when
 the cache records that key's image as undecodable; any other missing key - a cache of another
-shard, a stale file - is an error naming the key and both files. ``groups`` gives each row's
+block, a stale file - is an error naming the key and both files. ``groups`` gives each row's
 image as an integer (rows of one image share it), the input of
 ``sampler.unique_image_batches``.
 """
@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ShardFiles:
-    """The files of one shard that a dataset joins."""
+    """The files of one block of shards (or of one shard) that a dataset joins."""
 
-    rows: Path  # results/train/rows/.../{shard}.arrow
-    image_emb: Path  # results/train/emb/image/{image_model}/{shard}.arrow
-    caption_emb: Path | None = None  # results/train/emb/text/{text_model}/{shard}.arrow
+    rows: Path  # results/train/rows/.../{block}.arrow
+    image_emb: Path  # results/train/emb/image/{image_model}/{block}.arrow
+    caption_emb: Path | None = None  # results/train/emb/text/{text_model}/{block}.arrow
 
 
 @dataclass
@@ -114,7 +114,7 @@ class CachedTrainingDataset(Dataset):
             if key not in undecodable:
                 raise KeyError(
                     f"key {key} of {files.rows} has no image embedding in {files.image_emb}: "
-                    "the cache belongs to another shard or is stale; delete it so that it is "
+                    "the cache belongs to other shards or is stale; delete it so that it is "
                     "recomputed"
                 )
         self.excluded["image_decode_error"] += len(absent)
@@ -127,7 +127,7 @@ class CachedTrainingDataset(Dataset):
             key = shard.rows.keys[int(rows[np.flatnonzero(found < 0)[0]])].as_py()
             raise KeyError(
                 f"key {key} of {files.rows} has no caption embedding in {files.caption_emb}: "
-                "the cache belongs to another shard or is stale; delete it so that it is "
+                "the cache belongs to other shards or is stale; delete it so that it is "
                 "recomputed"
             )
         return found

@@ -1,4 +1,8 @@
-"""Training rows: one ingested shard joined on ``key`` with one generator's dialogue shard.
+"""Training rows: ingested shards joined on ``key`` with one generator's dialogue shards.
+
+A rows file covers a block of consecutive shards (``core.shards``; one or more): each ingested
+shard is joined with the dialogue shard of the same name, and the block's rows are its shards'
+rows, shard after shard.
 
 An image of the ingested shard becomes training rows only if its download succeeded, the
 generator ran on it and its reply parsed (``parse_status == "ok"``); with
@@ -27,7 +31,7 @@ The dialogue text comes from the raw pairs (``questions``, ``answers``) through
 Texts and captions are tokenised once here, with the open_clip tokenizer of the architecture
 (context 77 for CLIP; a longer text is cut by the tokenizer, as open_clip does, and counted).
 The rows go to an uncompressed Arrow IPC file (``arrow_files``: memory-mapped by the training
-datasets), in key order, then sample order:
+datasets), in key order (the block's shards in order), then sample order:
 
 | column | type | meaning |
 |---|---|---|
@@ -54,6 +58,7 @@ import pyarrow.parquet as pq
 
 from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.core.io import write_json_atomic
+from dialogclip.core.shards import ShardPaths, shard_paths
 from dialogclip.core.text_forms import TextForms
 from dialogclip.core.versions import package_versions
 from dialogclip.models.openclip import token_count_function
@@ -174,19 +179,23 @@ class RowsResult:
 
 
 def build_rows(
-    ingested: str | Path,
-    dialogue: str | Path,
+    ingested: ShardPaths,
+    dialogue: ShardPaths,
     settings: RowsSettings,
     tokenizer: Any | None = None,
 ) -> RowsResult:
-    """Join, select, form and tokenise the rows of one shard (see the module docstring)."""
-    ingested, dialogue = Path(ingested), Path(dialogue)
+    """Join, select, form and tokenise the rows of one shard or a block of them (see the module
+    docstring): ``ingested`` and ``dialogue`` are paths, or sequences of paths paired by
+    position."""
+    ingested, dialogue = shard_paths(ingested), shard_paths(dialogue)
+    if len(ingested) != len(dialogue):
+        # A dialogue shard of another shard fails below too (its keys are not the shard's).
+        raise ValueError(
+            f"{len(ingested)} ingested shards but {len(dialogue)} dialogue shards: one each"
+        )
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.architecture)
     context = int(tokenizer.context_length)
     n_tokens = token_count_function(tokenizer)
-    images = _read_columns(ingested, INGEST_COLUMNS, "ingested shard")
-    generated = _read_columns(dialogue, DIALOGUE_COLUMNS, "dialogue shard")
-    by_key = _dialogue_by_key(generated, ingested, dialogue)
 
     excluded: Counter[str] = Counter()
     keys: list[str] = []
@@ -194,45 +203,52 @@ def build_rows(
     texts: list[str] = []
     captions: list[str] = []
     image_captions: list[str] = []  # one per kept image
+    generators: set[str] = set()
+    n_images = 0
     pairs_dropped = 0
-    for key, caption, status in zip(
-        images["key"], images["caption"], images["status"], strict=True
-    ):
-        row = by_key.get(key)
-        reason = exclusion_reason(status, row, settings.include_truncated)
-        if reason is None and not caption:
-            reason = "missing_caption"  # cannot happen for a success row; counted if it does
-        if reason is not None:
-            excluded[reason] += 1
-            continue
-        if settings.sample_form == "concatenated":
-            text, dropped = settings.text.fitted_dialogue(
-                row["questions"], row["answers"], n_tokens, context
-            )
-            pairs_dropped += dropped
-            forms = [text]
-        else:
-            forms = settings.text.pairs(row["questions"], row["answers"])
-        image_captions.append(caption)
-        for sample, text in enumerate(forms):
-            keys.append(key)
-            samples.append(sample)
-            texts.append(text)
-            captions.append(caption)
+    for ingested_shard, dialogue_shard in zip(ingested, dialogue, strict=True):
+        images = _read_columns(ingested_shard, INGEST_COLUMNS, "ingested shard")
+        generated = _read_columns(dialogue_shard, DIALOGUE_COLUMNS, "dialogue shard")
+        by_key = _dialogue_by_key(generated, ingested_shard, dialogue_shard)
+        generators.update(generated["generator"])
+        n_images += len(images["key"])
+        for key, caption, status in zip(
+            images["key"], images["caption"], images["status"], strict=True
+        ):
+            row = by_key.get(key)
+            reason = exclusion_reason(status, row, settings.include_truncated)
+            if reason is None and not caption:
+                reason = "missing_caption"  # cannot happen for a success row; counted if it does
+            if reason is not None:
+                excluded[reason] += 1
+                continue
+            if settings.sample_form == "concatenated":
+                text, dropped = settings.text.fitted_dialogue(
+                    row["questions"], row["answers"], n_tokens, context
+                )
+                pairs_dropped += dropped
+                forms = [text]
+            else:
+                forms = settings.text.pairs(row["questions"], row["answers"])
+            image_captions.append(caption)
+            for sample, text in enumerate(forms):
+                keys.append(key)
+                samples.append(sample)
+                texts.append(text)
+                captions.append(caption)
 
     tokens, caption_tokens = tokenize(tokenizer, texts), tokenize(tokenizer, captions)
-    generators = sorted(set(generated["generator"]))
     n_kept = len(image_captions)
     stats = {
-        "shard": ingested.stem,
-        "generator": generators[0] if len(generators) == 1 else generators,
+        "shards": [path.stem for path in ingested],
+        "generator": generators.pop() if len(generators) == 1 else sorted(generators),
         "architecture": settings.architecture,
         "sample_form": settings.sample_form,
         "include_truncated": settings.include_truncated,
         "text": asdict(settings.text),
         "context_length": context,
         "images": {
-            "input": len(images["key"]),
+            "input": n_images,
             "kept": n_kept,
             "excluded": dict(sorted(excluded.items())),
             "n_excluded": sum(excluded.values()),
@@ -246,7 +262,10 @@ def build_rows(
             "captions": sum(n_tokens(caption) > context for caption in image_captions),
         },
         "pairs_dropped": pairs_dropped,
-        "inputs": {"ingested": str(ingested), "dialogue": str(dialogue)},
+        "inputs": [
+            {"ingested": str(shard), "dialogue": str(generated_shard)}
+            for shard, generated_shard in zip(ingested, dialogue, strict=True)
+        ],
     }
     table = pa.Table.from_arrays(
         [

@@ -3,9 +3,9 @@
 ``train_run`` builds what :func:`dialogclip.train.trainer.fit` needs from a run's settings (the
 rule's params): the pretrained OpenCLIP model (its weights fetched into ``weights_dir``), the
 trained tower (G, a copy of the text tower, for the third tower; the text tower itself for
-DRAFT) with its last ``trainable_blocks`` blocks trainable, the cached dataset of every shard
-and the batch plan (each row once per epoch; for DRAFT, no image twice in a batch). The frozen
-towers never run: their features come from the caches.
+DRAFT) with its last ``trainable_blocks`` blocks trainable, the cached dataset (the files of
+every block of shards) and the batch plan (each row once per epoch; for DRAFT, no image twice
+in a batch). The frozen towers never run: their features come from the caches.
 """
 
 from __future__ import annotations

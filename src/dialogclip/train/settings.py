@@ -5,12 +5,15 @@ Standard library, ``dialogclip.core``, ``dialogclip.models.naming``,
 workflow imports it to plan the jobs.
 
 Each run (an entry of ``train.runs``) is a method on an OpenCLIP model with one generator's
-dialogue. What its data depend on decides where they live, so runs share every file they can:
+dialogue. Its data are prepared per block of ``train.shards_per_block`` consecutive ingested
+shards (``core.shards``: a block such as ``00000-00015`` is one file of each kind, its shards'
+rows in shard order). What the data depend on decides where they live, so runs share every
+file they can:
 
-- image embeddings: ``results/train/emb/image/{image_model}/{shard}.arrow`` - the model only
+- image embeddings: ``results/train/emb/image/{image_model}/{block}.arrow`` - the model only
   (``image_model_key``): a third-tower run and a DRAFT run on the same model share them;
-- caption embeddings (third tower only): ``results/train/emb/text/{text_model}/{shard}.arrow``;
-- rows: ``results/train/rows/{generator}/{architecture}/{rows_form}/{shard}.arrow`` - the
+- caption embeddings (third tower only): ``results/train/emb/text/{text_model}/{block}.arrow``;
+- rows: ``results/train/rows/{generator}/{architecture}/{rows_form}/{block}.arrow`` - the
   generator, the tokenizer (a function of the architecture), the sample form and whether
   truncated replies count (``rows_form``, e.g. ``pairs`` or ``concatenated-with_truncated``);
   the config's ``text`` section is a parameter of the rows job.
@@ -169,17 +172,17 @@ class TrainRun:
             "text": {key: text[key] for key in used if key in text},
         }
 
-    def image_cache(self, shard: str) -> str:
-        return f"results/train/emb/image/{self.image_model}/{shard}.arrow"
+    def image_cache(self, block: str) -> str:
+        return f"results/train/emb/image/{self.image_model}/{block}.arrow"
 
-    def caption_cache(self, shard: str) -> str:
-        return f"results/train/emb/text/{self.text_model}/{shard}.arrow"
+    def caption_cache(self, block: str) -> str:
+        return f"results/train/emb/text/{self.text_model}/{block}.arrow"
 
-    def rows_file(self, shard: str) -> str:
-        return f"{self.rows_dir}/{shard}.arrow"
+    def rows_file(self, block: str) -> str:
+        return f"{self.rows_dir}/{block}.arrow"
 
-    def rows_stats(self, shard: str) -> str:
-        return f"{self.rows_dir}/stats/{shard}.json"
+    def rows_stats(self, block: str) -> str:
+        return f"{self.rows_dir}/stats/{block}.json"
 
     @property
     def rows_dir(self) -> str:
@@ -216,14 +219,28 @@ class TrainRun:
         return entries
 
 
+# Shards per training-data file and job: a job per shard would be 1,660 image caches for the
+# thesis' five models at CC3M size, each a minute of GPU with nothing to resume inside, and
+# Snakemake spends ~3 ms of planning per job (bench/bench_dryrun.py). 16 shards make 21 blocks
+# (the last 12 shards): a block job is minutes of work, all that a killed job or an ingest edit
+# of one shard redoes; 8 made 336 more jobs for the same work.
+DEFAULT_SHARDS_PER_BLOCK = 16
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """The ``train`` section."""
 
     activate: bool = False  # plan the training targets
+    # Consecutive shards per training-data block (one job and one file per block and kind).
+    shards_per_block: int = DEFAULT_SHARDS_PER_BLOCK
     runs: tuple[TrainRun, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.shards_per_block < 1:
+            raise ConfigError(
+                f"train.shards_per_block must be at least 1, got {self.shards_per_block}"
+            )
         names = [run.name for run in self.runs]
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
@@ -232,9 +249,10 @@ class TrainSettings:
 
 def train_settings_from_dict(data: dict[str, Any]) -> TrainSettings:
     """Build :class:`TrainSettings` from the (schema-validated) ``train`` section."""
-    unknown = sorted(set(data) - {"activate", "runs"})
+    allowed = ["activate", "runs", "shards_per_block"]
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise ConfigError(f"train: unknown key(s) {unknown}; allowed keys: ['activate', 'runs']")
+        raise ConfigError(f"train: unknown key(s) {unknown}; allowed keys: {allowed}")
     runs = []
     for i, entry in enumerate(data.get("runs", [])):
         extra = sorted(set(entry) - set(RUN_FIELDS))
@@ -247,4 +265,8 @@ def train_settings_from_dict(data: dict[str, Any]) -> TrainSettings:
             RunEvaluation, entry.get("evaluate", {}), f"train.runs[{i}].evaluate"
         )
         runs.append(TrainRun(**{**entry, "evaluate": evaluate}))
-    return TrainSettings(activate=bool(data.get("activate", False)), runs=tuple(runs))
+    return TrainSettings(
+        activate=bool(data.get("activate", False)),
+        shards_per_block=data.get("shards_per_block", DEFAULT_SHARDS_PER_BLOCK),
+        runs=tuple(runs),
+    )
