@@ -80,7 +80,7 @@ from dialogclip.generate.runner import (  # noqa: E402
     read_ingested_shard,
 )
 from dialogclip.generate.schema import RowContext, dialogue_row, error_row, rows_to_table  # noqa: E402
-from dialogclip.generate.tiny_models import build_tiny_models  # noqa: E402
+from dialogclip.world.tiny_models import build_tiny_models  # noqa: E402
 
 log = logging.getLogger("bench_generate")
 

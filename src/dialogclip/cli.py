@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "dialogclip.evaluate.commands",
     "dialogclip.report.commands",
     "dialogclip.train.commands",
+    "dialogclip.world.commands",
 )
 
 log = logging.getLogger("dialogclip")

@@ -9,33 +9,9 @@ section) turns them into text where they are read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dialogclip.core.prompts import blip2_prompt, llava_prompt
 
-
-def blip2_prompt(
-    prompt_template: str, context_template: str, questions: Sequence[str], answers: Sequence[str]
-) -> str:
-    """The BLIP-2 prompt for turn ``len(answers)``: the earlier turns with their answers, each
-    through ``context_template``, then the next question through ``prompt_template``, joined by
-    single spaces (BLIP-2's own multi-turn form, salesforce/LAVIS projects/blip2/README.md at
-    2e96b27).
-
-    With the defaults the second turn reads
-    ``Question: {q1} Answer: {a1}. Question: {q2} Answer:`` (METHOD.md section 3).
-    """
-    turn = len(answers)
-    if turn >= len(questions):
-        raise ValueError(f"turn {turn} asked but only {len(questions)} questions")
-    context = [
-        context_template.format(question=question, answer=answer)
-        for question, answer in zip(questions[:turn], answers, strict=True)
-    ]
-    return " ".join([*context, prompt_template.format(question=questions[turn])])
-
-
-def llava_prompt(template: str, question: str) -> str:
-    """The LLaVA-1.5 prompt, e.g. ``USER: <image>\\n{question} ASSISTANT:``."""
-    return template.format(question=question)
+__all__ = ["blip2_prompt", "clean_blip2_answer", "llava_prompt"]
 
 
 def clean_blip2_answer(response: str, template: str) -> str:

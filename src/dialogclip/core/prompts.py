@@ -1,0 +1,37 @@
+"""The prompt strings of the two generators, built in one place for every user.
+
+The generation stage sends exactly these strings to either backend, and the world's models
+(:mod:`dialogclip.world.vlms`) are trained on exactly these strings, so a trained world model
+answers what the configured generators ask. The templates themselves are science in the
+workflow's ``generate`` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def blip2_prompt(
+    prompt_template: str, context_template: str, questions: Sequence[str], answers: Sequence[str]
+) -> str:
+    """The BLIP-2 prompt for turn ``len(answers)``: the earlier turns with their answers, each
+    through ``context_template``, then the next question through ``prompt_template``, joined by
+    single spaces (BLIP-2's own multi-turn form, salesforce/LAVIS projects/blip2/README.md at
+    2e96b27).
+
+    With the defaults the second turn reads
+    ``Question: {q1} Answer: {a1}. Question: {q2} Answer:`` (METHOD.md section 3).
+    """
+    turn = len(answers)
+    if turn >= len(questions):
+        raise ValueError(f"turn {turn} asked but only {len(questions)} questions")
+    context = [
+        context_template.format(question=question, answer=answer)
+        for question, answer in zip(questions[:turn], answers, strict=True)
+    ]
+    return " ".join([*context, prompt_template.format(question=questions[turn])])
+
+
+def llava_prompt(template: str, question: str) -> str:
+    """The LLaVA-1.5 prompt, e.g. ``USER: <image>\\n{question} ASSISTANT:``."""
+    return template.format(question=question)

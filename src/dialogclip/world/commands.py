@@ -1,0 +1,107 @@
+"""Commands of the miniature world: ``dialogclip world <command> ...``.
+
+- ``write DIR``: the world's data sets in the pipeline's formats (:mod:`.formats`);
+- ``pretrain-clip --output FILE``: the baseline CLIP, pretrained on partial captions (:mod:`.clip`);
+- ``train-vlm {blip2,llava} --output DIR``: a world VLM trained on the generation prompts
+  (:mod:`.vlms`); ``--params`` carries the prompts (the workflow's ``generate`` section);
+- ``check-grounding``: how many attributes the dialogue of a pipeline run states truly, and how
+  many LLaVA replies parse, against the scene records (:mod:`.grounding`);
+- ``make-tiny-models DIR``: tiny *random* LLaVA-1.5 and BLIP-2 checkpoints for the tests
+  (:mod:`.tiny_models`; rule ``tiny_models``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from dialogclip.core.cli_utils import add_params_argument
+from dialogclip.core.config import section_from_dict
+from dialogclip.core.io import TMP_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``dialogclip world`` and its subcommands to the `dialogclip` parser."""
+    world = subparsers.add_parser("world", help="the miniature world: data, models, checks")
+    commands = world.add_subparsers(dest="world_command", metavar="<command>", required=True)
+
+    parser = commands.add_parser("write", help="write the world's data sets into DIR")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0, help="the world seed")
+    add_params_argument(parser, "world sizes")
+    parser.set_defaults(func=_write)
+
+    parser = commands.add_parser("pretrain-clip", help="pretrain the baseline CLIP")
+    parser.add_argument("--output", required=True, type=Path, help="checkpoint (.safetensors)")
+    parser.add_argument("--seed", type=int, default=0, help="the world seed")
+    add_params_argument(parser, "CLIP pretraining")
+    parser.set_defaults(func=_pretrain_clip)
+
+    parser = commands.add_parser("train-vlm", help="train the world's BLIP-2 or LLaVA")
+    parser.add_argument("model", choices=["blip2", "llava"])
+    parser.add_argument("--output", required=True, type=Path, help="checkpoint directory")
+    parser.add_argument("--seed", type=int, default=0, help="the world seed")
+    add_params_argument(parser, "VLM training")
+    parser.set_defaults(func=_train_vlm)
+
+    parser = commands.add_parser(
+        "make-tiny-models",
+        help="build tiny random LLaVA-1.5 and BLIP-2 checkpoints into DIR/{llava,blip2}",
+    )
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_make_tiny_models)
+
+
+def _write(args: argparse.Namespace) -> int:
+    from dialogclip.world.formats import WorldSizes, write_world
+
+    write_world(args.out_dir, args.seed, section_from_dict(WorldSizes, args.params, "sizes"))
+    return 0
+
+
+def _pretrain_clip(args: argparse.Namespace) -> int:
+    from dialogclip.world.clip import ClipPretraining, pretrain_clip
+
+    settings = section_from_dict(ClipPretraining, args.params, "pretraining")
+    pretrain_clip(args.output, settings, args.seed)
+    return 0
+
+
+def _train_vlm(args: argparse.Namespace) -> int:
+    from dialogclip.world.vlms import VlmPrompts, VlmTraining, train_world_vlm
+
+    params = dict(args.params)
+    prompts = section_from_dict(VlmPrompts, params.pop("prompts", {}), "prompts")
+    settings = section_from_dict(VlmTraining, params, "training")
+    _into_place(
+        args.output, lambda tmp: train_world_vlm(args.model, tmp, prompts, settings, args.seed)
+    )
+    return 0
+
+
+def _make_tiny_models(args: argparse.Namespace) -> int:
+    from dialogclip.world.tiny_models import build_tiny_blip2, build_tiny_llava
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name, build in (("llava", build_tiny_llava), ("blip2", build_tiny_blip2)):
+        _into_place(args.out_dir / name, lambda tmp, build=build: build(tmp, seed=args.seed))
+    return 0
+
+
+def _into_place(final: Path, build) -> None:
+    """Build a checkpoint directory beside ``final``, then rename: a killed build leaves no
+    half model."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
