@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import random
 
 import pytest
 
@@ -92,7 +91,7 @@ def test_partial_captions_never_describe_a_scene_completely() -> None:
 
 def test_complete_captions_describe_every_object() -> None:
     for scene in draw_scenes(0, "coco", 200):
-        captions = language.complete_captions(scene, random.Random(scene.index))
+        captions = language.complete_captions(scene)
         assert len(captions) == len(set(captions)) == 5
         assert all(language.is_complete_caption(c, scene) for c in captions)
 
@@ -115,16 +114,18 @@ def test_dialogue_targets_survive_the_generation_stage_readers() -> None:
 
 
 def test_vqa_questions_cover_every_kind_with_true_answers() -> None:
-    kinds, answers = set(), set()
+    asked = []
     for scene in draw_scenes(0, "vqa_real", 200):
         rng = scene_rng(0, "vqa_real", scene.index, "q")
         for question in language.vqa_questions(scene, rng):
-            kinds.add(question.kind)
-            answers.add(question.answer)
-            humans = language.human_answers(question, rng)
-            choices = language.multiple_choices(question, rng, humans)
-            assert len(choices) == len(set(choices)) == language.N_CHOICES
-            assert question.answer in choices
             assert check_pairs([question.question], [question.answer], scene).true == 1
-    assert kinds == set(language.QUESTION_KINDS)
-    assert {"yes", "no", "1", "2", "3", "left", "middle", "right"} <= answers
+            asked.append((question, language.human_answers(question, rng), rng))
+    assert {q.kind for q, _, _ in asked} == set(language.QUESTION_KINDS)
+    answers = [q.answer for q, _, _ in asked]
+    assert {"yes", "no", "1", "2", "3", "left", "middle", "right"} <= set(answers)
+    popular = language.popular_answers([humans for _, humans, _ in asked])
+    assert len(popular) == language.N_POPULAR and {"yes", "no"} <= set(popular)
+    for question, humans, rng in asked:
+        choices = language.multiple_choices(question, rng, humans, popular, answers)
+        assert len(choices) == len(set(choices)) == language.N_CHOICES
+        assert {question.answer, language.majority(humans), *popular} <= set(choices)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dialogclip.core.cli_utils import add_params_argument
 from dialogclip.core.config import section_from_dict
-from dialogclip.core.io import TMP_PREFIX
+from dialogclip.core.io import TMP_PREFIX, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the world seed")
     add_params_argument(parser, "VLM training")
     parser.set_defaults(func=_train_vlm)
+
+    parser = commands.add_parser(
+        "check-grounding",
+        help="how many attributes a generator's dialogue states truly, against the scene records",
+    )
+    parser.add_argument("--generator", required=True, choices=["blip2", "llava"])
+    parser.add_argument("--shards", nargs="+", required=True, type=Path, help="dialogue shards")
+    parser.add_argument("--records", required=True, type=Path, help="cc3m/scenes.jsonl")
+    parser.add_argument("--output", required=True, type=Path, help="summary (JSON)")
+    parser.set_defaults(func=_check_grounding)
 
     parser = commands.add_parser(
         "make-tiny-models",
@@ -81,6 +91,22 @@ def _train_vlm(args: argparse.Namespace) -> int:
     settings = section_from_dict(VlmTraining, params, "training")
     _into_place(
         args.output, lambda tmp: train_world_vlm(args.model, tmp, prompts, settings, args.seed)
+    )
+    return 0
+
+
+def _check_grounding(args: argparse.Namespace) -> int:
+    from dialogclip.world.grounding import check_dialogue_shards
+
+    summary = check_dialogue_shards(args.generator, args.shards, args.records)
+    write_json_atomic(summary, args.output)
+    log.info(
+        "%s: %s of %s stated attributes true (%s replies, %s parsed)",
+        args.generator,
+        summary["grounding"]["true"],
+        summary["grounding"]["stated"],
+        summary["replies"],
+        summary["parse_ok_rate"],
     )
     return 0
 

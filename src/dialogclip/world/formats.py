@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +176,7 @@ def write_coco(out_dir: Path, seed: int, n_test: int, n_other: int) -> Path:
         image_id = index + 1
         name = COCO_IMAGE.format(image_id=image_id)
         _write_bytes(out_dir / "val2014" / name, encode_image(render(scene), "jpeg")[1])
-        captions = language.complete_captions(scene, scene_rng(seed, "coco", index, "captions"))
+        captions = language.complete_captions(scene)
         # The test split first (the retrieval set), then a few train / val entries.
         split = "test" if index < n_test else ("train", "val", "restval")[index % 3]
         sentences = []
@@ -230,52 +231,59 @@ def write_vqa(
     data_type, subtype, folder, pattern = VQA_FILES[dataset]
     first_id = VQA_REAL_FIRST_ID if dataset == "vqa_real" else 1
     encoding = "jpeg" if dataset == "vqa_real" else "png"
-    questions, annotations, records = [], [], []
+    # First every question and its annotators (the popular answers are the set's own), then
+    # the candidates of each.
+    asked: list[tuple[int, int, language.VqaQuestion, list[str], random.Random]] = []
+    records = []
     for index in range(n_images):
         scene = draw_scene(seed, dataset, index)
         image_id = first_id + index
         name = pattern.format(image_id=image_id)
         _write_bytes(eval_dir / folder / name, encode_image(render(scene), encoding)[1])
         rng = scene_rng(seed, dataset, index, "questions")
-        asked = []
-        for number, question in enumerate(language.vqa_questions(scene, rng, per_image)):
-            question_id = image_id * 10 + number
+        questions_of_scene = language.vqa_questions(scene, rng, per_image)
+        for number, question in enumerate(questions_of_scene):
             humans = language.human_answers(question, rng)
-            choices = language.multiple_choices(question, rng, humans)
-            questions.append(
-                {
-                    "question_id": question_id,
-                    "image_id": image_id,
-                    "question": question.question,
-                    "multiple_choices": choices,
-                }
-            )
-            annotations.append(
-                {
-                    "question_id": question_id,
-                    "image_id": image_id,
-                    "question_type": question.question_type,
-                    "answer_type": question.answer_type,
-                    "multiple_choice_answer": language.majority(humans),
-                    "answers": [
-                        {
-                            "answer": answer,
-                            "answer_confidence": "yes" if answer == question.answer else "maybe",
-                            "answer_id": i + 1,
-                        }
-                        for i, answer in enumerate(humans)
-                    ],
-                }
-            )
-            asked.append(
-                {"question_id": question_id, "kind": question.kind, "answer": question.answer}
-            )
+            asked.append((image_id, image_id * 10 + number, question, humans, rng))
         records.append(
             {
                 **scene.to_record(),
                 "image_id": image_id,
                 "image": f"{folder}/{name}",
-                "questions": asked,
+                "questions": [
+                    {"question_id": image_id * 10 + n, "kind": q.kind, "answer": q.answer}
+                    for n, q in enumerate(questions_of_scene)
+                ],
+            }
+        )
+    popular = language.popular_answers([humans for *_, humans, _ in asked])
+    true_answers = [question.answer for _, _, question, _, _ in asked]
+    questions, annotations = [], []
+    for image_id, question_id, question, humans, rng in asked:
+        choices = language.multiple_choices(question, rng, humans, popular, true_answers)
+        questions.append(
+            {
+                "question_id": question_id,
+                "image_id": image_id,
+                "question": question.question,
+                "multiple_choices": choices,
+            }
+        )
+        annotations.append(
+            {
+                "question_id": question_id,
+                "image_id": image_id,
+                "question_type": question.question_type,
+                "answer_type": question.answer_type,
+                "multiple_choice_answer": language.majority(humans),
+                "answers": [
+                    {
+                        "answer": answer,
+                        "answer_confidence": "yes" if answer == question.answer else "maybe",
+                        "answer_id": i + 1,
+                    }
+                    for i, answer in enumerate(humans)
+                ],
             }
         )
     header = {"info": {}, "license": {}, "data_type": data_type, "data_subtype": subtype}

@@ -21,10 +21,14 @@ grounding rate is over stated attributes, the reply counts say how many replies 
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from dialogclip.core.io import InputFileError, read_parquet
 from dialogclip.world.scenes import (
     BACKGROUNDS,
     COLOURS,
@@ -243,3 +247,71 @@ def check_pairs(questions: Sequence[str], answers: Sequence[str], scene: Scene) 
     for question, answer in zip(questions, answers, strict=True):
         total += check_pair(question, answer, scene)
     return Check(total.stated, total.true, 1, int(total.stated == 0))
+
+
+# --- the dialogue shards of a pipeline run ---------------------------------------------------
+
+PARSE_OK = "ok"  # the dialogue shards' parse_status of a reply read completely
+DIALOGUE_COLUMNS = ("key", "status", "questions", "answers", "parse_status")
+
+
+def check_dialogue_shards(
+    generator: str, shards: Sequence[str | os.PathLike[str]], records: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Grounding of one generator's dialogue shards against the CC3M scene records.
+
+    BLIP-2: each turn's answer is a description (:func:`check_text`); LLaVA: the parsed pairs
+    (:func:`check_pairs`), and the share of replies the free-text parser read as three pairs.
+    Rows whose image the world stored in grey (``encoding`` png-grey) are left out: their
+    colours are not visible. A key without a scene record is an error naming the files.
+    """
+    scenes = {}
+    grey = set()
+    for line_number, record in enumerate(_read_lines(records), start=1):
+        if "key" not in record:
+            raise InputFileError(
+                records, f"{records}:{line_number}: a scene record without its TSV key"
+            )
+        scenes[record["key"]] = Scene.from_record(record)
+        if record.get("encoding") == "png-grey":
+            grey.add(record["key"])
+    total = Check()
+    per_turn: list[Check] = []
+    replies = parsed = 0
+    for shard in shards:
+        table = read_parquet(shard, DIALOGUE_COLUMNS, what="dialogue shard").to_pylist()
+        for row in table:
+            if row["status"] != "success" or row["key"] in grey:
+                continue
+            scene = scenes.get(row["key"])
+            if scene is None:
+                raise InputFileError(
+                    records,
+                    f"key {row['key']} of {shard} has no scene record in {records}: the "
+                    "dialogue belongs to another world (write the world and rerun the pipeline)",
+                )
+            replies += 1
+            parsed += row["parse_status"] == PARSE_OK
+            if generator == "blip2":
+                for turn, answer in enumerate(row["answers"]):
+                    check = check_text(answer, scene)
+                    while len(per_turn) <= turn:
+                        per_turn.append(Check())
+                    per_turn[turn] += check
+                    total += check
+            else:
+                total += check_pairs(row["questions"], row["answers"], scene)
+    return {
+        "generator": generator,
+        "replies": replies,
+        "parse_ok_rate": round(parsed / replies, 4) if replies else None,
+        "grounding": total.as_dict(),
+        "per_turn": [check.as_dict() for check in per_turn],
+    }
+
+
+def _read_lines(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)

@@ -106,24 +106,20 @@ def full_object_phrases(scene: Scene, order: Sequence[int] | None = None) -> lis
     return [object_phrase(obj) for obj in objects]
 
 
-def complete_captions(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
-    """``n`` different complete captions (every object's four attributes and the background)."""
-    left_to_right = list(range(scene.count))
-    orders = [left_to_right, left_to_right[::-1]]
+def complete_captions(scene: Scene, n: int = 5) -> list[str]:
+    """``n`` different complete captions (every object's four attributes and the background):
+    five framings, the objects named left to right except in the last (right to left)."""
     background = f"a {scene.background} background"
+    left_to_right = join_list(full_object_phrases(scene))
+    right_to_left = join_list(full_object_phrases(scene, range(scene.count - 1, -1, -1)))
     forms = [
-        lambda items: f"{join_list(items)} on {background}",
-        lambda items: f"{background} with {join_list(items)}",
-        lambda items: f"{count_phrase(scene.count)} on {background}: {join_list(items)}",
-        lambda items: f"there is {join_list(items)}, on {background}",
-        lambda items: f"a picture of {join_list(items)} on {background}",
+        f"{left_to_right} on {background}",
+        f"{background} with {left_to_right}",
+        f"{count_phrase(scene.count)} on {background}: {left_to_right}",
+        f"there is {left_to_right}, on {background}",
+        f"a picture of {right_to_left} on {background}",
     ]
-    captions: list[str] = []
-    for i in range(n):
-        form = forms[i % len(forms)]
-        order = orders[rng.randrange(len(orders))]
-        captions.append(form(full_object_phrases(scene, order)))
-    return captions
+    return [forms[i % len(forms)] for i in range(n)]
 
 
 def is_complete_caption(text: str, scene: Scene) -> bool:
@@ -316,7 +312,7 @@ def vqa_questions(scene: Scene, rng: random.Random, n: int = 3) -> list[VqaQuest
     return questions
 
 
-# Answers a multiple-choice question offers: every answer of the world (23); 18 are shown.
+# Every answer of the world (a question's plausible answers are those of its own kind).
 ANSWER_POOL: tuple[str, ...] = (
     *sorted(COLOURS),
     *(bg for bg in sorted(BACKGROUNDS) if bg not in COLOURS),
@@ -331,6 +327,8 @@ ANSWER_POOL: tuple[str, ...] = (
     *SIZES,
 )
 N_CHOICES = 18  # as in VQA v1 multiple choice
+N_PLAUSIBLE = 3
+N_POPULAR = 10
 _SAME_TYPE = {
     "colour": (*sorted(COLOURS), *sorted(BACKGROUNDS)),
     "shape": SHAPES,
@@ -362,18 +360,37 @@ _CONFUSIONS = {
 _VARIANTS = {"1": "one", "2": "two", "3": "three", "0": "none"}
 
 
-def multiple_choices(question: VqaQuestion, rng: random.Random, humans: Sequence[str]) -> list[str]:
-    """18 candidates, as VQA v1 builds them: the annotators' most common answer (VQA's
-    ``multiple_choice_answer``) and the true answer, every answer of the question's kind, the
-    annotators' other answers in the world's pool, then random answers of the pool; shuffled."""
+def multiple_choices(
+    question: VqaQuestion,
+    rng: random.Random,
+    humans: Sequence[str],
+    popular: Sequence[str],
+    answers: Sequence[str],
+) -> list[str]:
+    """18 candidates built as VQA v1 builds them: the annotators' most common answer (VQA's
+    ``multiple_choice_answer``; the true answer too when they differ), three plausible answers
+    (of the question's kind), the set's ``popular`` answers (its ten most common), then correct
+    answers of random other questions (``answers``: the set's true answers); shuffled."""
     choices = [majority(humans)]
-    for answer in (question.answer, *_SAME_TYPE[question.kind], *map(_plain, humans)):
-        if answer not in choices and (answer in ANSWER_POOL or answer == question.answer):
+    if question.answer not in choices:
+        choices.append(question.answer)
+    plausible = [a for a in _SAME_TYPE[question.kind] if a not in choices]
+    choices += rng.sample(plausible, min(N_PLAUSIBLE, len(plausible)))
+    choices += [a for a in popular if a not in choices]
+    others = sorted(set(answers) | set(ANSWER_POOL))  # the pool keeps 18 reachable
+    while len(choices) < N_CHOICES:
+        answer = rng.choice(answers) if rng.random() < 0.9 else rng.choice(others)
+        if answer not in choices:
             choices.append(answer)
-    rest = [a for a in ANSWER_POOL if a not in choices]
-    choices += rng.sample(rest, N_CHOICES - len(choices))
     rng.shuffle(choices)
     return choices
+
+
+def popular_answers(annotations: Sequence[Sequence[str]], n: int = N_POPULAR) -> list[str]:
+    """The ``n`` most common answers over every annotator of every question (after
+    :func:`_plain`; the first seen of equals first)."""
+    counts = Counter(_plain(answer) for answers in annotations for answer in answers)
+    return [answer for answer, _ in counts.most_common(n)]
 
 
 # How often an annotator gives the true answer: most questions are easy, some are not (a small

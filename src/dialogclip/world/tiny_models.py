@@ -70,6 +70,7 @@ class TinySizes:
     patch_size: int = 8
     vision_hidden: int = 64
     vision_layers: int = 2
+    vision_ffn: int = 128
     text_hidden: int = 128  # 4 heads of 32: a head size vLLM's CPU attention supports
     text_heads: int = 4
     text_layers: int = 2
@@ -220,7 +221,7 @@ def llava_model(tokenizer: Any, sizes: TinySizes, seed: int) -> Any:
     n_patches = (sizes.image_size // sizes.patch_size) ** 2
     vision = CLIPVisionConfig(
         hidden_size=sizes.vision_hidden,
-        intermediate_size=2 * sizes.vision_hidden,
+        intermediate_size=sizes.vision_ffn,
         num_hidden_layers=sizes.vision_layers,
         num_attention_heads=2,
         image_size=sizes.image_size,
@@ -288,7 +289,7 @@ def blip2_model(tokenizer: Any, sizes: TinySizes, seed: int) -> Any:
     config = Blip2Config(
         vision_config={
             "hidden_size": sizes.vision_hidden,
-            "intermediate_size": 2 * sizes.vision_hidden,
+            "intermediate_size": sizes.vision_ffn,
             "num_hidden_layers": sizes.vision_layers,
             "num_attention_heads": 2,
             "image_size": sizes.image_size,

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -343,12 +343,14 @@ def train_vlm(
     settings: VlmTraining,
     append_eos: bool,
     frozen: torch.nn.Module | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Stage 2: teacher-forced training on ``samples`` of every weight outside ``frozen``;
     returns the epoch losses. ``pixels`` [S, 3, H, W]: the processor's view of ``images``.
 
     The loss is the cross-entropy of each reply token given the image, the prompt and the reply
-    so far (the prompt's own tokens carry no loss).
+    so far (the prompt's own tokens carry no loss). ``on_epoch(epoch)`` runs after each epoch
+    (the model in eval mode), e.g. to measure the replies as training goes.
     """
     torch.manual_seed(settings.seed)
     tokenizer = processor.tokenizer
@@ -404,6 +406,13 @@ def train_vlm(
             losses[-1],
             time.monotonic() - started,
         )
+        if on_epoch is not None:
+            model.eval()
+            with torch.no_grad():
+                on_epoch(epoch)
+            model.train()
+            if frozen is not None:
+                frozen.eval()
     model.eval()
     if frozen is not None:
         frozen.eval()
