@@ -286,9 +286,9 @@ def fitted_max_model_len(model_dir: Path, generator: str, params: dict[str, Any]
     from PIL import Image
     from transformers import AutoProcessor
 
+    from dialogclip.core.prompts import blip2_prompt, llava_prompt
     from dialogclip.generate.config import generate_config_from_dict
     from dialogclip.generate.generators import make_generator
-    from dialogclip.generate.prompts import blip2_prompt, llava_prompt
 
     config = generate_config_from_dict(params)
     processor = AutoProcessor.from_pretrained(model_dir)

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
+from dialogclip.core.prompts import clean_blip2_answer
 from dialogclip.generate.parsing import PARSE_OK, parse_qa_pairs
-from dialogclip.generate.prompts import clean_blip2_answer
 from dialogclip.world import language
 from dialogclip.world.grounding import check_pairs, check_text
 from dialogclip.world.scenes import (

@@ -1,9 +1,13 @@
-"""The prompt strings of the two generators, built in one place for every user.
+"""The prompt strings of the two generators and the cleaning of a BLIP-2 reply, in one place.
 
-The generation stage sends exactly these strings to either backend, and the world's models
+The generation stage sends exactly these strings to either backend, so the prompts (and
+therefore the outputs under greedy decoding) do not depend on the backend; the world's models
 (:mod:`dialogclip.world.vlms`) are trained on exactly these strings, so a trained world model
 answers what the configured generators ask. The templates themselves are science in the
-workflow's ``generate`` section.
+workflow's ``generate`` section. The caption never enters a prompt: the dialogue is a view of
+the image alone (METHOD.md section 3). The text a CLIP tower later reads is not built here: the
+shards keep the raw pairs and ``dialogclip.core.text_forms`` (the ``text`` section) turns them
+into text where they are read.
 """
 
 from __future__ import annotations
@@ -35,3 +39,16 @@ def blip2_prompt(
 def llava_prompt(template: str, question: str) -> str:
     """The LLaVA-1.5 prompt, e.g. ``USER: <image>\\n{question} ASSISTANT:``."""
     return template.format(question=question)
+
+
+def clean_blip2_answer(response: str, template: str) -> str:
+    """The answer in a raw BLIP-2 response: its first line, cut before any invented next turn.
+
+    BLIP-2 OPT tends to continue a dialogue on its own (``... Question: ...``); the text of the
+    template before ``{question}`` marks where such an invented turn starts.
+    """
+    answer = response.strip().split("\n", 1)[0]
+    marker = template.split("{question}", 1)[0].strip()
+    if marker and marker in answer:
+        answer = answer.split(marker, 1)[0]
+    return answer.strip()
