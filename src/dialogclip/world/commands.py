@@ -4,6 +4,9 @@
 - ``pretrain-clip --output FILE``: the baseline CLIP, pretrained on partial captions (:mod:`.clip`);
 - ``train-vlm {blip2,llava} --output DIR``: a world VLM trained on the generation prompts
   (:mod:`.vlms`); ``--params`` carries the prompts (the workflow's ``generate`` section);
+- ``build-models DIR --config CONFIG``: all three models at once, small enough to commit, with
+  ``build.json`` (settings, prompts, times, behaviour on held-out scenes; :mod:`.build`);
+- ``expand-clip``: the open_clip checkpoint of the compact CLIP ``build-models`` writes;
 - ``check-grounding``: how many attributes the dialogue of a pipeline run states truly, and how
   many LLaVA replies parse, against the scene records (:mod:`.grounding`);
 - ``make-tiny-models DIR``: tiny *random* LLaVA-1.5 and BLIP-2 checkpoints for the tests
@@ -50,6 +53,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_train_vlm)
 
     parser = commands.add_parser(
+        "build-models", help="train the baseline CLIP, BLIP-2 and LLaVA into DIR (committable)"
+    )
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument(
+        "--config", required=True, type=Path, help="workflow config whose prompts to learn"
+    )
+    parser.add_argument(
+        "--schema",
+        type=Path,
+        default=Path("workflow/schemas/config.schema.yaml"),
+        help="the workflow's config schema (its defaults fill the config)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the world seed")
+    add_params_argument(parser, "models (clip, blip2, llava training settings)")
+    parser.set_defaults(func=_build_models)
+
+    parser = commands.add_parser(
+        "expand-clip", help="the open_clip checkpoint of a compact world CLIP"
+    )
+    parser.add_argument("--compact", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.set_defaults(func=_expand_clip)
+
+    parser = commands.add_parser(
         "check-grounding",
         help="how many attributes a generator's dialogue states truly, against the scene records",
     )
@@ -92,6 +119,22 @@ def _train_vlm(args: argparse.Namespace) -> int:
     _into_place(
         args.output, lambda tmp: train_world_vlm(args.model, tmp, prompts, settings, args.seed)
     )
+    return 0
+
+
+def _build_models(args: argparse.Namespace) -> int:
+    from dialogclip.world.build import build_models, prompts_from_config, settings_from_params
+
+    prompts = prompts_from_config(args.config, args.schema)
+    summary = build_models(args.out_dir, prompts, settings_from_params(args.params), args.seed)
+    log.info("world models built in %.0f s: %s", summary["seconds"], summary["behaviour"])
+    return 0
+
+
+def _expand_clip(args: argparse.Namespace) -> int:
+    from dialogclip.world.clip import expand_compact
+
+    expand_compact(args.compact, args.output)
     return 0
 
 

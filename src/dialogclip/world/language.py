@@ -34,6 +34,8 @@ from dialogclip.world.scenes import (
     SceneObject,
 )
 
+# The thesis' two BLIP-2 questions (METHOD.md section 3): the world's BLIP-2 answers these.
+BLIP2_QUESTIONS = ("What do you see in this image?", "What makes this image unique?")
 NUMBER_WORDS = {0: "no", 1: "one", 2: "two", 3: "three"}
 POSITION_PHRASES = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 CAPTION_PREFIXES = ("", "", "", "a picture of ", "an image of ", "illustration of ", "photo of ")
@@ -137,7 +139,8 @@ def is_complete_caption(text: str, scene: Scene) -> bool:
 
 
 def blip2_answers(scene: Scene) -> tuple[str, str]:
-    """Answers to "What do you see in this image?" and "What makes this image unique?"."""
+    """Answers to :data:`BLIP2_QUESTIONS`: every object (size, colour, shape, position) left to
+    right, then the count and the background."""
     seen = join_list(full_object_phrases(scene))
     unique = f"{count_phrase(scene.count)} on a {scene.background} background"
     return seen, unique
@@ -160,39 +163,35 @@ def reference(obj: SceneObject, scene: Scene, by: str = "position") -> str | Non
     return None
 
 
-def largest(scene: Scene) -> SceneObject:
-    """The object the dialogue talks about first: the largest (the leftmost of equals)."""
-    return max(scene.objects, key=lambda obj: (obj.extent, -POSITIONS.index(obj.position)))
+LLAVA_PAIRS = 3  # "three fundamental questions" (METHOD.md section 3)
 
 
 def llava_pairs(scene: Scene) -> list[tuple[str, str]]:
-    """Three question/answer pairs about ``scene``, chosen by its content (deterministic):
-    the count; the largest object's colour (or, with three objects, its shape by position);
-    then the position of another object, or (three objects) whether the leftmost object's shape
-    comes in the rightmost object's colour."""
-    main = largest(scene)
-    pairs = [("How many shapes are there?", f"{scene.count}")]
-    if scene.count < 3:
-        pairs.append(
-            (f"What color is the {reference(main, scene)}?", f"{main.colour.capitalize()}.")
-        )
-        other = next((o for o in scene.objects if o is not main), main)
-        named = reference(other, scene, "colour")
-        if named is None:  # two shapes alike in shape and colour: ask for their number
-            pairs.append((f"How many {noun(other.shape, 2)} are there?", "2"))
+    """Three question/answer pairs about ``scene``, chosen by its content (deterministic, and
+    each readable from one place of the image): the count; the colour of the leftmost object;
+    then, by the count, the lone object's shape (one), where the rightmost object is (two), or
+    whether the leftmost object's shape comes in the rightmost object's colour (three)."""
+    first, last = scene.objects[0], scene.objects[-1]
+    pairs = [
+        ("How many shapes are there?", f"{scene.count}"),
+        (
+            f"What color is the {first.shape} {POSITION_PHRASES[first.position]}?",
+            f"{first.colour.capitalize()}.",
+        ),
+    ]
+    if scene.count == 1:
+        where = POSITION_PHRASES[first.position]
+        pairs.append((f"What shape is {where}?", f"{article(first.shape).capitalize()}."))
+    elif scene.count == 2:
+        named = reference(last, scene, "colour")
+        if named is None:  # both alike in shape and colour: ask for their number instead
+            pairs.append((f"How many {noun(last.shape, 2)} are there?", "2"))
         else:
-            where = POSITION_PHRASES[other.position].capitalize()
+            where = POSITION_PHRASES[last.position].capitalize()
             pairs.append((f"Where is the {named}?", f"{where}."))
     else:
-        pairs.append(
-            (
-                f"What shape is {POSITION_PHRASES[main.position]}?",
-                f"{article(main.shape).capitalize()}.",
-            )
-        )
-        left, right = scene.objects[0], scene.objects[-1]
-        exists = any((o.colour, o.shape) == (right.colour, left.shape) for o in scene.objects)
-        question = f"Is there {article(right.colour + ' ' + left.shape)}?"
+        exists = any((o.colour, o.shape) == (last.colour, first.shape) for o in scene.objects)
+        question = f"Is there {article(last.colour + ' ' + first.shape)}?"
         pairs.append((question, "Yes." if exists else "No."))
     return pairs
 
@@ -430,3 +429,17 @@ def majority(answers: Sequence[str]) -> str:
     """The most frequent answer (the first of equals) after :func:`_plain`: VQA's
     ``multiple_choice_answer``, which need not be the true answer when annotators split."""
     return Counter(_plain(answer) for answer in answers).most_common(1)[0][0]
+
+
+def world_texts(scenes: Sequence[Scene]) -> list[str]:
+    """Every kind of text the world writes about ``scenes`` (captions of both kinds, both
+    generators' dialogue, VQA questions with every answer): the world's vocabulary."""
+    texts = [*BLIP2_QUESTIONS, " ".join(ANSWER_POOL), " ".join(v for v in _VARIANTS.values())]
+    for scene in scenes:
+        rng = random.Random(scene.index)
+        texts += [partial_caption(scene, rng) for _ in range(4)]
+        texts += complete_captions(scene)
+        texts += blip2_answers(scene)
+        texts += [f"{q} {a}" for q, a in llava_pairs(scene)]
+        texts += [q.question for q in vqa_questions(scene, rng, len(QUESTION_KINDS))]
+    return texts

@@ -259,13 +259,24 @@ def llava_model(tokenizer: Any, sizes: TinySizes, seed: int) -> Any:
     return model
 
 
-def save_llava(model: Any, processor: Any, out_dir: str | os.PathLike[str]) -> Path:
-    """Save in the llava-hf layout (published tensor names: see :func:`_rename_tensors`)."""
+def save_llava(
+    model: Any, processor: Any, out_dir: str | os.PathLike[str], max_shard_size: str | None = None
+) -> Path:
+    """Save in the llava-hf layout (published tensor names: see :func:`_rename_tensors`);
+    ``max_shard_size`` (e.g. "900KB") splits the weights into shards with an index, as the
+    published checkpoints are split."""
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
+    _save(model, out_dir, max_shard_size)
     processor.save_pretrained(out_dir)
-    _rename_tensors(out_dir / "model.safetensors", {"vision_tower.": "vision_tower.vision_model."})
+    _rename_tensors(out_dir, {"vision_tower.": "vision_tower.vision_model."})
     return out_dir
+
+
+def _save(model: Any, out_dir: Path, max_shard_size: str | None) -> None:
+    if max_shard_size is None:
+        model.save_pretrained(out_dir)
+    else:
+        model.save_pretrained(out_dir, max_shard_size=max_shard_size)
 
 
 def build_tiny_llava(
@@ -329,10 +340,13 @@ def blip2_model(tokenizer: Any, sizes: TinySizes, seed: int) -> Any:
     return model
 
 
-def save_blip2(model: Any, processor: Any, out_dir: str | os.PathLike[str]) -> Path:
-    """Save in the Salesforce/blip2 layout (transformers' own names are the published ones)."""
+def save_blip2(
+    model: Any, processor: Any, out_dir: str | os.PathLike[str], max_shard_size: str | None = None
+) -> Path:
+    """Save in the Salesforce/blip2 layout (transformers' own names are the published ones);
+    ``max_shard_size`` as for :func:`save_llava`."""
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
+    _save(model, out_dir, max_shard_size)
     processor.save_pretrained(out_dir)
     return out_dir
 
@@ -423,24 +437,32 @@ def _end_replies_at_newline(model: Any, tokenizer: Any) -> None:
     model.generation_config.eos_token_id = newline
 
 
-def _rename_tensors(path: Path, prefixes: dict[str, str]) -> None:
-    """Rewrite ``path`` with tensor-name prefixes replaced (old -> new).
+def _rename_tensors(out_dir: Path, prefixes: dict[str, str]) -> None:
+    """Rewrite the checkpoint in ``out_dir`` (one file or shards with their index) with
+    tensor-name prefixes replaced (old -> new).
 
     transformers 5 saves the LLaVA vision tower as ``vision_tower.embeddings...``; the published
     llava-hf checkpoints (and vLLM's loader) use ``vision_tower.vision_model.embeddings...``.
     transformers reads both, so writing the published names keeps every loader happy.
     """
+    import json
+
     from safetensors.torch import load_file, save_file
 
-    from dialogclip.core.io import atomic_path
+    from dialogclip.core.io import atomic_path, write_json_atomic
 
-    tensors = load_file(path)
-    renamed = {}
-    for name, tensor in tensors.items():
+    def renamed(name: str) -> str:
         for old, new in prefixes.items():
             if name.startswith(old) and not name.startswith(new):
-                name = new + name[len(old) :]
-                break
-        renamed[name] = tensor
-    with atomic_path(path) as tmp:
-        save_file(renamed, tmp, metadata={"format": "pt"})
+                return new + name[len(old) :]
+        return name
+
+    for path in sorted(out_dir.glob("model*.safetensors")):
+        tensors = {renamed(name): tensor for name, tensor in load_file(path).items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata={"format": "pt"})
+    index = out_dir / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {renamed(k): v for k, v in data["weight_map"].items()}
+        write_json_atomic(data, index)

@@ -63,17 +63,19 @@ from dialogclip.world.tiny_models import (
 log = logging.getLogger(__name__)
 
 VLM_SPLIT = "vlm"
-THESIS_BLIP2_QUESTIONS = ("What do you see in this image?", "What makes this image unique?")
 JPEG_QUALITY = 90  # the models see images as the pipeline stores them: JPEG-encoded
 
-# The world models: 64 px images in 8 px patches (an object of the world spans one or two), a
+# The world models see the 64 px scene at 48 px in 16 px patches: a 3 x 3 grid whose columns
+# are the world's three positions, so each object lies in one patch column (9 image tokens for
+# LLaVA). A 3-layer ViT (LLaVA reads its second layer, vision_feature_layer -2 as published), a
 # 2-layer Llama / OPT of width 128 in heads of 32 (a head size vLLM's CPU attention supports),
-# tied input and output embeddings (a trained model does not need the random models' untying).
+# tied input and output embeddings.
 WORLD_SIZES = TinySizes(
-    image_size=64,
-    patch_size=8,
+    image_size=48,
+    patch_size=16,
     vision_hidden=64,
-    vision_layers=2,
+    vision_layers=3,
+    vision_ffn=256,
     text_hidden=128,
     text_heads=4,
     text_layers=2,
@@ -91,16 +93,16 @@ WORLD_SIZES = TinySizes(
 class VlmPrompts:
     """The generation stage's prompts (from the workflow's ``generate`` section)."""
 
-    blip2_questions: tuple[str, ...] = THESIS_BLIP2_QUESTIONS
+    blip2_questions: tuple[str, ...] = language.BLIP2_QUESTIONS
     blip2_prompt_template: str = "Question: {question} Answer:"
     blip2_context_template: str = "Question: {question} Answer: {answer}."
     llava_question: str = ""
     llava_prompt_template: str = "USER: <image>\n{question} ASSISTANT:"
 
     def __post_init__(self) -> None:
-        if tuple(self.blip2_questions) != THESIS_BLIP2_QUESTIONS:
+        if tuple(self.blip2_questions) != language.BLIP2_QUESTIONS:
             raise ValueError(
-                f"the world's BLIP-2 answers the thesis' questions {THESIS_BLIP2_QUESTIONS}; "
+                f"the world's BLIP-2 answers the thesis' questions {language.BLIP2_QUESTIONS}; "
                 f"generate.blip2.questions is {tuple(self.blip2_questions)}"
             )
         if not self.llava_question:
@@ -119,8 +121,8 @@ class VlmTraining:
     """
 
     n_scenes: int = 4000  # training scenes (split "vlm")
-    vision_epochs: int = 6  # stage 1
-    epochs: int = 4  # stage 2
+    vision_epochs: int = 12  # stage 1
+    epochs: int = 8  # stage 2
     batch_size: int = 32
     vision_batch_size: int = 64
     lr: float = 2e-3
@@ -224,30 +226,38 @@ def _encode(processor: Any, image: Image.Image, sample: Sample, eos: int | None)
     return _Encoded(full, len(prompt_ids))
 
 
-# Columns of the 8 x 8 patch grid of a 64 px image that cover each position (left: x < 24,
-# middle: 24 <= x < 40, right: x >= 40; object centres are at 11, 32 and 53 px).
-_COLUMN_PATCHES = {"left": (0, 3), "middle": (3, 5), "right": (5, 8)}
+def column_bands(grid: int) -> list[tuple[int, int]]:
+    """The patch columns (start, stop) of each position (left, middle, right) in a grid of
+    ``grid`` x ``grid`` patches: a patch column belongs to the position its centre is in."""
+    bands = []
+    for band in range(len(POSITIONS)):
+        columns = [c for c in range(grid) if int((c + 0.5) * len(POSITIONS) / grid) == band]
+        bands.append((columns[0], columns[-1] + 1))
+    return bands
 
 
 class VisionProbe(torch.nn.Module):
-    """Reads every object's shape, colour and size per column, the background and the count
-    from a vision tower's patch features [B, P, H] (P = grid^2)."""
+    """Reads each object's shape, colour and size from the patch features of its column, and
+    the background and count from all of them: patches [B, P, H], P = grid^2."""
 
     def __init__(self, hidden: int, grid: int) -> None:
         super().__init__()
         self.grid = grid
-        self.object_head = torch.nn.Linear(
-            hidden, 1 + len(SHAPES) + 1 + len(COLOURS) + 1 + len(SIZES)
-        )
+        self.bands = column_bands(grid)
+        n_object = 1 + len(SHAPES) + 1 + len(COLOURS) + 1 + len(SIZES)  # each with "none"
+        self.object_head = torch.nn.Linear(hidden, n_object)
         self.scene_head = torch.nn.Linear(hidden, len(BACKGROUNDS) + MAX_OBJECTS)
 
-    def forward(self, patches: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        grid = patches.reshape(patches.shape[0], self.grid, self.grid, -1)  # [B, rows, cols, H]
-        columns = [
-            self.object_head(grid[:, :, start:stop].mean(dim=(1, 2)))
-            for start, stop in _COLUMN_PATCHES.values()
-        ]  # 3 x [B, n_object_logits]
-        return columns, self.scene_head(patches.mean(dim=1))  # [B, n_scene_logits]
+    def forward(self, patches: torch.Tensor) -> list[torch.Tensor]:
+        """The 11 classification logits [B, n_classes] in :func:`_probe_targets` order."""
+        grid = patches.unflatten(1, (self.grid, self.grid))  # [B, rows, cols, H]
+        splits = (1 + len(SHAPES), 1 + len(COLOURS), 1 + len(SIZES))
+        logits = []
+        for start, stop in self.bands:
+            column = self.object_head(grid[:, :, start:stop].mean(dim=(1, 2)))
+            logits += list(column.split(splits, dim=1))
+        scene = self.scene_head(patches.mean(dim=1))
+        return logits + list(scene.split((len(BACKGROUNDS), MAX_OBJECTS), dim=1))
 
 
 def _probe_targets(scenes: Sequence[Scene]) -> torch.Tensor:
@@ -269,16 +279,8 @@ def _probe_targets(scenes: Sequence[Scene]) -> torch.Tensor:
 
 
 def _probe_loss(probe: VisionProbe, patches: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    columns, scene_logits = probe(patches)
-    splits = (1 + len(SHAPES), 1 + len(COLOURS), 1 + len(SIZES))
-    loss = torch.zeros(())
-    for c, logits in enumerate(columns):
-        for k, part in enumerate(logits.split(splits, dim=1)):
-            loss = loss + F.cross_entropy(part, targets[:, 3 * c + k])
-    background, count = scene_logits.split((len(BACKGROUNDS), MAX_OBJECTS), dim=1)
-    return (
-        loss + F.cross_entropy(background, targets[:, 9]) + F.cross_entropy(count, targets[:, 10])
-    )
+    logits = probe(patches)
+    return sum(F.cross_entropy(part, targets[:, k]) for k, part in enumerate(logits))
 
 
 def vision_patches(name: str, model: Any, pixels: torch.Tensor) -> torch.Tensor:
@@ -433,8 +435,11 @@ def train_world_vlm(
     prompts: VlmPrompts,
     settings: VlmTraining,
     world_seed: int,
+    max_shard_size: str | None = None,
 ) -> dict[str, Any]:
-    """Build, train and save the world's ``blip2`` or ``llava`` to ``out_dir``; a summary."""
+    """Build, train and save the world's ``blip2`` or ``llava`` to ``out_dir`` (weights in
+    float16, as published checkpoints store them; the generation stage runs them in its own
+    dtype, float32 on a CPU); returns a summary."""
     started = time.monotonic()
     scenes = draw_scenes(world_seed, VLM_SPLIT, settings.n_scenes)
     if name == "blip2":
@@ -458,7 +463,7 @@ def train_world_vlm(
         append_eos,
         frozen=vision_module(name, model),
     )
-    save(model, processor, out_dir)
+    save(model.to(torch.float16), processor, out_dir, max_shard_size)
     summary = {
         "model": name,
         "settings": asdict(settings),
