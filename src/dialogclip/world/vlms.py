@@ -326,7 +326,7 @@ def pretrain_vision(
             loss.backward()
             optimizer.step()
             step += 1
-            running += float(loss)
+            running += float(loss.detach())
             batches += 1
         losses.append(running / batches)
         log.info(
