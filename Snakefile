@@ -23,6 +23,8 @@ include: "workflow/rules/train.smk"
 # Needs every stage's entries (the training runs add evaluation entries): after the includes.
 if is_report_active():
     check_thesis_rows()
+# Needs every rule's resources (the profile's applied): after the includes.
+check_slurm_requests()
 
 
 rule all:

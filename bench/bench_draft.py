@@ -1,5 +1,6 @@
-"""Benchmark: DRAFT's training step: the image-embedding cache vs the full forward, and the
-cost of the MMD term against the contrastive loss alone at the thesis' batch of 1536.
+"""Benchmark: DRAFT's training step: the image-embedding cache vs the full forward, the cost
+of the MMD term at the thesis' batch of 1536, and the MMD estimator's error against the exact
+O(N^4) sum.
 
 Real ViT-B-32 architecture with random weights (open_clip, no download). A DRAFT step trains
 the text tower T on the caption and the dialogue sample (forward + backward of both) against
@@ -10,17 +11,22 @@ the frozen image tower's I(x), then takes a fused AdamW step (the trainer's opti
   ``no_grad``), both with the MMD term; and ``cached_no_mmd`` (``mmd_weight: 0``, the thesis'
   ablation, which still reports the MMD without a graph);
 - ``loss`` (measured at ``--loss-batch``, 1536 by default): forward + backward of the loss alone
-  on unit features [N, 512]: ``contrastive`` (the two cross-entropies), ``draft`` (contrastive +
-  MMD, ``mmd_weight: 1``) and ``draft_no_mmd``. The MMD's samples are the N rows of two N x N
-  logit matrices, so its cost grows as N^3 while the towers' grows as N: it has to be measured
-  at the batch it is asked about.
+  on unit features [N, 512]: ``contrastive`` (the two cross-entropies of eq. 4.4.1, texts
+  querying images), ``draft`` (the default loss: contrastive + the MMD norm over the N^2 scalar
+  logits, eq. 4.4.3), ``draft_rows`` (the MMD over per-text rows, an option) and
+  ``draft_no_mmd``. The MMD's cost does not grow linearly with N as the towers' does, so it is
+  measured at the batch it is asked about;
+- ``mmd_accuracy`` (``--accuracy-n``, 256 by default): the binned-FFT MMD^2 of
+  ``dialogclip.train.losses.mmd_rbf_1d`` against the exact biased MMD^2 over the same 2 x N^2
+  scalar logits (the O(N^4) pair sum in float64, in chunks), its absolute and relative error
+  and both timings.
 
 A step at batch 1536 needs ~100 GB of activations in float32 on this CPU (two text forwards
 with a graph), so on CPU the step at 1536 is projected from the measured parts: the towers'
 per-sample time at ``--batch`` times 1536, plus the optimizer step, plus the loss measured at
 1536; the JSON names every part. On CUDA (``--device cuda``, bf16 autocast as the trainer)
 the step is measured at ``--batch 1536`` directly, and the projected time of 3 epochs over
-CC3M's pairs follows from its samples/s. Target (issue 9): MMD <= 10 % extra step time at
+CC3M's pairs follows from its samples/s. Target (issue 16): MMD <= 10 % extra step time at
 batch 1536. Results: bench/results/bench_draft.json (``--out`` elsewhere).
 Run: `.venv/bin/python bench/bench_draft.py [--batch 48] [--steps 5] [--threads 2]`.
 """
@@ -28,7 +34,10 @@ Run: `.venv/bin/python bench/bench_draft.py [--batch 48] [--steps 5] [--threads 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +47,13 @@ import torch.nn.functional as F
 from benchlib import autocast, machine_record, summary, sync, time_interleaved, train_step
 
 from dialogclip.models.towers import copy_text_tower
-from dialogclip.train.losses import DRAFT_A, contrastive_ce, draft_loss
+from dialogclip.train.losses import (
+    DEFAULT_SIGMAS,
+    DRAFT_A,
+    contrastive_ce,
+    draft_loss,
+    mmd_rbf_1d,
+)
 from dialogclip.train.objectives import DraftLoss, DraftObjective
 from dialogclip.train.optim import adamw, param_groups
 
@@ -125,19 +140,101 @@ def measure_loss(batch: int, repeats: int, device: torch.device) -> dict[str, An
 
     def contrastive() -> None:
         backward(
-            DRAFT_A * contrastive_ce(image, dialogue, LOGIT_SCALE)
-            + (1 - DRAFT_A) * contrastive_ce(image, caption, LOGIT_SCALE)
+            DRAFT_A * contrastive_ce(dialogue, image, LOGIT_SCALE)
+            + (1 - DRAFT_A) * contrastive_ce(caption, image, LOGIT_SCALE)
         )
 
     arms = {
         "contrastive": contrastive,
         "draft": lambda: backward(draft_loss(image, caption, dialogue, LOGIT_SCALE)[0]),
+        "draft_rows": lambda: backward(
+            draft_loss(image, caption, dialogue, LOGIT_SCALE, mmd_samples="rows")[0]
+        ),
         "draft_no_mmd": lambda: backward(
             draft_loss(image, caption, dialogue, LOGIT_SCALE, mmd_weight=0.0)[0]
         ),
     }
     times = time_interleaved(arms, repeats)
     return {name: summary(arm, batch) for name, arm in times.items()}
+
+
+def exact_mmd2(
+    x: torch.Tensor, y: torch.Tensor, sigmas: tuple[float, ...], chunk: int = 512
+) -> float:
+    """The biased MMD^2 between scalar samples x [n] and y [m] by the full pair sum in float64:
+    ``w^T K w`` over the pooled samples with ``w = +1/n`` on x and ``-1/m`` on y, K the RBF
+    kernel sum (O((n + m)^2) kernel values, no approximation). K is symmetric: each chunk of
+    rows meets only the columns from its own start on, the block right of the diagonal counted
+    twice."""
+    pooled = torch.cat([x, y]).double()
+    weights = torch.cat([torch.full_like(x, 1 / len(x)), torch.full_like(y, -1 / len(y))]).double()
+    total = 0.0
+    for start in range(0, len(pooled), chunk):
+        stop = min(start + chunk, len(pooled))
+        sq = (pooled[start:stop, None] - pooled[None, start:]).square_()
+        kernel = _rbf_sum(sq, sigmas)  # [chunk, n + m - start]
+        row_weights = weights[start:stop]
+        diagonal = row_weights @ kernel[:, : stop - start] @ row_weights
+        right = row_weights @ kernel[:, stop - start :] @ weights[stop:]
+        total += float(diagonal + 2 * right)
+    return total
+
+
+def _rbf_sum(sq: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
+    """``sum_s exp(-sq / (2 s^2))``, widest bandwidth first. Where the next bandwidth is the
+    last one divided by 2^(k/2) (the default 16, 8, 4, 2, 1: k = 2), its kernel is the last
+    one's raised to 2^k, i.e. k squarings instead of an exp (exact up to rounding, ~1e-14)."""
+    ordered = sorted(sigmas, reverse=True)
+    value = torch.exp(sq / (-2 * ordered[0] ** 2))
+    total = value.clone()
+    for wider, sigma in itertools.pairwise(ordered):
+        squarings = math.log2((wider / sigma) ** 2)
+        if squarings.is_integer() and squarings >= 1:
+            for _ in range(int(squarings)):
+                value = value.square()
+        else:
+            value = torch.exp(sq / (-2 * sigma**2))
+        total += value
+    return total
+
+
+def measure_mmd_accuracy(n: int) -> dict[str, Any]:
+    """mmd_rbf_1d against :func:`exact_mmd2` on the N^2 caption and dialogue logits of a
+    batch of N unit features (captions and dialogues correlated with their images at two
+    different strengths, so the two logit distributions differ as in training)."""
+    generator = torch.Generator().manual_seed(1)
+
+    def unit(base: torch.Tensor | None, noise: float) -> torch.Tensor:
+        # Unit-norm noise: the positive pair's cosine is about 1 / sqrt(1 + noise^2).
+        feature = torch.randn(n, EMBED_DIM, generator=generator, dtype=torch.float64)
+        feature = F.normalize(feature, dim=-1) * noise
+        return F.normalize(feature + (0 if base is None else base), dim=-1)
+
+    image = unit(None, 1.0)
+    caption = (LOGIT_SCALE * unit(image, 0.8) @ image.T).reshape(-1)
+    dialogue = (LOGIT_SCALE * unit(image, 1.2) @ image.T).reshape(-1)
+    begin = time.perf_counter()
+    binned = float(mmd_rbf_1d(caption, dialogue, DEFAULT_SIGMAS))
+    binned_s = time.perf_counter() - begin
+    begin = time.perf_counter()
+    exact = exact_mmd2(caption, dialogue, DEFAULT_SIGMAS)
+    exact_s = time.perf_counter() - begin
+    return {
+        "n": n,
+        "samples_per_side": n * n,
+        "sigmas": list(DEFAULT_SIGMAS),
+        "logit_range": [
+            round(float(torch.cat([caption, dialogue]).min()), 3),
+            round(float(torch.cat([caption, dialogue]).max()), 3),
+        ],
+        "exact_mmd2": exact,
+        "binned_mmd2": binned,
+        "abs_error": abs(binned - exact),
+        "rel_error": abs(binned - exact) / exact,
+        "norm_abs_error": abs(math.sqrt(max(binned, 0)) - math.sqrt(exact)),
+        "exact_s": round(exact_s, 2),
+        "binned_s": round(binned_s, 4),
+    }
 
 
 def project(
@@ -173,6 +270,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=48, help="step batch (1536 on a GPU)")
     parser.add_argument("--loss-batch", type=int, default=THESIS_BATCH)
+    parser.add_argument(
+        "--accuracy-n",
+        type=int,
+        default=256,
+        help="batch of the MMD error check (0: skip it; it runs on the CPU whatever --device)",
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -183,6 +286,7 @@ def main() -> None:
     steps = measure_steps(args.batch, args.steps, device)
     loss_small = measure_loss(args.batch, args.steps, device)
     loss = measure_loss(args.loss_batch, args.steps, device)
+    accuracy = measure_mmd_accuracy(args.accuracy_n) if args.accuracy_n else None
     record: dict[str, Any] = {
         "benchmark": "DRAFT step (ViT-B-32 text tower trained), cache vs full, MMD cost",
         "device": args.device,
@@ -191,6 +295,7 @@ def main() -> None:
         "step": {"batch": args.batch, **steps},
         "loss": {"batch": args.loss_batch, **loss},
         "loss_at_step_batch": {"batch": args.batch, **loss_small},
+        "mmd_accuracy": accuracy,
         "target_mmd_extra_fraction": TARGET_EXTRA,
     }
     if args.batch == args.loss_batch:  # measured directly (a GPU)

@@ -50,9 +50,16 @@ def write_tsv(path: Path, rows: int) -> None:
 
 
 def write_config(folder: Path, tsv: Path) -> None:
+    """The thesis config on ``tsv``, with its generators' weights recorded as fetched (the
+    workflow plans no generation job without them; a dry run reads only the records)."""
+    from dialogclip.models.vlm_weights import weights_folder, write_record
+
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["cc3m"]["tsv"] = str(tsv)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for generator in config["generate"]["generators"]:
+        model, revision = (config["generate"][generator][key] for key in ("model", "revision"))
+        write_record(folder / weights_folder(model, revision), model, revision, None, {})
 
 
 def dry_run(folder: Path) -> tuple[float, int]:
@@ -60,7 +67,8 @@ def dry_run(folder: Path) -> tuple[float, int]:
     command = [
         str(VENV_BIN / "snakemake"),
         *("--snakefile", str(ROOT / "Snakefile"), "--directory", str(folder)),
-        *("--workflow-profile", "none", "--cores", "16", "--dry-run", "--quiet", "rules"),
+        *("--workflow-profile", "none", "--default-resources", "allow_cpu=0"),
+        *("--cores", "16", "--dry-run", "--quiet", "rules"),
     ]
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     started = time.perf_counter()

@@ -7,15 +7,19 @@
 # Safe to rerun: it reinstalls only when envs/controller.txt or this script changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/python_version.sh
+source scripts/python_version.sh
 
-VENV=.venv-controller
+VENV=${DIALOGCLIP_CONTROLLER_VENV:-.venv-controller}
 STAMP="$VENV/.dialogclip-installed"
 want=$(cat envs/controller.txt scripts/setup_controller.sh | sha256sum | cut -d' ' -f1)
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
     exit 0
 fi
 
-python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
+# Before anything is downloaded: a supported interpreter (the same as scripts/setup.sh).
+find_python
+"$PYTHON" -m venv "$VENV"
 pip_quiet() {
     # The machine's pip config lists local mirror folders that hold only some packages; pip warns
     # once per package it does not find there. Those lines are noise, everything else is shown.

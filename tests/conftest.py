@@ -15,6 +15,11 @@ for _name, _value in {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     "WANDB_MODE": "disabled",
+    # OpenMP threads sleep rather than spin while they wait, as in a job
+    # (generate.backend.passive_openmp_waits): on a 2-core machine shared with other work, a
+    # spinning thread slows every CPU kernel of the in-process tests many times over. libgomp
+    # reads it once, when torch loads: here, before any test module imports torch.
+    "OMP_WAIT_POLICY": "PASSIVE",
 }.items():
     os.environ.setdefault(_name, _value)
 
@@ -41,3 +46,19 @@ def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = snakemake(workdir)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     return workdir
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for the finished demo runs the demo's whole DAG (minutes): it must carry
+    the ``dag`` marker, or `make test-fast` would pay for that run."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "finished_demo" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("dag") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use the finished_demo fixture without the `dag` marker "
+            f"(add @pytest.mark.dag): {unmarked}"
+        )

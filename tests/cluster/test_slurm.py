@@ -24,10 +24,12 @@ import pytest
 import yaml
 from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned_jobs, snakemake
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.dag]
 
 CONTROLLER = REPO_ROOT / ".venv-controller" / "bin" / "python"
 PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
+SITE_ACCOUNT = "dialogclip-test"  # what a user writes over the profile's placeholder
+NO_PROFILE = ("--workflow-profile", "none", "--default-resources", "allow_cpu=0")
 # One ingest shard (download + retry pass), the tiny generator models and BLIP-2 on that shard
 # (rule generate, generator=blip2),
 # the tiny CLIP, its image embeddings and one evaluation: every kind of rule, 7 jobs.
@@ -41,8 +43,26 @@ COMPARED_SHARDS = (
 COMPARED_JSON = ("results/eval/retrieval/tiny/coco.json",)
 
 
-def _profile() -> dict:
-    return yaml.safe_load(PROFILE.read_text())
+def _site_profile(
+    folder: Path, allow_cpu: int = 1, gres_rules: tuple[str, ...] = ()
+) -> tuple[Path, dict]:
+    """The Slurm profile as a user edits it for this cluster, in ``folder``/slurm/config.yaml
+    (scripts/run.sh picks the controller for a profile folder named slurm): the account over
+    the placeholder; ``allow_cpu`` (1: the placeholder GPUs run the tiny models on the CPU);
+    for ``gres_rules``, the documented gres alternative in place of ``gpu: 1``."""
+    text = PROFILE.read_text().replace(
+        "slurm_account: your-account", f"slurm_account: {SITE_ACCOUNT}"
+    )
+    assert "allow_cpu: 0" in text
+    text = text.replace("allow_cpu: 0", f"allow_cpu: {allow_cpu}")
+    profile = yaml.safe_load(text)
+    for rule in gres_rules:
+        profile["set-resources"][rule].update(gpu=0, gres="gpu:1")
+        text = yaml.safe_dump(profile, sort_keys=False)
+    target = folder / "slurm" / "config.yaml"
+    target.parent.mkdir(parents=True)
+    target.write_text(text)
+    return target.parent, profile
 
 
 def _env_without_venv() -> dict[str, str]:
@@ -115,7 +135,7 @@ def _snakemake_command(python: Path, workdir: Path) -> list[str]:
     return [str(python), "-m", "snakemake", "--snakefile", snakefile, "--directory", str(workdir)]
 
 
-def _dry_run(python: Path, workdir: Path, *args: str) -> str:
+def _dry_run(python: Path, workdir: Path, *args: str, ok: bool = True) -> str:
     result = subprocess.run(
         [*_snakemake_command(python, workdir), "--dry-run", *args],
         capture_output=True,
@@ -123,7 +143,7 @@ def _dry_run(python: Path, workdir: Path, *args: str) -> str:
         timeout=600,
         cwd=REPO_ROOT,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert (result.returncode == 0) == ok, result.stdout[-3000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
 
 
@@ -132,12 +152,13 @@ def test_profile_places_every_gpu_rule(controller: Path, tmp_path: Path) -> None
     with the profile's GPUs, memory and wall time, or the rule's own where the profile leaves
     one out (generate: per generator); every other rule to the CPU partition; and every rule the
     profile names exists (a typo would be silently ignored by Snakemake)."""
-    profile = _profile()
     workdir = copy_demo(tmp_path / "demo")
-    declared = _job_resources(
-        _dry_run(VENV_BIN / "python", workdir, "--workflow-profile", "none", "--cores", "2")
-    )
-    placed = _job_resources(_dry_run(controller, workdir, "--workflow-profile", str(PROFILE)))
+    # As shipped, the profile's account is a placeholder: the run refuses it.
+    refused = _dry_run(controller, workdir, "--workflow-profile", str(PROFILE.parent), ok=False)
+    assert "default-resources slurm_account is still the placeholder 'your-account'" in refused
+    site, profile = _site_profile(tmp_path)
+    declared = _job_resources(_dry_run(VENV_BIN / "python", workdir, *NO_PROFILE, "--cores", "2"))
+    placed = _job_resources(_dry_run(controller, workdir, "--workflow-profile", str(site)))
     assert placed.keys() == declared.keys()
 
     assert {rule: jobs.keys() for rule, jobs in placed.items()} == {
@@ -172,7 +193,7 @@ def test_profile_places_every_gpu_rule(controller: Path, tmp_path: Path) -> None
     assert hosts["blip2"] != hosts["llava"]
 
     listed = subprocess.run(
-        [*_snakemake_command(controller, workdir), "--list-rules", "--workflow-profile", "none"],
+        [*_snakemake_command(controller, workdir), "--list-rules", *NO_PROFILE],
         capture_output=True,
         text=True,
         timeout=300,
@@ -214,35 +235,63 @@ def _shard_rows(path: Path, workdir: Path) -> list[dict]:
     return rows
 
 
-@pytest.mark.timeout(2400)
-def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_path: Path) -> None:
-    profile = _profile()
-    local = copy_demo(tmp_path / "local")
-    planned = planned_jobs(local, *TARGETS)
-    # The rules' own resources, for what the profile leaves to them (generate: memory, time).
-    declared = _job_resources(
-        _dry_run(VENV_BIN / "python", local, *TARGETS, "--workflow-profile", "none", "--cores", "2")
-    )
-    reference = snakemake(local, *TARGETS, timeout=1200)
-    assert reference.returncode == 0, reference.stderr[-4000:]
-
-    workdir = copy_demo(tmp_path / "slurm")
-    # The documented command (docs/cluster.md); run.sh picks .venv-controller for this profile.
-    command = ["bash", "scripts/run.sh", "--workflow-profile", "workflow/profiles/slurm"]
-    command += ["--directory", str(workdir), *TARGETS]
+def _run_through_slurm(profile: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The documented command (docs/cluster.md) with the edited profile; run.sh picks
+    .venv-controller for it. --verbose: the plugin then logs each sbatch call."""
+    command = ["bash", "scripts/run.sh", "--workflow-profile", str(profile)]
+    command += ["--directory", str(workdir), "--verbose", *args]
     # No slurmdbd on the test cluster: squeue instead of sacct, first status query after 2 s.
     command += ["--slurm-status-command", "squeue"]
     command += ["--slurm-init-seconds-before-status-checks", "2"]
-    result = subprocess.run(
+    return subprocess.run(
         ["timeout", "1500", *command],
         cwd=REPO_ROOT,
         env=_env_without_venv(),
         capture_output=True,
         text=True,
     )
+
+
+def _sbatch_calls(output: str) -> dict[str, list[str]]:
+    """{rule: the sbatch command lines the plugin ran for its jobs} from a --verbose run."""
+    calls: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        if "sbatch call: " in line:
+            call = line.split("sbatch call: ", 1)[1]
+            rule = re.search(r"--comment '?rule_(\w+?)(?:_wildcards_|'| )", call)[1]
+            calls.setdefault(rule, []).append(call)
+    return calls
+
+
+@pytest.mark.timeout(2400)
+def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_path: Path) -> None:
+    site, profile = _site_profile(tmp_path / "site")
+    local = copy_demo(tmp_path / "local")
+    planned = planned_jobs(local, *TARGETS)
+    # The rules' own resources, for what the profile leaves to them (generate: memory, time).
+    declared = _job_resources(
+        _dry_run(VENV_BIN / "python", local, *TARGETS, *NO_PROFILE, "--cores", "2")
+    )
+    reference = snakemake(local, *TARGETS, timeout=1200)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+
+    workdir = copy_demo(tmp_path / "slurm")
+    result = _run_through_slurm(site, workdir, *TARGETS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     n_jobs = sum(planned.values())
     assert f"{n_jobs} of {n_jobs} steps (100%) done" in result.stderr
+
+    # The sbatch lines: the account; a GPU rule's `gpu: 1` as --gpus=1, never also a --gres.
+    calls = _sbatch_calls(result.stdout + result.stderr)
+    assert Counter({rule: len(c) for rule, c in calls.items()}) == planned
+    for rule, rule_calls in calls.items():
+        for call in rule_calls:
+            assert f" -A {SITE_ACCOUNT} " in call, call
+            assert "--gres" not in call, call
+            wanted = profile["set-resources"].get(rule, {}).get("gpu")
+            assert ("--gpus=" in call) == bool(wanted), call
+            if wanted:
+                assert call.count("--gpus=") == 1 and f"--gpus={wanted}" in call, call
 
     # What Slurm received: one job per planned job, each with the profile's request.
     jobs = _slurm_jobs()
@@ -275,8 +324,28 @@ def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_pa
     (generation,) = (job["Comment"] for job in jobs if _rule_of(job) == "generate")
     assert set(generation.split("_wildcards_")[1].split("_")) == {"blip2", "00000"}, generation
 
+    # Every job's Slurm log is kept, the successful ones' too.
+    logs = {path.stem for path in (workdir / ".snakemake" / "slurm_logs").rglob("*.log")}
+    assert {job["JobId"] for job in jobs} <= logs
+
     # The same results as the local run.
     for name in COMPARED_SHARDS:
         assert _shard_rows(workdir / name, workdir) == _shard_rows(local / name, local), name
     for name in COMPARED_JSON:
         assert json.loads((workdir / name).read_text()) == json.loads((local / name).read_text())
+
+    # The gres alternative as documented (gpu: 0 beside gres), and a profile that does not allow
+    # the CPU: generation goes out with --gres alone, and the job, given Slurm's GPU but seeing
+    # none (placeholder devices), stops at once naming them.
+    gres_site, _ = _site_profile(tmp_path / "gres", allow_cpu=0, gres_rules=("generate",))
+    generation = "results/dialogue/blip2/00000.parquet"
+    stopped = _run_through_slurm(gres_site, workdir, generation, "--forcerun", "generate")
+    assert stopped.returncode != 0
+    (call,) = _sbatch_calls(stopped.stdout + stopped.stderr)["generate"]
+    assert " --gres=gpu:1" in call and "--gpus" not in call, call
+    job_log = (workdir / "logs" / "generate" / "blip2" / "00000.log").read_text()
+    assert "this job was given GPUs (Slurm's GPUs 0) but torch sees none" in job_log
+    (gres_job,) = [
+        job for job in _slurm_jobs() if _rule_of(job) == "generate" and job["JobState"] == "FAILED"
+    ]
+    assert gres_job["TresPerNode"] == "gres:gpu:1" and "TresPerJob" not in gres_job, gres_job

@@ -285,6 +285,7 @@ def test_tsv_shorter_than_planned_is_one_clear_line(tmp_path: Path, capsys) -> N
     )
 
 
+@pytest.mark.dag
 def test_empty_tsv_stops_the_workflow_when_the_dag_is_built(tmp_path: Path) -> None:
     workdir = copy_demo(tmp_path / "demo")
     tsv = workdir / "cc3m" / "demo.tsv"

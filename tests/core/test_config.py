@@ -81,6 +81,7 @@ def test_section_from_dict_builds_nested_dataclasses() -> None:
         section_from_dict(_Outer, {"inner": {"sise": 3}}, "outer")
 
 
+@pytest.mark.dag
 def test_workflow_refuses_a_bad_config_naming_the_key(tmp_path: Path, repo_root: Path) -> None:
     config = yaml.safe_load((repo_root / "config.yaml").read_text())
     config["cc3m"]["shard_size"] = "many"

@@ -13,11 +13,20 @@ import pytest
 
 from dialogclip.core.config import _dataclass_in, load_yaml, resolve_ref
 from dialogclip.core.text_forms import TextForms
-from dialogclip.evaluate.settings import DatasetFiles, ModelEntry
+from dialogclip.evaluate.settings import DatasetFiles
 from dialogclip.generate.config import GenerateConfig
 from dialogclip.ingest.settings import IngestSettings
+from dialogclip.models.eval_entry import EvalEntry
 from dialogclip.report.settings import DialogueQualitySettings, ReportClip
-from dialogclip.train.settings import TrainRun
+from dialogclip.train.loss_settings import (
+    DIRECTIONS,
+    MMD_FORMS,
+    MMD_SAMPLES,
+    TEMPERATURES,
+    DraftLoss,
+    ThirdTowerLoss,
+)
+from dialogclip.train.settings import RunEvaluation, TrainRun
 
 SCHEMA = load_yaml(Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml")
 # Keys that steer the workflow (which jobs exist) and never reach a command's settings.
@@ -26,9 +35,14 @@ SECTIONS = {
     "ingest": ("#/properties/ingest", IngestSettings),
     "text": ("#/properties/text", TextForms),
     "generate": ("#/properties/generate", GenerateConfig),
-    "evaluate.models[]": ("#/properties/evaluate/properties/models/items", ModelEntry),
+    # The one evaluation entry type (evaluate, report, workflow, the runs' entries).
+    "evaluate.models[]": ("#/properties/evaluate/properties/models/items", EvalEntry),
     "evaluate.<dataset>": ("#/$defs/dataset_files", DatasetFiles),
     "train.runs[]": ("#/properties/train/properties/runs/items", TrainRun),
+    "train.runs[].evaluate": (
+        "#/properties/train/properties/runs/items/properties/evaluate",
+        RunEvaluation,
+    ),
     "report.clip": ("#/properties/report/properties/clip", ReportClip),
     "report.dialogue_quality": (
         "#/properties/report/properties/dialogue_quality",
@@ -104,3 +118,41 @@ def test_the_comparison_notices_a_drifted_default() -> None:
     assert _mismatches(Drifted, dict(resolve_ref("#/properties/text", SCHEMA)), "text") == [
         "text.qa_template: schema '{question} {answer}' != Drifted 'Q: {question} A: {answer}'"
     ]
+
+
+LOSS_SCHEMA = "#/properties/train/properties/runs/items/properties/loss"
+OPTIM_SCHEMA = "#/properties/train/properties/runs/items/properties/optim"
+
+
+def test_loss_settings_match_the_schema() -> None:
+    """train.runs[].loss: every schema key is a field of one method's loss settings and every
+    field a schema key; the enums are the settings' allowed values (the defaults live in the
+    dataclasses, the schema describes them)."""
+    properties = _properties(resolve_ref(LOSS_SCHEMA, SCHEMA))
+    fields = {
+        field.name: field
+        for cls in (ThirdTowerLoss, DraftLoss)
+        for field in dataclasses.fields(cls)
+    }
+    assert set(properties) == set(fields)
+    allowed = {
+        "direction": DIRECTIONS,
+        "mmd_samples": MMD_SAMPLES,
+        "mmd_form": MMD_FORMS,
+        "temperature": TEMPERATURES,
+    }
+    assert {name: tuple(properties[name]["enum"]) for name in allowed} == allowed
+    assert all(_default_of(fields[name]) == values[0] for name, values in allowed.items())
+
+
+def test_optim_settings_match_the_schema() -> None:
+    """train.runs[].optim: the schema's defaults are OptimSettings' where it has one."""
+    from dialogclip.train.trainer import OptimSettings
+
+    properties = _properties(resolve_ref(OPTIM_SCHEMA, SCHEMA))
+    fields = {field.name: field for field in dataclasses.fields(OptimSettings)}
+    assert set(properties) <= set(fields)
+    for name, node in properties.items():
+        default = _default_of(fields[name])
+        if default is not dataclasses.MISSING:
+            assert node["default"] == default, name

@@ -23,6 +23,9 @@ from dialogclip import cli
 from dialogclip.core import devices
 from dialogclip.core.devices import Claim, DeviceError, claim_gpus, parse_nvidia_smi
 
+# What the process had before any test here ran (the leak check at the end compares with it).
+ORIGINAL_CUDA_VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES")
+
 # A job: write {"devices", "start", "end", "pid"} to argv[1] after sleeping argv[2] seconds.
 RECORD = textwrap.dedent(
     """
@@ -60,6 +63,8 @@ def _start(
         "dialogclip.core.devices",
         "--gpus",
         str(gpus),
+        "--allow-cpu",  # the devices are fake and torch is the CPU build
+        "1",
         "--",
         sys.executable,
         str(tmp_path / "record.py"),
@@ -250,10 +255,16 @@ def test_cli_gpus_option_claims_before_the_command(
             time.sleep(0.05)
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("DIALOGCLIP_DEVICES", "5,7")
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        # The claim below sets CUDA_VISIBLE_DEVICES in os.environ: setenv first, so that
+        # monkeypatch restores the variable's state from before the test (a bare delenv of an
+        # unset variable records nothing, and "7" would leak into the tests that follow).
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
         for name in [n for n in os.environ if n.startswith("SLURM_")]:
             monkeypatch.delenv(name)
-        status = cli.main(["--gpus", "1", "dialogue-summary", "--output", "summary.json"])
+        status = cli.main(
+            ["--gpus", "1", "--allow-cpu", "1", "dialogue-summary", "--output", "summary.json"]
+        )
         assert status == 0
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
         assert (tmp_path / "summary.json").exists()
@@ -265,12 +276,15 @@ def test_cli_gpus_option_claims_before_the_command(
         holder.communicate(timeout=30)
 
 
+@pytest.mark.dag
 def test_snakemake_resources_gpu_limits_and_separates_jobs(
     tmp_path: Path, job_env: dict[str, str]
 ) -> None:
     """`snakemake --cores 4 --resources gpu=2`: at most 2 GPUs in use, never the same one."""
     job_env["DIALOGCLIP_DEVICES"] = "0,1,2,3"
-    wrapper = f"{sys.executable} -m dialogclip.core.devices --gpus {{resources.gpu}} --"
+    wrapper = (
+        f"{sys.executable} -m dialogclip.core.devices --gpus {{resources.gpu}} --allow-cpu 1 --"
+    )
     record = f"{sys.executable} {tmp_path / 'record.py'}"
     (tmp_path / "Snakefile").write_text(
         textwrap.dedent(
@@ -313,3 +327,9 @@ def test_snakemake_resources_gpu_limits_and_separates_jobs(
     _assert_never_shared(records)
     # Snakemake's resource limit holds (2 GPUs at most), and it is reached: jobs overlapped.
     assert _max_concurrent_devices(list(records.values())) == 2
+
+
+def test_the_cli_claim_leaves_no_devices_behind() -> None:
+    # Runs after test_cli_gpus_option_claims_before_the_command (file order): its claim of
+    # device 7 must not outlive it, or every later test would see one GPU "visible".
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") in (None, ORIGINAL_CUDA_VISIBLE_DEVICES)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from dialogclip.core.cuda_stack import PIN_SETS
+
 
 def _pins(requirements: list[str]) -> dict[str, str]:
     pins = {}
@@ -42,8 +44,8 @@ def _conda_pip_pins(path: Path) -> dict[str, str]:
     return _pins([line for line in _conda_pip_lines(path) if not line.startswith("-e ")])
 
 
-def _gpu_requirements(repo_root: Path) -> dict[str, str]:
-    lines = (repo_root / "envs" / "gpu-requirements.txt").read_text().splitlines()
+def _gpu_requirements(repo_root: Path, name: str = "gpu-requirements.txt") -> dict[str, str]:
+    lines = (repo_root / "envs" / name).read_text().splitlines()
     return _pins([line for line in lines if line.strip() and not line.startswith("#")])
 
 
@@ -83,11 +85,37 @@ def test_gpu_requirements_are_pyproject_with_the_cuda_stack(repo_root: Path) -> 
     assert cpu["torch"] != gpu["torch"]
 
 
+def test_cuda12_requirements_are_pyproject_with_the_cuda12_stack(repo_root: Path) -> None:
+    # vllm 0.19.1 is the newest vLLM whose METADATA asks for a torch that PyPI builds for CUDA 12
+    # (torch==2.10.0, torchvision==0.25.0); its numba==0.61.2 needs numpy<2.3. Everything else
+    # is the project's pins.
+    gpu = _gpu_requirements(repo_root, "gpu-requirements-cuda12.txt")
+    cpu = _pyproject_pins(repo_root, extras=())
+    stack = {"torch": "2.10.0", "torchvision": "0.25.0", "vllm": "0.19.1", "numpy": "2.2.6"}
+    assert {name: gpu[name] for name in stack} == stack
+    assert {k: v for k, v in gpu.items() if k not in stack} == {
+        k: v for k, v in cpu.items() if k not in stack
+    }
+
+
+def test_the_driver_check_knows_both_sets(repo_root: Path) -> None:
+    # dialogclip.core.cuda_stack names each set's file, torch and vLLM in its advice.
+    for pins in PIN_SETS.values():
+        pinned = _gpu_requirements(repo_root, Path(pins.requirements).name)
+        assert (pinned["torch"], pinned["vllm"]) == (pins.torch, pins.vllm), pins
+    assert PIN_SETS[13].install == "make install-gpu"
+    assert PIN_SETS[12].install == "make install-gpu CUDA=12"
+    makefile = (repo_root / "Makefile").read_text()
+    assert "CUDA ?= 13" in makefile and "bash scripts/setup.sh --gpu --cuda $(CUDA)" in makefile
+
+
 def test_gpu_installs_add_the_package_without_dependencies(repo_root: Path) -> None:
     post_deploy = (repo_root / "envs" / "dialogclip-gpu.post-deploy.sh").read_text()
     assert 'pip install --no-deps -e "$DIALOGCLIP_ROOT"' in post_deploy
     setup = (repo_root / "scripts" / "setup.sh").read_text()
-    assert "pip_install -r envs/gpu-requirements.txt" in setup
+    assert 'pip_install -r "$requirements"' in setup
+    assert "gpu) cuda=13; requirements=envs/gpu-requirements.txt ;;" in setup
+    assert "gpu-cuda12) cuda=12; requirements=envs/gpu-requirements-cuda12.txt ;;" in setup
     assert "pip_install --no-deps -e ." in setup
 
 
@@ -123,5 +151,6 @@ def test_every_env_file_is_checked(repo_root: Path) -> None:
         "dialogclip-gpu.post-deploy.sh",
         "dialogclip-gpu.yaml",
         "dialogclip.yaml",
+        "gpu-requirements-cuda12.txt",
         "gpu-requirements.txt",
     ]

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo
+import pytest
+from workflow_helpers import CPU_DEFAULT_RESOURCES, REPO_ROOT, VENV_BIN, copy_demo
 
 from dialogclip.core.run_workflow import (
     RUN_LOCK,
@@ -35,6 +36,7 @@ def _args(workdir: Path, *targets: str) -> list[str]:
         str(workdir),
         "--workflow-profile",
         "none",
+        *CPU_DEFAULT_RESOURCES,
         "--cores",
         "1",
         *targets,
@@ -70,6 +72,7 @@ def _locked_run(command: list[str], workdir: Path, log: Path) -> Iterator[subpro
         proc.wait(timeout=60)
 
 
+@pytest.mark.dag
 def test_stale_lock_after_sigkill_is_cleared(tmp_path: Path) -> None:
     workdir = copy_demo(tmp_path / "demo")
     args = _args(workdir, QUICK_TARGET)
@@ -94,6 +97,7 @@ def test_stale_lock_after_sigkill_is_cleared(tmp_path: Path) -> None:
     assert lock_files(workdir) == []
 
 
+@pytest.mark.dag
 def test_live_snakemake_keeps_its_lock(tmp_path: Path) -> None:
     workdir = copy_demo(tmp_path / "demo")
     args = _args(workdir, *LONG_TARGETS)
@@ -111,6 +115,7 @@ def test_live_snakemake_keeps_its_lock(tmp_path: Path) -> None:
         assert [p.read_text() for p in locks] == contents
 
 
+@pytest.mark.dag
 def test_second_run_sh_run_is_refused(tmp_path: Path) -> None:
     workdir = copy_demo(tmp_path / "demo")
     args = _args(workdir, *LONG_TARGETS)
@@ -128,6 +133,7 @@ def test_second_run_sh_run_is_refused(tmp_path: Path) -> None:
         assert lock_files(workdir) == locks
 
 
+@pytest.mark.dag
 def test_dry_run_ignores_the_lock(tmp_path: Path) -> None:
     # A dry run takes no lock, so a stale one neither blocks it nor is removed by it.
     workdir = copy_demo(tmp_path / "demo")

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned, snakemake
+from workflow_helpers import (
+    CPU_DEFAULT_RESOURCES,
+    REPO_ROOT,
+    VENV_BIN,
+    copy_demo,
+    planned,
+    pretend_generators_fetched,
+    snakemake,
+)
+
+pytestmark = pytest.mark.dag
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +107,7 @@ def test_default_config_with_only_the_tsv_names_the_first_missing_evaluation_fil
     """The thesis config on a machine that has the CC3M TSV but no COCO/VQA files yet."""
     (tmp_path / "resources" / "cc3m").mkdir(parents=True)
     (tmp_path / "resources" / "cc3m" / "Train_GCC-training.tsv").write_text("a dog\thttp://x/1\n")
+    pretend_generators_fetched(tmp_path)
     result = snakemake(
         tmp_path, "--dry-run", "--configfile", str(REPO_ROOT / "config.yaml"), timeout=300
     )
@@ -112,6 +123,7 @@ def test_evaluation_switched_off_needs_no_evaluation_files(tmp_path: Path) -> No
     config = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
     config["evaluate"]["activate"] = False
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    pretend_generators_fetched(tmp_path)
     result = snakemake(tmp_path, "--dry-run", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "download_shard" in result.stdout and "embed_eval_images" not in result.stdout
@@ -178,8 +190,11 @@ def test_a_plain_run_loads_the_default_profile(demo: Path) -> None:
     # Its settings apply: printshellcmds shows the commands in the dry run.
     assert "dialogclip ingest-shard" in result.stdout
     without = _plain_snakemake(
-        REPO_ROOT, "--dry-run", "--directory", str(demo), "--workflow-profile", "none"
+        REPO_ROOT,
+        *("--dry-run", "--directory", str(demo), "--workflow-profile", "none"),
+        *CPU_DEFAULT_RESOURCES,
     )
+    assert without.returncode == 0, without.stderr[-3000:]
     assert "dialogclip ingest-shard" not in without.stdout
 
 

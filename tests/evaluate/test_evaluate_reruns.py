@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from workflow_helpers import copy_demo, edited_config, planned_jobs
+
+pytestmark = pytest.mark.dag
 
 
 def _entry(config: dict, name: str) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from workflow_helpers import CPU_DEFAULT_RESOURCES
 
 from dialogclip.core.io import read_json
 from dialogclip.evaluate.datasets import load_coco_retrieval
@@ -22,6 +23,8 @@ from dialogclip.evaluate.settings import job_from_params
 from dialogclip.evaluate.vqa import score_results
 from dialogclip.models.naming import image_model_key
 from dialogclip.models.openclip import load_clip
+
+pytestmark = pytest.mark.dag
 
 GENERATED = ("results", "logs", "benchmarks", ".snakemake")
 # The demo's entries (resources/demo/config.yaml) and the sets each is evaluated on.
@@ -58,6 +61,7 @@ def _snakemake(repo_root: Path, workdir: Path, *args: str) -> subprocess.Complet
             str(repo_root / "Snakefile"),
             "--directory",
             str(workdir),
+            *CPU_DEFAULT_RESOURCES,  # the default profile's GPU jobs would refuse the CPU
             "--cores",
             "2",
             *args,

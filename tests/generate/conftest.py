@@ -21,7 +21,6 @@ for _name, _value in {
     "VLLM_HOST_IP": "127.0.0.1",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
-    "OMP_WAIT_POLICY": "PASSIVE",  # as in a job (backend.passive_openmp_waits), if not too late
 }.items():
     os.environ.setdefault(_name, _value)
 

@@ -24,6 +24,7 @@ def _command(shard: Path, out: Path, params: dict, backend: str = "transformers"
     return blip2_command(shard, out, params, "--backend", backend)
 
 
+@pytest.mark.crash
 def test_sigkilled_job_resumes_and_matches_an_uninterrupted_run(tiny_params, tmp_path) -> None:
     shard = write_shard(
         tmp_path / "in" / "00000.parquet", [ingest_row(i, jpeg_bytes(i)) for i in range(24)]

@@ -80,11 +80,13 @@ def test_the_edits_cover_every_machine_setting() -> None:
     assert all(MACHINE_EDITS[name] != default for name, default in defaults.items())
 
 
+@pytest.mark.dag
 @pytest.mark.parametrize("name", sorted(MACHINE_EDITS))
 def test_editing_a_machine_setting_reruns_nothing(finished_demo: Path, name: str) -> None:
     assert planned_jobs(finished_demo, *_set_resources(name, MACHINE_EDITS[name])) == {}
 
 
+@pytest.mark.dag
 def test_editing_threads_or_memory_reruns_nothing(finished_demo: Path) -> None:
     args = ["--set-threads", f"{GENERATE_RULE}=1"]
     args += ["--set-resources", f"{GENERATE_RULE}:mem_mb=9000", f"{GENERATE_RULE}:runtime=5"]
@@ -94,6 +96,7 @@ def test_editing_threads_or_memory_reruns_nothing(finished_demo: Path) -> None:
     assert planned_jobs(finished_demo, "--set-resources", per_generator) == {}
 
 
+@pytest.mark.dag
 def test_machine_settings_from_a_profile_rerun_nothing(finished_demo: Path, tmp_path) -> None:
     """How a user tunes a cluster: a profile with set-resources for the generation rule, LLaVA
     on two GPUs with tensor parallel (docs/gpu.md)."""
@@ -111,7 +114,8 @@ def _shell_flags(output: str, generator: str) -> list[dict[str, str]]:
     """The machine flags (and ``gpus``, the devices claimed) of every generate-dialogue command
     of ``generator`` a dry run prints."""
     commands = re.findall(
-        rf"dialogclip --gpus \d+ generate-dialogue --generator {generator} .*", output
+        rf"dialogclip --gpus \d+ --allow-cpu [01] generate-dialogue --generator {generator} .*",
+        output,
     )
     flags = []
     for command in commands:
@@ -129,6 +133,7 @@ def _forced_commands(demo: Path, *args: str) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.dag
 def test_rule_defaults_and_overrides_reach_the_command(finished_demo: Path) -> None:
     """Every machine setting is on the shell line: the rule's default equals the command's
     (MACHINE_FLAGS); a set-resources override written as an expression on the generator
@@ -145,6 +150,7 @@ def test_rule_defaults_and_overrides_reach_the_command(finished_demo: Path) -> N
     assert _shell_flags(output, "llava") == [{"gpus": "2", **edited}] * n_shards
 
 
+@pytest.mark.dag
 def test_a_plain_override_reaches_both_generators(finished_demo: Path) -> None:
     defaults = {flag.name: str(flag.default) for flag in MACHINE_FLAGS}
     output = _forced_commands(finished_demo, *_set_resources("chunk_size", 3))
@@ -164,6 +170,7 @@ def _host_resources(demo: Path, *args: str) -> dict[str, list[dict[str, str]]]:
     return jobs
 
 
+@pytest.mark.dag
 def test_host_memory_and_wall_time_are_per_generator(finished_demo: Path) -> None:
     """One rule, two generators: its memory and wall-time defaults follow the generator; a
     plain override sets both generators, an expression on the wildcard one of them."""
@@ -181,6 +188,7 @@ def test_host_memory_and_wall_time_are_per_generator(finished_demo: Path) -> Non
     }
 
 
+@pytest.mark.dag
 def test_engine_reuse_and_wall_time_reach_the_command(finished_demo: Path) -> None:
     """Each generator's shards per engine start and wall time are on its jobs' shell lines
     (work ahead reads them); a plain override sets both generators."""
@@ -201,6 +209,7 @@ def test_engine_reuse_and_wall_time_reach_the_command(finished_demo: Path) -> No
             assert found == {values}, generator
 
 
+@pytest.mark.dag
 @pytest.mark.parametrize(
     ("edit", "generators"),
     [
@@ -258,6 +267,7 @@ JOINED_TEXT = Counter(
 )
 
 
+@pytest.mark.dag
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
@@ -275,6 +285,7 @@ def test_editing_the_text_form_never_reruns_generation(
     assert planned_jobs(finished_demo, "--configfile", configfile) == expected
 
 
+@pytest.mark.dag
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

@@ -149,6 +149,7 @@ def test_summary_command_reads_the_shards(tmp_path: Path) -> None:
     assert summary["text_lengths"]["n_texts"] == 3
 
 
+@pytest.mark.dag
 def test_the_demo_summary_measures_every_dialogue(finished_demo: Path) -> None:
     """The workflow hands the shards, the text section and evaluate.models' architectures
     (the demo: tiny-clip) to each generator's summary."""

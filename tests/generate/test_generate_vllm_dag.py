@@ -44,7 +44,7 @@ from workflow_helpers import (
 from dialogclip.core.config import load_yaml
 from dialogclip.core.shards import ShardPlan, count_lines
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.dag]
 
 GENERATORS = ("blip2", "llava")
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 from generate_helpers import TINY_MACHINE, blip2_command, ingest_row, jpeg_bytes, write_shard
 
 from dialogclip.core.io import read_json, read_parquet_metadata
+from dialogclip.generate.backend import Completion, GenerationBackend, GenerationRequest
 from dialogclip.generate.config import generate_config_from_dict, machine_settings
 from dialogclip.generate.runner import LazyEngine, generate_shard
 from dialogclip.generate.work_ahead import (
@@ -63,6 +65,7 @@ def _chunk_files(out: Path, name: str) -> list[str]:
     return sorted(p.name for p in (out / ".chunks" / name).glob("*.parquet"))
 
 
+@pytest.mark.jobs
 def test_one_engine_start_serves_several_shards_and_the_shards_are_unchanged(
     tiny_params, tmp_path
 ) -> None:
@@ -118,6 +121,7 @@ def test_one_engine_start_serves_several_shards_and_the_shards_are_unchanged(
     assert sorted(p.name for p in (out / ".chunks").iterdir() if p.is_dir()) == []
 
 
+@pytest.mark.jobs
 def test_an_error_while_working_ahead_keeps_the_job_and_its_shard(tiny_params, tmp_path) -> None:
     """A foreign file among the ingested shards stops work ahead, not the job: its own shard is
     written (Snakemake would delete it if the job failed) and the log says why."""
@@ -184,43 +188,86 @@ def test_no_chunk_is_started_past_the_deadline(setup) -> None:
     assert _chunk_files(setup["out"], "00001") == []
 
 
+class _OwnerArrivesMidShard(GenerationBackend):
+    """The real engine behind a gate that fixes the interleaving the next test is about: once
+    the first chunk of ``work_dir`` is made ahead, the next request waits (lock held) until
+    the shard's own job has announced itself with its ``.wanted`` marker. The owner therefore
+    always arrives while a chunk is in progress, whatever the machine's load: no sleep or poll
+    interval decides the outcome."""
+
+    def __init__(self, backend: GenerationBackend, work_dir: Path) -> None:
+        self.backend, self.name, self.target = backend, backend.name, backend.target
+        self.work_dir, self.wanted = work_dir, ShardLock(work_dir).wanted
+        self.holding = threading.Event()  # set when it waits for the owner, lock held
+        self.opened_at: float | None = None  # when it saw the owner's marker
+        self.held_call_s: float | None = None  # the request it then let through, to its end
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        gated = self.opened_at is None and any(self.work_dir.glob("*.parquet"))
+        if gated:
+            self.holding.set()
+            deadline = time.monotonic() + 300
+            while not self.wanted.exists():
+                assert time.monotonic() < deadline, "the shard's own job never announced itself"
+                time.sleep(0.01)
+            self.opened_at = time.perf_counter()
+        completions = self.backend.generate(requests)
+        if gated and self.opened_at is not None:
+            self.held_call_s = time.perf_counter() - self.opened_at
+        return completions
+
+    def settings(self) -> dict[str, Any]:
+        return self.backend.settings()
+
+
 def test_the_owner_takes_over_before_the_next_chunk(setup, tmp_path) -> None:
     """A shard's own job arrives while another job makes its chunks: it announces itself and
-    waits; the other stops before its next chunk and goes on to the next shard; the owner
-    makes the rest. The shard equals one made by its own job alone."""
-    shards = _shards(tmp_path / "in2", {"00000": 1, "00001": 24, "00002": 2})
-    setup = {**setup, "own": dataclasses.replace(setup["own"], shard=shards["00000"])}
-    out = setup["out"]
+    waits; the other finishes the chunk in progress, stops before its next one and goes on to
+    the next shard; the owner makes the rest. The shard equals one made by its own job alone."""
+    shards = _shards(tmp_path / "in2", {"00000": 1, "00001": 8, "00002": 2})  # 1, 4, 1 chunks
+    own = dataclasses.replace(setup["own"], shard=shards["00000"])
+    out, config, machine = setup["out"], setup["config"], setup["machine"]
+    real = LazyEngine("blip2", config, machine)
+    gate = _OwnerArrivesMidShard(real.get(), out / ".chunks" / "00001")
     reports: list = []
-    ahead = threading.Thread(target=lambda: reports.append(_work_ahead(setup)[0]))
+
+    def make_ahead() -> None:
+        engine = LazyEngine("blip2", config, machine, backend=gate)
+        reports.append(work_ahead(own, engine, "blip2", config, machine, max_shards=2))
+
+    ahead = threading.Thread(target=make_ahead)
     ahead.start()
-    deadline = time.monotonic() + 300
-    while not _chunk_files(out, "00001"):
-        assert ahead.is_alive() and time.monotonic() < deadline, "no chunk made ahead"
-        time.sleep(0.002)
-    lock = ShardLock(out / ".chunks" / "00001")
-    waited = lock.acquire_as_owner()
-    made_ahead = len(_chunk_files(out, "00001"))
     try:
-        stats = generate_shard(
-            shards["00001"],
-            out / "00001.parquet",
-            out / "stats" / "00001.json",
-            out / ".chunks" / "00001",
-            "blip2",
-            setup["config"],
-            machine=setup["machine"],
-        )
+        while not gate.holding.wait(timeout=1):
+            assert ahead.is_alive(), "work ahead ended before it made a chunk of 00001"
+        lock = ShardLock(out / ".chunks" / "00001")
+        waited = lock.acquire_as_owner()
+        made_ahead = len(_chunk_files(out, "00001"))
+        try:
+            stats = generate_shard(
+                shards["00001"],
+                out / "00001.parquet",
+                out / "stats" / "00001.json",
+                out / ".chunks" / "00001",
+                "blip2",
+                config,
+                machine=machine,
+            )
+        finally:
+            lock.release()
+        ahead.join(timeout=300)
+        assert not ahead.is_alive(), "work ahead did not end after the owner took over"
     finally:
-        lock.release()
-    ahead.join(timeout=300)
+        real.close()
     (report,) = reports
     assert report.handed_over == ["00001"]
     assert report.shards == ["00001", "00002"]  # it went on to the next shard
-    assert 1 <= made_ahead < 12 and waited >= 0
+    # The chunk made before the owner came, and the one in progress when it did: no more.
+    assert made_ahead == 2 and report.chunks == 2 + 1
     assert not lock.wanted.exists()
-    assert stats["chunks"]["resumed"] == made_ahead
-    assert stats["chunks"]["computed"] == 12 - made_ahead
+    assert (stats["chunks"]["resumed"], stats["chunks"]["computed"]) == (2, 2)
+    # The owner waited for the chunk in progress: from before its marker to after that chunk.
+    assert gate.held_call_s is not None and waited > gate.held_call_s > 0
 
     alone = tmp_path / "alone"
     generate_shard(
@@ -229,8 +276,8 @@ def test_the_owner_takes_over_before_the_next_chunk(setup, tmp_path) -> None:
         alone / "00001.json",
         alone / ".chunks",
         "blip2",
-        setup["config"],
-        machine=setup["machine"],
+        config,
+        machine=machine,
     )
     assert pq.read_table(out / "00001.parquet").equals(pq.read_table(alone / "00001.parquet"))
 

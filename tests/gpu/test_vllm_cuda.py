@@ -125,6 +125,7 @@ def test_llava_structured_output_identical_on_cuda(tiny_models, backends) -> Non
     assert all(json.loads(completion.text) for _, completion in calls)
 
 
+@pytest.mark.dag
 def test_demo_generation_dag_with_vllm_on_cuda(tmp_path: Path, device: str) -> None:
     from workflow_helpers import copy_demo, generate_resources, snakemake
 

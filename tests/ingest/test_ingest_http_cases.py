@@ -20,6 +20,8 @@ from dialogclip.core.io import read_parquet_metadata
 from dialogclip.core.shards import make_key
 from dialogclip.ingest.shard import SHARD_SCHEMA
 
+pytestmark = pytest.mark.jobs
+
 # (route, expected status, expected error_kind) in TSV order.
 HTTP_CASES = [
     ("/good.jpg", "success", None),

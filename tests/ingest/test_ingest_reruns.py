@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from workflow_helpers import copy_demo, edited_config, planned, planned_jobs
+
+pytestmark = pytest.mark.dag
 
 # One shard's images change: its retry pass, dialogue (one job per generator), frozen-tower
 # caches and training rows, then every run (all shards feed each), their evaluations, the

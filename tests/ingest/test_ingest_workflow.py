@@ -16,8 +16,12 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from ingest_helpers import VENV_BIN, ImageServer, command_env, run_command, write_tsv
+from workflow_helpers import CPU_DEFAULT_RESOURCES
+
+pytestmark = pytest.mark.dag
 
 SNAKEMAKE_TIMEOUT = 240
 
@@ -32,7 +36,8 @@ def _snakemake_args(repo_root: Path, workdir: Path, *extra: str) -> list[str]:
     return [
         str(VENV_BIN / "snakemake"),
         *("--snakefile", str(repo_root / "Snakefile"), "--directory", str(workdir)),
-        *("--workflow-profile", "none", "--cores", "4", "--printshellcmds"),
+        *("--workflow-profile", "none", *CPU_DEFAULT_RESOURCES, "--cores", "4"),
+        "--printshellcmds",
         *extra,
     ]
 

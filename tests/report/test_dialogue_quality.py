@@ -233,6 +233,7 @@ def test_sample_and_drop_pairs(tmp_path: Path, tiny) -> None:
     assert [r["dropped_pairs"] for r in table.to_pylist()] == [0, 1, 0]
 
 
+@pytest.mark.jobs
 def test_command_writes_summary_and_per_image_table(tmp_path: Path, tiny) -> None:
     checkpoint, _ = tiny
     dialogue, ingest = _write_shards(tmp_path)

@@ -1,9 +1,9 @@
 """`snakemake --report report.html` on the finished demo, opened in a real headless browser.
 
-Debian's chromium (scripts/install_browser.sh) driven by playwright (never `playwright
-install`): every table of the report renders in the page with our numbers in its cells, every
-plot decodes (naturalWidth > 0), and every link of the page is a data: URI that loads to the
-file's bytes (nothing points at a file beside the report).
+Debian's chromium (`make test` installs it: scripts/system_deps.sh) driven by playwright (never
+`playwright install`): every table of the report renders in the page with our numbers in its
+cells, every plot decodes (naturalWidth > 0), and every link of the page is a data: URI that
+loads to the file's bytes (nothing points at a file beside the report).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from PIL import Image
 from workflow_helpers import copy_demo, snakemake
 
 from dialogclip.core.io import read_json
+
+pytestmark = [pytest.mark.dag, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Flags that work in this sandbox: no GPU, no network side traffic, no first-run UI.
@@ -49,7 +51,7 @@ def report(finished_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     """(the demo folder, its report.html) built by `snakemake --report` on a copy of the
     finished demo."""
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} missing: run scripts/install_browser.sh (Debian's chromium)")
+        pytest.fail(f"{CHROMIUM} missing: run `make test-deps` (Debian's chromium)")
     workdir = copy_demo(tmp_path_factory.mktemp("report") / "demo", source=finished_demo)
     html = workdir / "report.html"
     result = snakemake(workdir, "--report", str(html))

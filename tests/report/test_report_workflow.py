@@ -6,10 +6,13 @@ import copy
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 from workflow_helpers import REPO_ROOT, copy_demo, planned_jobs, snakemake
 
 from dialogclip.core.io import read_json
+
+pytestmark = pytest.mark.dag
 
 DEMO_CONFIG = yaml.safe_load((REPO_ROOT / "resources" / "demo" / "config.yaml").read_text())
 

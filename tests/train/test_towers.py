@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,12 @@ from train_helpers import build_tiny_hf_clip
 from dialogclip.cli import main
 from dialogclip.models.openclip import ClipSpec, is_text_tower_key, load_clip, load_text_tower
 from dialogclip.models.towers import TextTower, copy_text_tower, set_trainable, text_tower_state
-from dialogclip.train.objectives import DraftLoss, DraftObjective
+from dialogclip.train.objectives import (
+    DraftLoss,
+    DraftObjective,
+    ThirdTowerLoss,
+    ThirdTowerObjective,
+)
 
 BLOCK_SUFFIXES_CLIP = [
     "ln_1.weight",
@@ -198,3 +204,36 @@ def test_draft_gradient_reaches_only_the_text_tower(tiny_clip) -> None:
     # The MMD term adds its own gradient to T's weights.
     changed = [n for n in grads[1.0] if not torch.allclose(grads[1.0][n], grads[0.0][n])]
     assert "transformer.resblocks.0.attn.in_proj_weight" in changed
+
+
+@pytest.mark.parametrize("objective_class", [DraftObjective, ThirdTowerObjective])
+def test_trainable_temperature_trains_from_the_pretrained_scale(tiny_clip, objective_class) -> None:
+    """loss.temperature: trainable optimises a log logit scale starting at the model's (logged
+    as a part, not exported); frozen keeps the float and adds no parameter."""
+    model = tiny_clip.model
+    generator = torch.Generator().manual_seed(3)
+    dim = model.text_projection.shape[1]
+    texts = tiny_clip.tokenizer(["a dog", "two cars", "a red kite", "snow"])
+    batch = {
+        "image_emb": torch.randn(4, dim, generator=generator),
+        "caption_emb": torch.randn(4, dim, generator=generator),
+        "caption_tokens": texts,
+        "dialogue_tokens": tiny_clip.tokenizer(["dog?", "cars?", "kite?", "snow?"]),
+    }
+    loss_class = DraftLoss if objective_class is DraftObjective else ThirdTowerLoss
+    frozen = objective_class(copy_text_tower(model), 20.0, loss_class())
+    _, parts = frozen.loss(batch, lambda features: features)
+    assert frozen.module is frozen.tower and "logit_scale" not in parts
+    trained = objective_class(copy_text_tower(model), 20.0, loss_class(temperature="trainable"))
+    scale = dict(trained.module.named_parameters())["log_logit_scale"]
+    assert float(scale.detach()) == pytest.approx(math.log(20.0))
+    loss, parts = trained.loss(batch, lambda features: features)
+    assert parts["logit_scale"] == pytest.approx(20.0)
+    # The same loss value as the frozen objective's at the start: one temperature, two forms.
+    assert float(loss.detach()) == pytest.approx(
+        float(frozen.loss(batch, lambda f: f)[0].detach()), rel=1e-6
+    )
+    loss.backward()
+    assert scale.grad is not None and float(scale.grad) != 0
+    assert "log_logit_scale" not in trained.export_state()
+    assert set(trained.export_state()) == set(frozen.export_state())

@@ -89,6 +89,17 @@ def test_weight_decay_spares_biases_norms_and_positions() -> None:
     assert "token_embedding.weight" not in groups[0.0] | groups[0.1]  # frozen: not optimised
 
 
+def test_decay_embeddings_decays_the_positions_too() -> None:
+    model = tiny_text_model()
+    groups = {
+        group["weight_decay"]: set(group["names"])
+        for group in param_groups(model, 0.1, decay_embeddings=True)
+    }
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert groups[0.0] == {n for n, p in trainable.items() if p.ndim <= 1}
+    assert "positional_embedding" in groups[0.1]
+
+
 def test_collate_names_the_bad_row() -> None:
     rows = [{"a": torch.zeros(2)}, {"b": torch.zeros(2)}]
     with pytest.raises(ValueError, match=r"dataset row 1 of the batch has keys \['b'\]"):

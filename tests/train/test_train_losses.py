@@ -15,7 +15,9 @@ from dialogclip.train.losses import (
     DEFAULT_SIGMAS,
     draft_loss,
     gather_features,
+    mmd_norm,
     mmd_rbf,
+    mmd_rbf_1d,
     third_tower_loss,
 )
 
@@ -135,40 +137,198 @@ def test_mmd_rbf_rejects_bad_bandwidths() -> None:
         mmd_rbf(x, x, (1.0, -2.0))
 
 
-def test_draft_loss_parts_against_naive_references() -> None:
+# --- DRAFT (thesis chapter 4.4.2): naive transcriptions of eqs. 4.4.1-4.4.3 -------------------
+
+
+def naive_eq_4_4_1_term(texts: torch.Tensor, images: torch.Tensor, scale: float) -> float:
+    """One term of eq. 4.4.1 as printed: -1/N sum_i log[exp(I(x_i)^T T(u_i)/tau) /
+    sum_j exp(I(x_j)^T T(u_i)/tau)], the denominator over the batch's images j."""
+    n = len(texts)
+    total = 0.0
+    for i in range(n):
+        numerator = math.exp(scale * float(images[i] @ texts[i]))
+        denominator = sum(math.exp(scale * float(images[j] @ texts[i])) for j in range(n))
+        total -= math.log(numerator / denominator)
+    return total / n
+
+
+def naive_logits(texts: torch.Tensor, images: torch.Tensor, scale: float) -> list[float]:
+    """Every I(x_j)^T T(u_i) / tau of the batch, i and j over N: the N^2 scalar samples."""
+    return [
+        scale * float(images[j] @ texts[i]) for i in range(len(texts)) for j in range(len(images))
+    ]
+
+
+def naive_mmd2_pairs(x: Sequence[float], y: Sequence[float], sigmas: Sequence[float]) -> float:
+    """Eq. 4.4.2 by the kernel trick, a Python double loop over every pair of scalars:
+    ||1/n sum phi(x_i) - 1/m sum phi(y_j)||^2 = mean k(x, x') + mean k(y, y') - 2 mean k(x, y)."""
+
+    def mean_k(a: Sequence[float], b: Sequence[float]) -> float:
+        total = 0.0
+        for u in a:
+            for v in b:
+                total += sum(math.exp(-((u - v) ** 2) / (2 * s * s)) for s in sigmas)
+        return total / (len(a) * len(b))
+
+    return mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
+
+
+def naive_mmd2_dense(x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+    """The same O(n^2) pair sum with every pair's kernel value in one dense float64 matrix (for
+    N = 32 the N^2 = 1024 logits a side give 1M pairs, too many for a Python loop); checked
+    against :func:`naive_mmd2_pairs` below."""
+
+    def mean_k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        sq = (a[:, None] - b[None, :]) ** 2
+        return sum(torch.exp(-sq / (2 * s * s)) for s in sigmas).mean()
+
+    return mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
+
+
+def logit_samples(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The N^2 caption and dialogue logits of a seeded batch at scale 30 (float64)."""
+    image, caption, dialogue = unit(n, 8, seed), unit(n, 8, seed + 1), unit(n, 8, seed + 2)
+    return (30.0 * caption @ image.T).reshape(-1), (30.0 * dialogue @ image.T).reshape(-1) + shift
+
+
+def test_dense_reference_equals_the_python_double_loop() -> None:
+    x, y = logit_samples(3, 60, shift=0.5)
+    sigmas = (1.0, 4.0)
+    want = naive_mmd2_pairs(x.tolist(), y.tolist(), sigmas)
+    assert float(naive_mmd2_dense(x, y, sigmas)) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 5, 16, 32])
+@pytest.mark.parametrize("sigmas", [(2.0,), (1.0, 4.0, 16.0), DEFAULT_SIGMAS])
+def test_mmd_rbf_1d_equals_the_naive_o_n4_sum(n: int, sigmas: tuple[float, ...]) -> None:
+    x, y = logit_samples(n, 70 + n, shift=1.5)
+    got = mmd_rbf_1d(x, y, sigmas)
+    want = naive_mmd2_dense(x, y, sigmas)
+    assert got.dtype == torch.float64
+    assert abs(float(got) - float(want)) <= 1e-6
+    assert float(want) > 1e-4  # a difference worth measuring
+
+
+def test_mmd_rbf_1d_small_samples_equal_the_python_double_loop() -> None:
+    x = torch.tensor([0.3, -1.2, 2.5, 0.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 1.7, -0.4], dtype=torch.float64)
+    sigmas = (0.5, 1.0, 2.0)
+    want = naive_mmd2_pairs(x.tolist(), y.tolist(), sigmas)
+    assert float(mmd_rbf_1d(x, y, sigmas)) == pytest.approx(want, abs=1e-7)
+
+
+def test_mmd_rbf_1d_zero_for_identical_sets_and_grows_with_a_shift() -> None:
+    x, _ = logit_samples(8, 80)
+    permuted = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
+    assert abs(float(mmd_rbf_1d(x, permuted, DEFAULT_SIGMAS))) < 1e-12  # the same set
+    values = [float(mmd_rbf_1d(x, x + shift, (1.0, 2.0))) for shift in (0.0, 0.5, 1.0, 2.0, 4.0)]
+    assert abs(values[0]) < 1e-12
+    assert all(later > earlier for earlier, later in itertools.pairwise(values))
+    assert values[-1] > 0.05
+
+
+def test_mmd_rbf_1d_gradient_matches_the_naive_sum() -> None:
+    x, y = logit_samples(6, 90, shift=2.0)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (got,) = torch.autograd.grad(mmd_rbf_1d(x1, y, (1.0, 4.0)), [x1])
+    (want,) = torch.autograd.grad(naive_mmd2_dense(x2, y, (1.0, 4.0)), [x2])
+    assert float(want.abs().max()) > 1e-3
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3 * float(want.abs().max()))
+
+
+def test_mmd_norm_has_a_safe_gradient_at_zero() -> None:
+    x, _ = logit_samples(4, 100)
+    x = x.clone().requires_grad_()
+    value = mmd_norm(mmd_rbf_1d(x, x.detach().clone(), (1.0,)))
+    (grad,) = torch.autograd.grad(value, [x])
+    assert float(value.detach()) == 0.0
+    assert torch.isfinite(grad).all() and float(grad.abs().max()) == 0.0
+    assert float(mmd_norm(torch.tensor(0.25, dtype=torch.float64))) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("n", "d"), [(6, 5), (16, 8)])
+def test_draft_loss_default_is_the_thesis_equations(n: int, d: int) -> None:
+    """Eq. 4.4.4 with eq. 4.4.1 (texts query images, a = 0.65) and eq. 4.4.3 (RBF-MMD norm over
+    the N^2 scalar logits), each transcribed naively."""
+    image, caption, dialogue = unit(n, d, 20), unit(n, d, 21), unit(n, d, 22)
+    scale, weight, sigmas = 10.0, 0.7, (0.5, 2.0, 8.0)
+    total, parts = draft_loss(image, caption, dialogue, scale, mmd_weight=weight, sigmas=sigmas)
+    con_dialogue = naive_eq_4_4_1_term(dialogue, image, scale)
+    con_caption = naive_eq_4_4_1_term(caption, image, scale)
+    contrastive = 0.65 * con_dialogue + 0.35 * con_caption
+    mmd2 = float(
+        naive_mmd2_dense(
+            torch.tensor(naive_logits(caption, image, scale), dtype=torch.float64),
+            torch.tensor(naive_logits(dialogue, image, scale), dtype=torch.float64),
+            sigmas,
+        )
+    )
+    assert float(parts["con_dialogue"]) == pytest.approx(con_dialogue, rel=1e-9)
+    assert float(parts["con_caption"]) == pytest.approx(con_caption, rel=1e-9)
+    assert float(parts["contrastive"]) == pytest.approx(contrastive, rel=1e-9)
+    assert float(parts["mmd"]) == pytest.approx(math.sqrt(mmd2), abs=1e-6)  # the norm
+    assert mmd2 > 1e-3  # a real MMD term, not a vanishing one
+    # parts["mmd"] is the term exactly as it enters the total.
+    assert float(total) == pytest.approx(
+        float(parts["contrastive"]) + weight * float(parts["mmd"]), rel=1e-12
+    )
+    assert all(not value.requires_grad for value in parts.values())
+    # The image-query reading differs: the default really is the thesis' direction.
+    assert abs(naive_ce(image, dialogue, scale) - con_dialogue) > 1e-3
+
+
+@pytest.mark.parametrize("direction", ["text_to_image", "image_to_text", "symmetric"])
+def test_draft_loss_directions_against_naive_loops(direction: str) -> None:
+    image, caption, dialogue = unit(5, 4, 30), unit(5, 4, 31), unit(5, 4, 32)
+
+    def naive(texts: torch.Tensor) -> float:
+        text_query = naive_eq_4_4_1_term(texts, image, 8.0)
+        image_query = naive_ce(image, texts, 8.0)  # image i picks its text among the texts
+        return {
+            "text_to_image": text_query,
+            "image_to_text": image_query,
+            "symmetric": (text_query + image_query) / 2,
+        }[direction]
+
+    _, parts = draft_loss(image, caption, dialogue, 8.0, 0.5, 1.0, direction=direction)
+    assert float(parts["con_dialogue"]) == pytest.approx(naive(dialogue), rel=1e-9)
+    assert float(parts["con_caption"]) == pytest.approx(naive(caption), rel=1e-9)
+
+
+def test_draft_loss_mmd_options_squared_and_rows() -> None:
     n, d = 6, 5
     image, caption, dialogue = unit(n, d, 20), unit(n, d, 21), unit(n, d, 22)
-    scale, a, weight, sigmas = 10.0, 0.4, 0.7, (0.5, 2.0)
-    total, parts = draft_loss(image, caption, dialogue, scale, a, weight, sigmas)
-    con_dialogue = naive_ce(image, dialogue, scale)  # the image is the query
-    con_caption = naive_ce(image, caption, scale)
-    contrastive = a * con_dialogue + (1 - a) * con_caption
-    # One MMD sample per text: its logits against the N images, divided by sqrt(N).
+    scale, sigmas = 10.0, (0.5, 2.0)
+    caption_logits = torch.tensor(naive_logits(caption, image, scale), dtype=torch.float64)
+    dialogue_logits = torch.tensor(naive_logits(dialogue, image, scale), dtype=torch.float64)
+    mmd2 = float(naive_mmd2_dense(caption_logits, dialogue_logits, sigmas))
+    _, squared = draft_loss(image, caption, dialogue, scale, sigmas=sigmas, mmd_form="squared")
+    assert float(squared["mmd"]) == pytest.approx(mmd2, abs=1e-6)
+    # rows: one sample per text, its logits against the N images divided by sqrt(N).
     rows_caption = [
         [scale * float(image[j] @ caption[i]) / math.sqrt(n) for j in range(n)] for i in range(n)
     ]
     rows_dialogue = [
         [scale * float(image[j] @ dialogue[i]) / math.sqrt(n) for j in range(n)] for i in range(n)
     ]
-    mmd = naive_mmd(rows_caption, rows_dialogue, sigmas)
-    assert float(parts["con_dialogue"]) == pytest.approx(con_dialogue, rel=1e-6)
-    assert float(parts["con_caption"]) == pytest.approx(con_caption, rel=1e-6)
-    assert float(parts["contrastive"]) == pytest.approx(contrastive, rel=1e-6)
-    assert float(parts["mmd"]) == pytest.approx(mmd, rel=1e-9, abs=1e-12)
-    assert mmd > 1e-3  # a real MMD term, not a vanishing one
-    assert float(total) == pytest.approx(contrastive + weight * mmd, rel=1e-5)
-    assert all(not value.requires_grad for value in parts.values())
+    rows2 = naive_mmd(rows_caption, rows_dialogue, sigmas)
+    _, rows = draft_loss(image, caption, dialogue, scale, sigmas=sigmas, mmd_samples="rows")
+    assert float(rows["mmd"]) == pytest.approx(math.sqrt(rows2), rel=1e-9)
+    _, rows_sq = draft_loss(
+        image, caption, dialogue, scale, sigmas=sigmas, mmd_samples="rows", mmd_form="squared"
+    )
+    assert float(rows_sq["mmd"]) == pytest.approx(rows2, rel=1e-9)
+    assert abs(rows2 - mmd2) > 1e-3  # the two sample units are different quantities
 
 
-def test_draft_loss_symmetric_averages_each_term_with_its_transpose() -> None:
-    image, caption, dialogue = unit(5, 4, 30), unit(5, 4, 31), unit(5, 4, 32)
-    _, parts = draft_loss(image, caption, dialogue, 8.0, 0.5, 1.0, symmetric=True)
-    assert float(parts["con_dialogue"]) == pytest.approx(
-        naive_term(image, dialogue, 8.0, True), rel=1e-6
-    )
-    assert float(parts["con_caption"]) == pytest.approx(
-        naive_term(image, caption, 8.0, True), rel=1e-6
-    )
+def test_draft_loss_rejects_unknown_options() -> None:
+    x = unit(3, 2, 1)
+    with pytest.raises(ValueError, match="direction must be one of"):
+        draft_loss(x, x, x, 1.0, direction="caption_to_dialogue")
+    with pytest.raises(ValueError, match="mmd samples must be one of"):
+        draft_loss(x, x, x, 1.0, mmd_samples="pairs")
+    with pytest.raises(ValueError, match="mmd form must be one of"):
+        draft_loss(x, x, x, 1.0, mmd_form="cubed")
 
 
 def test_draft_loss_without_mmd_is_the_contrastive_term_alone() -> None:
@@ -191,10 +351,11 @@ def test_draft_loss_without_mmd_is_the_contrastive_term_alone() -> None:
 def plain_draft_contrastive(
     image: torch.Tensor, caption: torch.Tensor, dialogue: torch.Tensor
 ) -> torch.Tensor:
-    """0.5 * CE(I vs dialogue) + 0.5 * CE(I vs caption) at scale 30 with plain torch ops."""
+    """0.5 * CE(T(z) vs I) + 0.5 * CE(T(y) vs I) at scale 30 with plain torch ops: each text
+    row's softmax over the images."""
     labels = torch.arange(len(image))
-    return 0.5 * F.cross_entropy(30.0 * image @ dialogue.T, labels) + 0.5 * F.cross_entropy(
-        30.0 * image @ caption.T, labels
+    return 0.5 * F.cross_entropy(30.0 * dialogue @ image.T, labels) + 0.5 * F.cross_entropy(
+        30.0 * caption @ image.T, labels
     )
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from trainer_helpers import free_port, launch, read_metrics, reaped, tiny_text_model
+
+pytestmark = pytest.mark.jobs
 
 ARGS = ["--objective", "third", "draft", "--rows", "24", "--batch-size", "8", "--epochs", "2"]
 # Tolerance: the two runs do the same arithmetic except (a) the tower's matmuls run on 4 rows

@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -37,6 +38,7 @@ def comparable(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in record.items() if k != "samples_per_s"} for record in records]
 
 
+@pytest.mark.crash
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path: Path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     started: list = []

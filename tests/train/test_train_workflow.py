@@ -10,13 +10,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO_ROOT, copy_demo, planned_jobs, snakemake
+from workflow_helpers import (
+    REPO_ROOT,
+    copy_demo,
+    planned_jobs,
+    pretend_generators_fetched,
+    snakemake,
+)
 
 from dialogclip.core.io import read_json
 from dialogclip.models.naming import image_model_key
 from dialogclip.train.cache import read_embedding_cache
 from dialogclip.train.datasets import DraftDataset, ShardFiles, ThirdTowerDataset
 from dialogclip.train.rows import read_rows
+
+pytestmark = pytest.mark.dag
 
 TINY = "results/models/tiny-clip-0.safetensors"
 SHARDS = ("00000", "00001", "00002")  # the demo's 70 TSV rows in shards of 32
@@ -110,6 +118,26 @@ NO_MMD_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
             lambda c: c["train"]["runs"][2]["loss"].update(mmd_weight=0.5),
             {"train_run": 1, **NO_MMD_EVALS},
         ),
+        # The job's params carry the whole loss, defaults filled in: writing out a default
+        # changes nothing, another direction or MMD sample unit reruns that run.
+        (
+            lambda c: (
+                c["train"]["runs"][1]
+                .setdefault("loss", {})
+                .update(direction="text_to_image", a=0.65, mmd_samples="scalar", mmd_form="norm")
+            ),
+            {},
+        ),
+        (
+            lambda c: (
+                c["train"]["runs"][1].setdefault("loss", {}).update(direction="image_to_text")
+            ),
+            {"train_run": 1, **DRAFT_EVALS},
+        ),
+        (
+            lambda c: c["train"]["runs"][1].setdefault("loss", {}).update(mmd_samples="rows"),
+            {"train_run": 1, **DRAFT_EVALS},
+        ),
         # Other weights for DRAFT: a new image tower, embedded for training and evaluation.
         (
             lambda c: c["train"]["runs"][1].update(
@@ -150,7 +178,18 @@ NO_MMD_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
             {"eval_retrieval": 1, "report": 1},
         ),
     ],
-    ids=["lr", "mmd_weight", "pretrained", "quickgelu", "truncated", "separator", "betas"],
+    ids=[
+        "lr",
+        "mmd_weight",
+        "loss_defaults",
+        "direction",
+        "mmd_samples",
+        "pretrained",
+        "quickgelu",
+        "truncated",
+        "separator",
+        "betas",
+    ],
 )
 def test_science_edits_rerun_exactly_what_depends_on_them(
     trained: Path, tmp_path: Path, edit, expected
@@ -225,12 +264,14 @@ def test_the_thesis_config_trains_every_run_and_links_every_thesis_row(tmp_path:
         (tmp_path / folder).mkdir(parents=True)
     for name in THESIS_EVAL_FILES:
         (tmp_path / name).write_text("{}")
+    pretend_generators_fetched(tmp_path)
     config = ("--configfile", str(REPO_ROOT / "config.yaml"))
     planned = planned_jobs(tmp_path, *config)
-    # 5 third towers (4 frozen model pairs: the caption caches) + 6 DRAFT runs (4 epoch counts
-    # with MMD, 2 without); one image-embedding cache per model.
-    assert (planned["train_run"], planned["embed_train_images"]) == (11, 4)
-    assert planned["embed_train_captions"] == 4
+    # 6 third towers (5 frozen model pairs: the caption caches) + 7 DRAFT runs (4 epoch counts
+    # with MMD, 2 without, 1 with QuickGELU); one image-embedding cache per model (LAION-400M
+    # twice: the thesis' GELU and the QuickGELU set-up).
+    assert (planned["train_run"], planned["embed_train_images"]) == (13, 5)
+    assert planned["embed_train_captions"] == 5
     result = snakemake(tmp_path, "--dry-run", "--printshellcmds", *config, timeout=300)
     command = next(line for line in result.stdout.splitlines() if "dialogclip report " in line)
     words = shlex.split(command)
@@ -253,3 +294,19 @@ def test_the_thesis_config_trains_every_run_and_links_every_thesis_row(tmp_path:
         "draft-vitb32-laion400m-blend",
     ]
     assert "draft-vitb32-laion400m-12ep-wblend-beta0" not in by_name  # = the embedding blend's
+    # The thesis' LAION-400M rows are laion400m_e31 run with GELU (OpenCLIP's published result
+    # for that set-up); the QuickGELU-correct entries beside them claim no thesis row.
+    laion400m = [entry for entry in entries if "laion400m" in entry["pretrained"]]
+    linked_400m = [entry for entry in laion400m if entry["thesis_row"]]
+    assert linked_400m and all(
+        (entry["pretrained"], entry["quickgelu"]) == ("laion400m_e31", False)
+        for entry in linked_400m
+    )
+    quickgelu = {entry["name"] for entry in laion400m if entry["quickgelu"] is True}
+    assert {
+        "vitb32-laion400m-quickgelu",
+        "c3m-vitb32-laion400m-quickgelu-llava-beta0.9",
+        "draft-vitb32-laion400m-quickgelu-6ep-beta0.9",
+        "draft-vitb32-laion400m-quickgelu-6ep-beta0",
+    } <= quickgelu
+    assert all(by_name[name]["thesis_row"] is None for name in quickgelu)

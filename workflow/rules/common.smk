@@ -1,5 +1,6 @@
-# Shared Python of the workflow: config validation, parameters and input functions.
-# Stage files define get_<stage>_outputs(); get_final_output() collects them for the target `all`.
+# Shared Python of the workflow: config validation, parameters and the input functions that more
+# than one stage uses. Stage files define get_<stage>_outputs(); get_final_output() collects them
+# for the target `all`. A stage's <stage>_functions.smk calls only its own functions and these.
 import json
 import os
 import re
@@ -7,7 +8,11 @@ import sys
 from functools import cache
 from pathlib import Path
 
-from dialogclip.core.config import ConfigError, validate_config
+from dialogclip.core.config import ConfigError, section_from_dict, validate_config
+from dialogclip.models.eval_entry import EVAL_DATASETS, EvalEntry
+from dialogclip.models.naming import is_checkpoint_path
+from dialogclip.models.weights import weights_file
+from dialogclip.train.settings import train_settings_from_dict
 
 SCHEMA = Path(workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -27,7 +32,6 @@ os.environ.update(
 # an env file under .snakemake/conda/, so envs/*.yaml name the repository through this variable.
 os.environ.setdefault("DIALOGCLIP_ROOT", str(Path(workflow.basedir).resolve()))
 
-EVAL_DATASETS = ("coco", "vqa_real", "vqa_abstract")
 NAME = r"[A-Za-z0-9_.-]+"
 NO_MATCH = r"(?!)"
 
@@ -36,9 +40,7 @@ def check_config():
     """The config against the schema (types, required and unknown keys, defaults filled in),
     then the rules between fields that the schema cannot express, through the typed settings
     the commands use. Runs when the DAG is built; every message names the key."""
-    from dialogclip.core.config import section_from_dict
     from dialogclip.core.text_forms import TextForms
-    from dialogclip.evaluate.settings import ModelEntry
 
     validate_config(config, SCHEMA, source="workflow config")
     problems = []
@@ -50,7 +52,7 @@ def check_config():
         problems.append(f"evaluate.models: duplicated name(s) {duplicated}")
     for entry in entries:
         try:
-            section_from_dict(ModelEntry, entry, f"evaluate.models ({entry['name']})")
+            section_from_dict(EvalEntry, entry, f"evaluate.models ({entry['name']})")
         except ConfigError as err:
             problems.append(str(err))
         unconfigured = [
@@ -71,6 +73,61 @@ try:
     check_config()
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+
+
+def check_allow_cpu():
+    """The GPU rules pass the machine setting `allow_cpu` (may a job given GPUs run on the CPU
+    when torch sees none?) from the default resources: every profile states it (the demo's 1,
+    the cluster profiles' 0), so that no run falls back to the CPU by omission."""
+    defaults = workflow.resource_settings.default_resources
+    if defaults is None or defaults.get("allow_cpu") is None:
+        raise WorkflowError(
+            "the machine setting allow_cpu is not set: add `allow_cpu: 0` (GPU jobs stop when "
+            "torch sees no GPU) or `allow_cpu: 1` (they may run on the CPU, as in the demo) "
+            "under default-resources of your profile, or pass --default-resources allow_cpu=0"
+        )
+
+
+check_allow_cpu()
+
+# The Slurm profile's account until it is edited (workflow/profiles/slurm/config.yaml).
+SLURM_ACCOUNT_PLACEHOLDER = "your-account"
+
+
+def _raw_resource(resources, name):
+    """A resource as the rule, profile or command line wrote it (a number, a string, or the text
+    of an expression evaluated per job); None when absent."""
+    resource = resources.get(name) if resources is not None else None
+    if resource is None:
+        return None
+    raw = resource.raw if resource.raw is not None else resource.value
+    return raw.strip("'\"") if isinstance(raw, str) else raw
+
+
+def check_slurm_requests():
+    """What the Slurm plugin would submit, checked once the rules are defined: an account that
+    is still the profile's placeholder, and a rule that asks for GPUs twice, as `gres` and as
+    `gpu` (the plugin sends --gres and --gpus; Slurm then counts both)."""
+    defaults = workflow.resource_settings.default_resources
+    if _raw_resource(defaults, "slurm_account") == SLURM_ACCOUNT_PLACEHOLDER:
+        raise WorkflowError(
+            f"default-resources slurm_account is still the placeholder "
+            f"'{SLURM_ACCOUNT_PLACEHOLDER}': set your Slurm account in the profile "
+            "(sacctmgr -n show associations user=$USER format=account), or delete the line "
+            "on a cluster without accounts"
+        )
+    double = [
+        f"{rule.name} (gres {gres}, gpu {gpu})"
+        for rule in workflow.rules
+        if "gpu" in str(gres := _raw_resource(rule.resources, "gres") or "")
+        and str(gpu := _raw_resource(rule.resources, "gpu")) not in ("None", "0")
+    ]
+    if double:
+        raise WorkflowError(
+            f"GPUs requested twice, as gres and as gpu: {', '.join(double)}; the Slurm plugin "
+            "would send both --gres and --gpus. Set `gpu: 0` beside `gres` (set-resources of "
+            "the profile), or drop `gres`"
+        )
 
 
 # Every wildcard's constraint, in one place: a path that does not fit names no job. After the
@@ -149,3 +206,109 @@ def print_run_summary():
         from dialogclip.ingest.stats import format_summary
 
         logger.info(format_summary(read_json(summary)))
+
+
+def get_generators():
+    """The generators the config switches on (generate.generators)."""
+    return config["generate"]["generators"]
+
+
+def is_retry_failed_active():
+    return config["ingest"]["retry_failed"]["activate"]
+
+
+def ingested_shard(shard):
+    """Path of the final ingested shard ``shard`` (re-tried when the retry pass runs)."""
+    if is_retry_failed_active():
+        return f"results/ingest/retried/shards/{shard}.parquet"
+    return f"results/ingest/shards/{shard}.parquet"
+
+
+def get_ingested_shard(wildcards):
+    """The final ingested shard Parquet of wildcards.shard (what generation and training read)."""
+    return ingested_shard(wildcards.shard)
+
+
+def get_dialogue_shards(wildcards):
+    """Every dialogue shard of wildcards.generator (its summary and its dialogue quality)."""
+    return expand(
+        "results/dialogue/{generator}/{shard}.parquet",
+        generator=wildcards.generator,
+        shard=get_shards(),
+    )
+
+
+def get_weights_file(architecture, pretrained):
+    """The file a model's weights load from: a checkpoint path as it is (a rule may build it),
+    a pretrained tag's weights fetched into weights_dir by fetch_clip_weights."""
+    if is_checkpoint_path(pretrained):
+        return pretrained
+    return str(weights_file(config["weights_dir"], architecture, pretrained))
+
+
+def is_train_active():
+    return config["train"]["activate"]
+
+
+@cache
+def get_train_runs():
+    """The train.runs entries, typed; each run's generator must be generated."""
+    try:
+        runs = train_settings_from_dict(config["train"]).runs
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
+    for run in runs:
+        if run.generator not in get_generators():
+            raise WorkflowError(
+                f"train.runs: {run.name} trains on {run.generator} dialogue, which "
+                f"generate.generators {get_generators()} does not produce"
+            )
+    return runs
+
+
+def is_evaluate_active():
+    return config["evaluate"]["activate"]
+
+
+@cache
+def get_eval_models():
+    """The evaluation entries by name (typed): evaluate.models, then the entries of every
+    training run (TrainRun.eval_entries) when training is on. Names are unique."""
+    entries = {
+        entry["name"]: section_from_dict(
+            EvalEntry, entry, f"evaluate.models ({entry['name']})"
+        )
+        for entry in config["evaluate"]["models"]
+    }
+    for run in get_train_runs() if is_train_active() else ():
+        for entry in run.eval_entries():
+            if entry.name in entries:
+                raise WorkflowError(
+                    f"evaluate.models: {entry.name} is also the name of an evaluation entry of "
+                    f"the training run {run.name}; rename one of them"
+                )
+            entries[entry.name] = entry
+    return entries
+
+
+def get_model_datasets(entry):
+    """The evaluation sets of one entry: its `datasets`, else every configured set."""
+    configured = [
+        name for name in EVAL_DATASETS if config["evaluate"][name] is not None
+    ]
+    if entry.datasets is None:
+        return configured
+    return [name for name in configured if name in entry.datasets]
+
+
+def get_evaluate_outputs():
+    """One metrics JSON per evaluation entry and set (COCO retrieval, VQA real/abstract): the
+    evaluate stage's targets and the report's inputs."""
+    if not is_evaluate_active():
+        return []
+    outputs = []
+    for name, entry in get_eval_models().items():
+        for dataset in get_model_datasets(entry):
+            task = "retrieval" if dataset == "coco" else "vqa"
+            outputs.append(f"results/eval/{task}/{name}/{dataset}.json")
+    return outputs

@@ -77,7 +77,7 @@ rule embed_eval_images:
         cfg=get_embed_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip --gpus {resources.gpu} embed-images --params {params.cfg:q} --threads {threads}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} embed-images --params {params.cfg:q} --threads {threads}"
         " --weights-dir {params.weights_dir:q}"
         " --batch-size {resources.batch_size}"
         " --output {output.emb:q} 2> {log:q}"
@@ -106,7 +106,7 @@ rule eval_retrieval:
         cfg=get_retrieval_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip --gpus {resources.gpu} eval-retrieval --params {params.cfg:q} --threads {threads}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} eval-retrieval --params {params.cfg:q} --threads {threads}"
         " --weights-dir {params.weights_dir:q}"
         " --batch-size {resources.batch_size}"
         " --image-emb {input.emb:q} --output {output.metrics:q} 2> {log:q}"
@@ -136,7 +136,7 @@ rule eval_vqa:
         cfg=get_vqa_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip --gpus {resources.gpu} eval-vqa --params {params.cfg:q} --threads {threads}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} eval-vqa --params {params.cfg:q} --threads {threads}"
         " --weights-dir {params.weights_dir:q}"
         " --batch-size {resources.batch_size}"
         " --image-emb {input.emb:q} --results {output.results:q}"

@@ -1,66 +1,18 @@
 # Input functions and parameters of the evaluate stage (workflow/rules/evaluate.smk includes
-# this file: `snakemake --lint` wants Python functions and rules in separate snakefiles).
+# this file: `snakemake --lint` wants Python functions and rules in separate snakefiles). The
+# evaluation entries themselves (get_eval_models, typed EvalEntry) and get_evaluate_outputs are
+# in common.smk: the report reads them too.
 # Wildcards: {model} an evaluate.models name, {image_model} an image-tower cache key,
 # {dataset} any evaluation set, {retrieval_set} / {vqa_set} the sets of each task; their
 # constraints are in common.smk.
 from dialogclip.evaluate.datasets import check_dataset_files
-from dialogclip.models.naming import image_model_key, is_checkpoint_path
-from dialogclip.models.weights import weights_file
-
-IMAGE_MODEL_FIELDS = ("architecture", "pretrained", "quickgelu")
-
-
-def is_evaluate_active():
-    return config["evaluate"]["activate"]
-
-
-def get_eval_models():
-    """The evaluation entries by name: evaluate.models, then the variants of every training run
-    (get_trained_eval_entries in train_functions.smk). Names are unique (checked there and in
-    common.smk)."""
-    entries = {entry["name"]: entry for entry in config["evaluate"]["models"]}
-    for entry in get_trained_eval_entries():
-        if entry["name"] in entries:
-            raise WorkflowError(
-                f"evaluate.models: {entry['name']} is also the name of an evaluation variant of "
-                "a training run; rename one of them"
-            )
-        entries[entry["name"]] = entry
-    return entries
-
-
-def get_model_datasets(entry):
-    """The evaluation sets of one model entry: its `datasets`, else every configured set."""
-    configured = [
-        name for name in EVAL_DATASETS if config["evaluate"][name] is not None
-    ]
-    if entry["datasets"] is None:
-        return configured
-    return [name for name in configured if name in entry["datasets"]]
-
-
-def get_evaluate_outputs():
-    """One metrics JSON per model entry and evaluation set (COCO retrieval, VQA real/abstract)."""
-    if not is_evaluate_active():
-        return []
-    outputs = []
-    for name, entry in get_eval_models().items():
-        for dataset in get_model_datasets(entry):
-            task = "retrieval" if dataset == "coco" else "vqa"
-            outputs.append(f"results/eval/{task}/{name}/{dataset}.json")
-    return outputs
-
-
-def get_image_model(entry):
-    """The cache key of an entry's image tower (every text variant on it shares the cache)."""
-    return image_model_key(*(entry[field] for field in IMAGE_MODEL_FIELDS))
 
 
 def get_image_models():
-    """{cache key: architecture, pretrained and quickgelu of that image tower}."""
+    """{cache key: architecture, pretrained and quickgelu of that image tower}: every entry on
+    one image tower shares its cache."""
     return {
-        get_image_model(entry): {field: entry[field] for field in IMAGE_MODEL_FIELDS}
-        for entry in get_eval_models().values()
+        entry.image_model: entry.image_tower() for entry in get_eval_models().values()
     }
 
 
@@ -72,14 +24,6 @@ def _dataset(wildcards):
     raise WorkflowError(f"no evaluation-set wildcard in {dict(wildcards)}")
 
 
-def get_weights_file(architecture, pretrained):
-    """The file a model's weights load from: a checkpoint path as it is (a rule may build it),
-    a pretrained tag's weights fetched into weights_dir by fetch_clip_weights."""
-    if is_checkpoint_path(pretrained):
-        return pretrained
-    return str(weights_file(config["weights_dir"], architecture, pretrained))
-
-
 def get_image_model_checkpoint(wildcards):
     """The weights file of the image tower."""
     model = get_image_models()[wildcards.image_model]
@@ -89,13 +33,13 @@ def get_image_model_checkpoint(wildcards):
 def get_eval_checkpoints(wildcards):
     """The weight files a model entry reads: its weights and its second text tower."""
     entry = get_eval_models()[wildcards.model]
-    files = [get_weights_file(entry["architecture"], entry["pretrained"])]
-    return files + ([entry["other"]] if entry["other"] else [])
+    files = [get_weights_file(entry.architecture, entry.pretrained)]
+    return files + ([entry.other] if entry.other else [])
 
 
 def get_eval_image_emb(wildcards):
     """The cached image embeddings of the entry's image tower on this dataset."""
-    key = get_image_model(get_eval_models()[wildcards.model])
+    key = get_eval_models()[wildcards.model].image_model
     return f"results/eval/image_emb/{key}/{_dataset(wildcards)}.safetensors"
 
 
@@ -111,13 +55,6 @@ def get_eval_files(wildcards):
         raise WorkflowError(str(err)) from None
     keys = ("questions", "annotations", "images")
     return [ancient(files[key]) for key in keys if files.get(key)]
-
-
-def get_eval_entry(name):
-    """The entry as its evaluation jobs receive it: without thesis_row, which only the report
-    reads (linking an entry to the thesis reruns the report, not the evaluation)."""
-    entry = get_eval_models()[name]
-    return {key: value for key, value in entry.items() if key != "thesis_row"}
 
 
 def _eval_job(model, wildcards, **settings):
@@ -141,14 +78,14 @@ def get_embed_params(wildcards):
 
 def get_retrieval_params(wildcards):
     """One retrieval job as JSON: the model entry, the dataset and its files, recall cut-offs."""
-    model = get_eval_entry(wildcards.model)
+    model = get_eval_models()[wildcards.model].job_dict()
     return _eval_job(model, wildcards, ks=config["evaluate"]["ks"])
 
 
 def get_vqa_params(wildcards):
     """One VQA job as JSON; candidates take the one text form of pairs (text.qa_template).
     A function: Snakemake would read the template's {question} as a wildcard."""
-    model = get_eval_entry(wildcards.model)
+    model = get_eval_models()[wildcards.model].job_dict()
     return _eval_job(model, wildcards, template=config["text"]["qa_template"])
 
 
@@ -156,8 +93,7 @@ def get_clip_weights_outputs(wildcards):
     """The fetched weight files of every configured pretrained tag, for fetch_clip_weights -
     the evaluation entries', the training runs' and the report's scoring CLIP."""
     models = [
-        (entry["architecture"], entry["pretrained"])
-        for entry in get_eval_models().values()
+        (entry.architecture, entry.pretrained) for entry in get_eval_models().values()
     ]
     if is_train_active():
         models += [(run.architecture, run.pretrained) for run in get_train_runs()]

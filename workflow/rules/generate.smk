@@ -22,6 +22,10 @@
 #   vllm_max_num_seqs, vllm_tensor_parallel_size (raise gpu with it)
 #   vllm_enforce_eager       auto (eager on CPU, compiled on GPU) | 0 | 1
 #   vllm_executor            auto (vLLM's choice on GPU, in-process "uni" on CPU) | uni | mp | ray
+#   model_dir                the folder a hub model is loaded from (its fetched copy,
+#                            resources/vlm_weights/<owner>--<name>/<commit>; "" for a local
+#                            checkpoint): where the weights are, not which (the config's
+#                            model and revision, in params, decide that).
 #   shards_per_engine        one engine start serves this many shards: after its own, the
 #                            job makes the chunks of pending shards beside it, which their
 #                            jobs then only assemble (dialogclip.generate.work_ahead); within
@@ -73,11 +77,12 @@ rule generate:
         vllm_tensor_parallel_size=1,
         vllm_enforce_eager="auto",
         vllm_executor="auto",
+        model_dir=get_generate_model_dir,
     params:
         cfg=get_generate_params,
         work_dir="results/dialogue/{generator}/.chunks/{shard}",
     shell:
-        "dialogclip --gpus {resources.gpu} generate-dialogue --generator {wildcards.generator}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} generate-dialogue --generator {wildcards.generator}"
         " --shard {input.shard:q}"
         " --output {output.parquet:q} --stats {output.stats:q}"
         " --work-dir {params.work_dir:q} --threads {threads} --params {params.cfg:q}"
@@ -94,6 +99,7 @@ rule generate:
         " --vllm-enforce-eager {resources.vllm_enforce_eager}"
         " --vllm-executor {resources.vllm_executor}"
         " --shards-per-engine {resources.shards_per_engine} --runtime {resources.runtime}"
+        " --model-dir={resources.model_dir:q}"
         " 2> {log:q}"
 
 
@@ -121,6 +127,38 @@ rule dialogue_summary:
         "dialogclip dialogue-summary --stats {input.stats:q} --shards {input.shards:q}"
         " --text {params.text:q} --architectures {params.architectures:q}"
         " --output {output.json:q} 2> {log:q}"
+
+
+rule vlm_weights:
+    # Target for a machine with internet access: `snakemake --cores 1 vlm_weights` fetches each
+    # switched-on generator's hub model at its pinned commit (generate.<generator>.revision)
+    # once; generation jobs then read only those folders.
+    input:
+        get_vlm_weights_outputs,
+    localrule: True
+
+
+rule fetch_vlm_weights:
+    output:
+        folder=directory("resources/vlm_weights/{vlm_repo}/{revision}"),
+    log:
+        "logs/fetch_vlm_weights/{vlm_repo}/{revision}.log",
+    wildcard_constraints:
+        vlm_repo=r"[A-Za-z0-9][A-Za-z0-9_.-]*--[A-Za-z0-9][A-Za-z0-9_.-]*",
+        revision=r"[0-9a-f]{40}",
+    retries: 2  # network
+    localrule: True  # needs internet access: run it on the machine Snakemake runs on
+    conda:
+        "../../envs/dialogclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=240,
+    params:
+        model=get_vlm_model,
+    shell:
+        "dialogclip fetch-vlm-weights --model {params.model:q} --revision {wildcards.revision}"
+        " --output {output.folder:q} 2> {log:q}"
 
 
 rule tiny_models:

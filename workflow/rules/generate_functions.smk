@@ -2,12 +2,9 @@
 # this file: `snakemake --lint` wants Python functions and rules in separate snakefiles).
 from pathlib import Path
 
+from dialogclip.models import vlm_weights
+
 TINY_MODELS = "results/models/tiny"
-
-
-def get_generators():
-    """The generators the config switches on (generate.generators)."""
-    return config["generate"]["generators"]
 
 
 def get_generate_outputs():
@@ -91,13 +88,62 @@ def get_text_architectures():
     return sorted({entry["architecture"] for entry in models})
 
 
+def get_fetched_weights(generator):
+    """The folder of `generator`'s fetched hub model (dialogclip.models.vlm_weights), or None
+    when its config names a local checkpoint (the demo's tiny models). A hub model needs a
+    pinned commit (generate.<generator>.revision)."""
+    settings = config["generate"][generator]
+    model = settings["model"]
+    if model == str(Path(TINY_MODELS) / generator) or not vlm_weights.is_hub_id(model):
+        return None
+    problem = vlm_weights.revision_problem(
+        f"generate.{generator}", model, settings["revision"]
+    )
+    if problem:
+        raise WorkflowError(problem)
+    return vlm_weights.weights_folder(model, settings["revision"])
+
+
 def get_local_model(wildcards):
-    """The tiny checkpoint directory when the config points wildcards.generator at it (the rule
-    tiny_models builds it); nothing for a hub id or a checkpoint the user provides."""
+    """The model directory a generation job reads, as an input when the workflow makes it: the
+    tiny checkpoint of rule tiny_models. A hub model is read from its fetched folder, which must
+    exist when the DAG is built (it is fetched once, on a machine with internet access, by the
+    target vlm_weights); its path is the resource model_dir, not an input, so moving it reruns
+    nothing. A checkpoint the user provides: nothing."""
     generator = wildcards.generator
     model = Path(config["generate"][generator]["model"])
     tiny = Path(TINY_MODELS) / generator
-    return [str(tiny)] if model == tiny else []
+    if model == tiny:
+        return [str(tiny)]
+    folder = get_fetched_weights(generator)
+    if folder is not None and vlm_weights.read_record(folder) is None:
+        settings = config["generate"][generator]
+        raise WorkflowError(
+            f"generate.{generator}: {settings['model']} at {settings['revision']} is not fetched "
+            f"({folder} is missing). Fetch it once on a machine with internet access: "
+            "`snakemake --cores 1 vlm_weights` (or `"
+            f"{vlm_weights.fetch_command(settings['model'], settings['revision'], folder)}`)"
+        )
+    return []
+
+
+def get_generate_model_dir(wildcards):
+    """The resource model_dir of a generation job: the fetched folder of a hub model ("" for a
+    local checkpoint). A machine setting: a profile may point it at a copy on a local disk.
+    """
+    folder = get_fetched_weights(wildcards.generator)
+    return "" if folder is None else str(folder)
+
+
+def get_vlm_weights_outputs(wildcards):
+    """The fetched folders of the switched-on generators' hub models (target vlm_weights)."""
+    folders = (get_fetched_weights(generator) for generator in get_generators())
+    return sorted(str(folder) for folder in folders if folder is not None)
+
+
+def get_vlm_model(wildcards):
+    """The hub id of the folder fetch_vlm_weights fills (owner--name -> owner/name)."""
+    return vlm_weights.model_of_folder(wildcards.vlm_repo)
 
 
 def get_tiny_models_dir(wildcards, output):
@@ -109,15 +155,6 @@ def get_dialogue_stats(wildcards):
     """The per-shard stats files of one generator, for its summary."""
     return expand(
         "results/dialogue/{generator}/stats/{shard}.json",
-        generator=wildcards.generator,
-        shard=get_shards(),
-    )
-
-
-def get_dialogue_shards(wildcards):
-    """The dialogue shards of one generator (the summary measures their texts)."""
-    return expand(
-        "results/dialogue/{generator}/{shard}.parquet",
         generator=wildcards.generator,
         shard=get_shards(),
     )

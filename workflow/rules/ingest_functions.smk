@@ -1,5 +1,6 @@
 # Input functions and parameters of the ingest stage (workflow/rules/ingest.smk includes this
-# file: `snakemake --lint` wants Python functions and rules in separate snakefiles).
+# file: `snakemake --lint` wants Python functions and rules in separate snakefiles). The final
+# ingested shard that later stages read (ingested_shard, get_ingested_shard) is in common.smk.
 def get_shard_rows(wildcards):
     """The TSV rows of a shard as START:STOP. A param: only the shards whose rows change
     (the last one, when cc3m.limit grows) are redone, not every shard."""
@@ -19,22 +20,6 @@ def get_download_params(wildcards):
 def get_retry_params(wildcards):
     """The whole ingest section as JSON (the retry pass re-downloads with the same settings)."""
     return json.dumps(config["ingest"], sort_keys=True)
-
-
-def is_retry_failed_active():
-    return config["ingest"]["retry_failed"]["activate"]
-
-
-def ingested_shard(shard):
-    """Path of the final ingested shard ``shard`` (re-tried when the retry pass runs)."""
-    if is_retry_failed_active():
-        return f"results/ingest/retried/shards/{shard}.parquet"
-    return f"results/ingest/shards/{shard}.parquet"
-
-
-def get_ingested_shard(wildcards):
-    """The final ingested shard Parquet of wildcards.shard (the input of generation)."""
-    return ingested_shard(wildcards.shard)
 
 
 def get_ingest_stats():

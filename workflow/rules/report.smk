@@ -10,7 +10,7 @@ include: "report_functions.smk"
 
 rule dialogue_quality:
     input:
-        dialogue=get_quality_dialogue_shards,
+        dialogue=get_dialogue_shards,
         ingested=get_quality_ingested_shards,
         checkpoint=get_report_clip_checkpoint,
     output:
@@ -33,7 +33,7 @@ rule dialogue_quality:
         cfg=get_dialogue_quality_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip --gpus {resources.gpu} dialogue-quality --params {params.cfg:q}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} dialogue-quality --params {params.cfg:q}"
         " --generator {wildcards.generator} --weights-dir {params.weights_dir:q}"
         " --dialogue {input.dialogue:q} --ingested {input.ingested:q}"
         " --output {output.json:q} --per-image {output.parquet:q}"

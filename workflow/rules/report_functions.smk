@@ -15,17 +15,6 @@ REPORT_PLOTS = (
     "dialogue_clipscore",
     "dialogue_tokens",
 )
-REPORT_ENTRY_FIELDS = (
-    "name",
-    "architecture",
-    "pretrained",
-    "quickgelu",
-    "text_variant",
-    "other",
-    "beta",
-    "thesis_row",
-    "datasets",
-)
 QUALITY_TABLE = "dialogue_quality"
 
 
@@ -129,14 +118,11 @@ def get_training_metrics(wildcards):
 
 
 def get_report_params(wildcards):
-    """What decides the tables: the evaluation entries (their fields that place a result), the
-    training runs' variants included, the generators, the number format. As JSON, a param:
+    """What decides the tables: the evaluation entries (every field of the one entry type, the
+    training runs' entries included), the generators, the number format. As JSON, a param:
     editing an entry's beta reruns the report.
     """
-    models = [
-        {field: entry[field] for field in REPORT_ENTRY_FIELDS}
-        for entry in get_eval_models().values()
-    ]
+    models = [entry.as_dict() for entry in get_eval_models().values()]
     return json.dumps(
         {
             "models": models,
@@ -160,15 +146,6 @@ def get_report_dialogue_summaries(wildcards):
 
 def get_report_quality_inputs(wildcards):
     return [path for path in get_dialogue_quality_outputs() if path.endswith(".json")]
-
-
-def get_quality_dialogue_shards(wildcards):
-    """Every dialogue shard of the generator."""
-    return expand(
-        "results/dialogue/{generator}/{shard}.parquet",
-        generator=wildcards.generator,
-        shard=get_shards(),
-    )
 
 
 def get_quality_ingested_shards(wildcards):

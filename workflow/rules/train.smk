@@ -31,7 +31,7 @@ rule embed_train_images:
         cfg=get_train_image_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip --gpus {resources.gpu} embed-train-images --params {params.cfg:q} --shard {input.shard:q}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} embed-train-images --params {params.cfg:q} --shard {input.shard:q}"
         " --output {output.emb:q} --batch-size {resources.batch_size}"
         " --weights-dir {params.weights_dir:q}"
         " --threads {threads} 2> {log:q}"
@@ -59,7 +59,7 @@ rule embed_train_captions:
         cfg=get_train_text_params,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip --gpus {resources.gpu} embed-train-captions --params {params.cfg:q} --shard {input.shard:q}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} embed-train-captions --params {params.cfg:q} --shard {input.shard:q}"
         " --output {output.emb:q} --batch-size {resources.batch_size}"
         " --weights-dir {params.weights_dir:q}"
         " --threads {threads} 2> {log:q}"
@@ -116,7 +116,7 @@ rule train_run:
         caption_emb=get_caption_emb_flag,
         weights_dir=config["weights_dir"],
     shell:
-        "dialogclip --gpus {resources.gpu} train --params {params.cfg:q}"
+        "dialogclip --gpus {resources.gpu} --allow-cpu {resources.allow_cpu} train --params {params.cfg:q}"
         " --rows {input.rows:q} --image-emb {input.image_emb:q} {params.caption_emb}"
         " --run-dir {params.run_dir:q} --final {output.final:q} --metrics {output.metrics:q}"
         " --weights-dir {params.weights_dir:q} --threads {threads}"

@@ -1,30 +1,12 @@
 # Input functions and parameters of the train stage (workflow/rules/train.smk includes this
 # file: `snakemake --lint` wants Python functions and rules in separate snakefiles). The file
 # names come from dialogclip.train.settings, so the workflow and the code agree on them.
+# The runs themselves (get_train_runs, is_train_active) and their evaluation entries
+# (TrainRun.eval_entries, gathered by get_eval_models) are in common.smk.
 import hashlib
 import shlex
 
-from dialogclip.train.settings import train_settings_from_dict
-
-
-@cache
-def get_train_runs():
-    """The train.runs entries, typed; each run's generator must be generated."""
-    try:
-        runs = train_settings_from_dict(config["train"]).runs
-    except ConfigError as err:
-        raise WorkflowError(str(err)) from None
-    for run in runs:
-        if run.generator not in config["generate"]["generators"]:
-            raise WorkflowError(
-                f"train.runs: {run.name} trains on {run.generator} dialogue, which "
-                f"generate.generators {config['generate']['generators']} does not produce"
-            )
-    return runs
-
-
-def is_train_active():
-    return config["train"]["activate"]
+from dialogclip.train.loss_settings import loss_params
 
 
 def get_train_outputs():
@@ -134,9 +116,13 @@ def get_train_run_inputs(wildcards):
 
 def get_train_run_params(wildcards):
     """The run's entry as JSON: everything its result depends on besides the data files (not
-    its `evaluate` variants, which only the evaluation reads). A function: a text template
-    inside it must not be read as wildcards."""
+    its `evaluate` variants, which only the evaluation reads), the loss with its defaults
+    filled in (a changed default reruns the run). A function: a text template inside it must
+    not be read as wildcards."""
     entry = {k: v for k, v in _run_entry(wildcards.run).items() if k != "evaluate"}
+    entry["loss"] = loss_params(
+        entry["method"], entry["loss"], f"train.runs[{entry['name']}]"
+    )
     return json.dumps(entry, sort_keys=True)
 
 
@@ -153,58 +139,3 @@ def get_caption_emb_flag(wildcards, input):
     if not input.caption_emb:
         return ""
     return "--caption-emb " + " ".join(shlex.quote(path) for path in input.caption_emb)
-
-
-DEFAULT_EVAL_BETAS = {
-    "third_tower": [
-        1.0,
-        0.95,
-        0.9,
-        0.8,
-        0.6,
-        0.0,
-    ],  # the thesis' ablation and "only 3rd"
-    "draft": [0.9, 0.0],  # DRAFT + blend, DRAFT alone
-}
-
-
-# Entry name of each blend: the embedding blend keeps the plain `{run}-beta{beta}`.
-EVAL_VARIANT_INFIX = {"embedding_blend": "", "weight_blend": "-wblend"}
-
-
-def get_trained_eval_entries():
-    """The evaluation entries of every run (train.runs[].evaluate): per beta and per variant,
-    the trained tower blended with the original model's, beta weighting the original:
-    `{run}-beta{beta}` (embedding blend) and `{run}-wblend-beta{beta}` (weight blend, only
-    strictly between 0 and 1: at the ends both blends are the same model, evaluated once).
-    Thesis rows link the embedding blends, the thesis' reading of "blend" (METHOD.md 5).
-    They share the baseline's image tower, hence its image-embedding cache."""
-    if not is_train_active():
-        return []
-    entries = []
-    for run in get_train_runs():
-        settings = run.evaluate
-        rows = {
-            float(beta): row for beta, row in settings.get("thesis_rows", {}).items()
-        }
-        for variant in settings.get("variants") or ["embedding_blend"]:
-            for beta in settings.get("betas") or DEFAULT_EVAL_BETAS[run.method]:
-                beta = float(beta)
-                if variant == "weight_blend" and beta in (0.0, 1.0):
-                    continue
-                entries.append(
-                    {
-                        "name": f"{run.name}{EVAL_VARIANT_INFIX[variant]}-beta{beta:g}",
-                        "architecture": run.architecture,
-                        "pretrained": run.pretrained,
-                        "quickgelu": run.quickgelu,
-                        "text_variant": variant,
-                        "other": run.final,
-                        "beta": beta,
-                        "datasets": settings.get("datasets"),
-                        "thesis_row": (
-                            rows.get(beta) if variant == "embedding_blend" else None
-                        ),
-                    }
-                )
-    return entries

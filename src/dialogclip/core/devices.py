@@ -20,11 +20,15 @@ Where the devices come from, first match wins:
 Under Slurm the scheduler has already given the job its own devices (``SLURM_JOB_GPUS`` /
 ``CUDA_VISIBLE_DEVICES``): nothing is locked or changed, unless Snakemake itself runs inside a
 larger allocation and starts local jobs there, which are then shared out like on a node. No
-device found (a CPU machine): nothing happens, the job runs on the CPU.
+device found (a CPU machine): nothing is claimed. Then :func:`require_cuda` stops a job given
+GPUs at once when torch sees none, unless the run allows the CPU (``--allow-cpu 1``, the
+profile's ``allow_cpu``).
 
 The slot directory is ``.snakemake/gpu-slots`` under the working directory (so the jobs of one
 workflow see each other's locks), or ``DIALOGCLIP_GPU_SLOT_DIR`` to share a node between several
-working directories.
+working directories (and users: the slot files are made read-write for all,
+:mod:`dialogclip.core.locks`). Where the working directory's file system has no ``flock``,
+``DIALOGCLIP_LOCK_DIR`` moves the default slot folder to a local disk.
 
 ``python -m dialogclip.core.devices --gpus k -- <command> ...`` claims the devices and then
 execs the command, which keeps the locks (for commands other than ``dialogclip``).
@@ -42,11 +46,19 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dialogclip.core.config import ConfigError
+from dialogclip.core.cuda_stack import explain_no_cuda, probe_torch, query_driver
+from dialogclip.core.locks import (
+    ENV_LOCK_DIR,
+    LockUnsupportedError,
+    flock,
+    lock_folder,
+    open_lock_file,
+)
 
 ENV_DEVICES = "DIALOGCLIP_DEVICES"
 ENV_SLOT_DIR = "DIALOGCLIP_GPU_SLOT_DIR"
@@ -145,13 +157,16 @@ def _slot_file(slot_dir: Path, device: str) -> Path:
     return slot_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.lock"
 
 
-def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _try_lock(path: Path, setting: str) -> int | None:
+    fd = open_lock_file(path, shared=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, path, setting)
     except BlockingIOError:
         os.close(fd)
         return None
+    except LockUnsupportedError:
+        os.close(fd)
+        raise
     # Who holds it, for the message of a job that waits.
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
@@ -167,14 +182,16 @@ def _holders(slot_dir: Path, pool: Sequence[str]) -> str:
     return "; ".join(held) or "none recorded"
 
 
-def _take(slot_dir: Path, pool: Sequence[str], count: int) -> list[tuple[str, int]]:
+def _take(slot_dir: Path, pool: Sequence[str], count: int, setting: str) -> list[tuple[str, int]]:
     """Lock ``count`` free slots of ``pool`` or none (all-or-nothing, under the assign lock)."""
-    with open(slot_dir / "assign.lock", "a+") as assign:
+    assign_path = slot_dir / "assign.lock"
+    assign = open_lock_file(assign_path, shared=True)
+    try:
         # One job picks at a time, so two jobs needing 2 of 2 free slots cannot take one each.
-        fcntl.flock(assign, fcntl.LOCK_EX)
+        flock(assign, fcntl.LOCK_EX, assign_path, setting)
         taken: list[tuple[str, int]] = []
         for device in pool:
-            fd = _try_lock(_slot_file(slot_dir, device))
+            fd = _try_lock(_slot_file(slot_dir, device), setting)
             if fd is not None:
                 taken.append((device, fd))
                 if len(taken) == count:
@@ -182,6 +199,8 @@ def _take(slot_dir: Path, pool: Sequence[str], count: int) -> list[tuple[str, in
         for _, fd in taken:
             os.close(fd)
         return []
+    finally:
+        os.close(assign)  # closing drops the assign lock
 
 
 def _scheduler_assigned(environ: MutableMapping[str, str]) -> bool:
@@ -244,13 +263,19 @@ def claim_gpus(
             f"{','.join(pool)}); lower the rule's resources gpu (set-resources in the profile)"
         )
     _check_cuda_not_started()
-    slot_dir = Path(environ.get(ENV_SLOT_DIR, DEFAULT_SLOT_DIR)) if slot_dir is None else slot_dir
+    # The variable that moves the slot files, named when their folder has no flock.
+    setting = ENV_SLOT_DIR if environ.get(ENV_SLOT_DIR) else ENV_LOCK_DIR
+    if slot_dir is None:
+        slot_dir = (
+            Path(environ[ENV_SLOT_DIR])
+            if environ.get(ENV_SLOT_DIR)
+            else lock_folder(DEFAULT_SLOT_DIR, environ)
+        )
     poll_s = float(environ.get(ENV_POLL_S, DEFAULT_POLL_S)) if poll_s is None else poll_s
-    slot_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
     last_message = None
-    while not (taken := _take(slot_dir, pool, count)):
+    while not (taken := _take(slot_dir, pool, count, setting)):
         now = time.monotonic()
         if last_message is None or now - last_message >= REPEAT_WAIT_LOG_S:
             log.warning(
@@ -280,6 +305,61 @@ def claim_gpus(
     return Claim(devices, source, round(waited_s, 3))
 
 
+def slurm_gave_gpus(environ: Mapping[str, str]) -> bool:
+    """Whether Slurm allocated GPUs to this job or step (``--gpus``, ``--gres=gpu``): the GPU
+    ids it exports, or its count of GPUs on this node."""
+    if "SLURM_JOB_ID" not in environ:
+        return False
+    ids = environ.get("SLURM_STEP_GPUS", "") + environ.get("SLURM_JOB_GPUS", "")
+    on_node = environ.get("SLURM_GPUS_ON_NODE", "").strip()
+    return bool(ids.strip()) or (on_node.isdigit() and int(on_node) > 0)
+
+
+def require_cuda(
+    count: int, allow_cpu: bool, environ: Mapping[str, str] | None = None
+) -> dict | None:
+    """Stop a job that was given GPUs when torch sees none, instead of letting it run (LLaVA-7B
+    in float32 on the CPU until the wall time runs out).
+
+    A job was given GPUs when it asks for ``count`` >= 1 (``--gpus``, the rule's ``gpu``
+    resource) or Slurm allocated it some (a ``gres`` request). ``allow_cpu`` (the profile's
+    ``allow_cpu`` resource: the demo's and the CPU test runs') lets it run on the CPU anyway.
+    torch is asked in a child process (:func:`dialogclip.core.cuda_stack.probe_torch`): this
+    process has not imported torch yet and must not initialise CUDA before its command.
+
+    Returns:
+        the probe's answer (None when nothing was checked).
+
+    Raises:
+        DeviceError: one line naming torch's build, the driver (or its absence),
+            ``CUDA_VISIBLE_DEVICES`` and the pin set to install.
+    """
+    environ = os.environ if environ is None else environ
+    given = count >= 1 or slurm_gave_gpus(environ)
+    if not given or allow_cpu:
+        return None
+    torch = probe_torch()
+    if torch.get("available"):
+        return torch
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    slurm_ids = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS")
+    asked = f"--gpus {count}" if count >= 1 else f"Slurm's GPUs {slurm_ids}"
+    if "error" in torch:
+        build, advice = f"torch cannot be imported ({torch['error']})", "check the install"
+    else:
+        driver = query_driver()
+        cuda = torch["cuda"]
+        build = f"torch {torch['version']} ({f'built for CUDA {cuda}' if cuda else 'a CPU build'})"
+        advice = explain_no_cuda(torch["version"], cuda, driver)
+        build += f", {driver.describe()}"
+    raise DeviceError(
+        f"this job was given GPUs ({asked}) but torch sees none: {build}, "
+        f"CUDA_VISIBLE_DEVICES={visible if visible is not None else 'unset'}; {advice}; "
+        "to run GPU jobs on the CPU on purpose set the resource allow_cpu: 1 "
+        "(default-resources of the profile)"
+    )
+
+
 def release_gpus() -> None:
     """Give back this process's slots before it ends (tests; a normal job just exits)."""
     while _HELD:
@@ -295,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m dialogclip.core.devices", description=main.__doc__.splitlines()[0]
     )
     parser.add_argument("--gpus", type=int, required=True, metavar="N")
+    parser.add_argument("--allow-cpu", type=int, choices=(0, 1), default=0)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -305,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("INFO")
     try:
         claim_gpus(args.gpus)
+        require_cuda(args.gpus, bool(args.allow_cpu))
     except DeviceError as err:
         log.error("%s", err)
         return 2

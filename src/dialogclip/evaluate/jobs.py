@@ -75,7 +75,7 @@ def build_text_encoder(job: EvaluateJob, clip: LoadedClip, batch_size: int = 64)
     if entry.text_variant == "plain":
         return tower(clip.model)
     # The second text tower shares the architecture (and activation) of the original model.
-    assert entry.other is not None and entry.beta is not None  # checked by ModelEntry
+    assert entry.other is not None and entry.beta is not None  # checked by EvalEntry
     other = load_text_tower(clip.model, entry.other)
     if entry.text_variant == "embedding_blend":
         return EmbeddingBlend(tower(clip.model), tower(other), entry.beta)

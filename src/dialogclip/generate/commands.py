@@ -6,7 +6,9 @@
   ``--shards-per-engine`` above 1, the same engine makes pending shards' chunks (work_ahead.py);
 - ``dialogclip dialogue-summary``: per-shard parse rates and counts in one JSON, and how many
   dialogue texts (in the ``text`` form) exceed each configured CLIP tokenizer's context (rule
-  dialogue_summary).
+  dialogue_summary);
+- ``dialogclip fetch-vlm-weights``: one generator's hub model at a pinned commit into
+  ``resources/vlm_weights/`` (rule fetch_vlm_weights; dialogclip.models.vlm_weights).
 
 The tiny checkpoints the tests and the demo generate with come from ``dialogclip world
 make-tiny-models`` (``dialogclip.world``).
@@ -72,6 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "up to this many - 1 pending shards beside it (default 1: its own only)",
     )
     job.add_argument(
+        "--model-dir",
+        default="",
+        help="load the model from this folder, fetched by `dialogclip fetch-vlm-weights` (the "
+        "rule's resource model_dir); the config's model id and revision stay what the rows "
+        "record (default: load the config's model itself, e.g. a local checkpoint)",
+    )
+    job.add_argument(
         "--runtime",
         type=int,
         default=0,
@@ -104,6 +113,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, type=Path)
     parser.set_defaults(func=_dialogue_summary)
 
+    parser = subparsers.add_parser(
+        "fetch-vlm-weights",
+        help="copy a generator's hub model at a pinned commit into a local folder (once, on a "
+        "machine with internet access)",
+    )
+    parser.add_argument("--model", required=True, help="hub id, e.g. llava-hf/llava-1.5-7b-hf")
+    parser.add_argument("--revision", required=True, help="the commit (40 hex digits)")
+    parser.add_argument("--output", required=True, type=Path, help="the folder to fill")
+    parser.set_defaults(func=_fetch_vlm_weights)
+
 
 def _generate_dialogue(args: argparse.Namespace) -> int:
     from dialogclip.generate.config import generate_config_from_dict, machine_settings
@@ -112,11 +131,13 @@ def _generate_dialogue(args: argparse.Namespace) -> int:
         RUNTIME_MARGIN,
         ShardLock,
         ShardPaths,
+        shards_per_engine_here,
         work_ahead,
     )
 
     if args.shards_per_engine < 1:
         raise ConfigError(f"--shards-per-engine must be >= 1, got {args.shards_per_engine}")
+    args.shards_per_engine = shards_per_engine_here(args.shards_per_engine)
     started = time.monotonic()
     config = generate_config_from_dict(args.params)
     machine = machine_settings(
@@ -131,7 +152,8 @@ def _generate_dialogue(args: argparse.Namespace) -> int:
         output=args.output,
         work_dir=args.work_dir or args.output.parent / ".chunks" / args.output.stem,
     )
-    engine = LazyEngine(args.generator, config, machine)
+    model_path = _fetched_model(args.model_dir, args.generator, config)
+    engine = LazyEngine(args.generator, config, machine, model_path=model_path)
     lock = ShardLock(own.work_dir)
     try:
         lock.acquire_as_owner()
@@ -192,6 +214,31 @@ def _generate_dialogue(args: argparse.Namespace) -> int:
         stats["job"]["engine_start_share"],
         ahead.shards if ahead else [],
     )
+    return 0
+
+
+def _fetched_model(model_dir: str, generator: str, config: Any) -> str | None:
+    """The fetched folder the job loads (None: the config's model itself); checked against the
+    config's model and revision. Such a job needs no hub: it runs offline."""
+    if not model_dir:
+        return None
+    import os
+
+    from dialogclip.generate.generators import generator_settings
+    from dialogclip.models.vlm_weights import require_fetched
+
+    settings = generator_settings(generator, config)
+    folder = require_fetched(model_dir, settings.model, settings.revision)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[name] = "1"  # read when transformers / vLLM first import the hub client
+    log.info("model %s at %s from %s", settings.model, settings.revision, folder)
+    return str(folder)
+
+
+def _fetch_vlm_weights(args: argparse.Namespace) -> int:
+    from dialogclip.models.vlm_weights import fetch_vlm_weights
+
+    fetch_vlm_weights(args.model, args.revision, args.output)
     return 0
 
 

@@ -57,7 +57,7 @@ class Blip2Settings:
     """BLIP-2: a dialogue of len(questions) turns, each turn seeing the earlier ones."""
 
     model: str = "Salesforce/blip2-opt-2.7b"  # hub id or local directory
-    revision: str | None = None  # hub branch/tag/commit; None = the default branch
+    revision: str | None = None  # hub commit a hub model is pinned to (None: a local checkpoint)
     questions: list[str] = field(default_factory=lambda: list(BLIP2_QUESTIONS))
     prompt_template: str = "Question: {question} Answer:"  # BLIP-2 OPT prompt form
     # An earlier turn (question + its answer) in the prompt of a later turn; turns are joined

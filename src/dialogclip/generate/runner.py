@@ -302,7 +302,9 @@ class LazyEngine:
 
     ``target``: its backend, device and dtype (default: resolved from ``machine`` and
     ``config`` on first use, :func:`resolve_engine`). ``backend``: an engine that is already
-    open (the caller's): used as it is, never closed here.
+    open (the caller's): used as it is, never closed here. ``model_path``: a local copy of the
+    generator's model to load instead of its config id and revision (the fetched folder,
+    dialogclip.models.vlm_weights); the rows still record the config's id and revision.
     """
 
     def __init__(
@@ -312,8 +314,10 @@ class LazyEngine:
         machine: MachineSettings,
         target: EngineTarget | None = None,
         backend: GenerationBackend | None = None,
+        model_path: str | None = None,
     ) -> None:
         self._target = backend.target if backend is not None else target
+        self._model_path = model_path
         self._generator = generator
         self._config = config
         self._machine = machine
@@ -340,8 +344,8 @@ class LazyEngine:
             self._backend = create_backend(
                 self.target,
                 self._generator,
-                settings.model,
-                settings.revision,
+                self._model_path or settings.model,
+                None if self._model_path else settings.revision,
                 self._config,
                 self._machine,
             )

@@ -22,6 +22,11 @@ marker, ``.chunks/<shard>.wanted``, and waits: the job working ahead sees it bef
 chunk, lets go and moves on, and the owner makes the rest with its own engine (it waits at most
 one chunk).
 
+With ``DIALOGCLIP_LOCK_DIR`` (a file system without ``flock``: core/locks.py) the lock files are
+on each node's local disk, so claims hold only among the jobs of one node; a job under Slurm,
+whose neighbours may run on other nodes, then does not work ahead (``dialogclip
+generate-dialogue`` says so in its log).
+
 Which shards: the ingested shards in the folder of the job's own one, in name order after it
 (then from the first), whose dialogue shard does not exist yet. Wall time: no chunk is started
 that could end past 95 % of the job's ``runtime`` resource (judged by the slowest chunk so far).
@@ -33,11 +38,20 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dialogclip.core.io import TMP_PREFIX
+from dialogclip.core.locks import (
+    ENV_LOCK_DIR,
+    LockUnsupportedError,
+    flock,
+    lock_dir_override,
+    lock_folder,
+    open_lock_file,
+)
 from dialogclip.generate.config import GenerateConfig, MachineSettings
 from dialogclip.generate.runner import EngineClock, LazyEngine, plan_shard, run_chunks
 
@@ -70,19 +84,22 @@ class ShardLock:
     :meth:`release` or by the death of the process."""
 
     def __init__(self, work_dir: Path) -> None:
-        self.path = work_dir.parent / f"{work_dir.name}.lock"
+        # Beside the chunk folder, or on a local disk (DIALOGCLIP_LOCK_DIR: core/locks.py).
+        self.path = lock_folder(work_dir.parent) / f"{work_dir.name}.lock"
         self.wanted = work_dir.parent / f"{work_dir.name}.wanted"
         self._fd: int | None = None
 
     def _take(self, wait: bool) -> bool:
         """Open the lock file and ``flock`` it: blocking if ``wait``, else False when taken."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.path, shared=lock_dir_override() is not None)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB, self.path)
         except BlockingIOError:
             os.close(fd)
             return False
+        except LockUnsupportedError:
+            os.close(fd)
+            raise
         self._fd = fd
         return True
 
@@ -114,6 +131,22 @@ class ShardLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def shards_per_engine_here(requested: int, environ: Mapping[str, str] | None = None) -> int:
+    """The shards one engine may serve in this job: ``requested``, or 1 under Slurm when the
+    lock files are node-local (``DIALOGCLIP_LOCK_DIR``), where a claim cannot keep a job on
+    another node off a shard."""
+    environ = os.environ if environ is None else environ
+    if requested > 1 and lock_dir_override(environ) and "SLURM_JOB_ID" in environ:
+        log.warning(
+            "%s is set: work-ahead claims would hold on this node only; under Slurm this job "
+            "makes its own shard only (shards_per_engine 1 instead of %d)",
+            ENV_LOCK_DIR,
+            requested,
+        )
+        return 1
+    return requested
 
 
 def candidates(own: ShardPaths) -> list[ShardPaths]:

@@ -112,7 +112,8 @@ def beta_curve(table: Table, path: Path) -> None:
         for column in r1:
             value = line.ours.get(column)
             if value is not None:
-                families.setdefault(family, {}).setdefault(column, []).append((entry.beta, value))
+                point = (entry.blend_weight, value)  # a plain entry: beta 1, its own tower
+                families.setdefault(family, {}).setdefault(column, []).append(point)
     if not families and not any(thesis_points.values()):
         _empty(path, title, "no blend result")
         return

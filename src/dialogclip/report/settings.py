@@ -1,8 +1,9 @@
 """The ``report`` section of the config, typed, and the evaluation entries the report reads.
 
-The report never imports the evaluate stage: it receives the ``evaluate.models`` entries as
-plain JSON from its rule and keeps only what decides where a result goes (text variant, beta,
-the tower it is built on, the thesis row it reproduces).
+The report never imports the evaluate stage: it receives the evaluation entries (``evaluate.models``
+and the training runs' variants) as plain JSON from its rule, as the one entry type both stages
+share (:class:`dialogclip.models.eval_entry.EvalEntry`); their text variant, beta, tower and
+thesis row decide where a result goes.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dialogclip.core.config import ConfigError, section_from_dict
+from dialogclip.models.eval_entry import EvalEntry
 from dialogclip.models.openclip import ClipSpec
-
-EVAL_DATASETS = ("coco", "vqa_real", "vqa_abstract")
 
 
 @dataclass(frozen=True)
@@ -46,52 +46,6 @@ class DialogueQualitySettings:
             raise ConfigError(f"report.dialogue_quality.sample must be >= 1, got {self.sample}")
         if self.weight <= 0:
             raise ConfigError(f"report.dialogue_quality.weight must be > 0, got {self.weight}")
-
-
-@dataclass(frozen=True)
-class EvalEntry:
-    """What the report needs of one ``evaluate.models`` entry."""
-
-    name: str
-    architecture: str
-    pretrained: str
-    quickgelu: bool | str = "auto"
-    text_variant: str = "plain"
-    other: str | None = None
-    beta: float = 1.0
-    thesis_row: str | None = None  # or several rows, as a list (``thesis_rows``)
-    datasets: list[str] | None = None  # None: every configured set
-
-    @property
-    def thesis_rows(self) -> tuple[str, ...]:
-        """The thesis rows this entry reproduces: none, one, or one per table that prints it."""
-        linked: Any = self.thesis_row
-        if linked is None:
-            return ()
-        return (linked,) if isinstance(linked, str) else tuple(linked)
-
-    @property
-    def image_tower(self) -> tuple[str, str, str]:
-        """(architecture, pretrained, quickgelu): entries sharing it share the image tower."""
-        return (self.architecture, self.pretrained, str(self.quickgelu))
-
-    def describe(self) -> str:
-        """A one-line description for a table line that has no thesis row."""
-        text = f"{self.architecture} ({self.pretrained})"
-        if self.text_variant != "plain":
-            text += f", {self.text_variant} beta {self.beta:g}"
-        return text
-
-    def fields(self) -> dict[str, Any]:
-        """The entry's fields an ``include`` filter of numbers.yaml can match."""
-        return {
-            "name": self.name,
-            "architecture": self.architecture,
-            "pretrained": self.pretrained,
-            "text_variant": self.text_variant,
-            "beta": self.beta,
-            "thesis_row": self.thesis_row,
-        }
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ from typing import Any
 
 from dialogclip.core.config import ConfigError
 from dialogclip.core.io import atomic_path
+from dialogclip.models.eval_entry import EvalEntry
 from dialogclip.report.results import Metrics, read_metrics
-from dialogclip.report.settings import EvalEntry, ReportSettings
+from dialogclip.report.settings import ReportSettings
 from dialogclip.report.thesis import METRICS, TableLayout, ThesisNumbers, ThesisRow
 
 MISSING = "-"

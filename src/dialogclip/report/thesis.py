@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from dialogclip.core.config import ConfigError, load_yaml
+from dialogclip.models.eval_entry import EVAL_DATASETS
 
-DATASETS = ("coco", "vqa_real", "vqa_abstract")
 RETRIEVAL_METRICS = tuple(
     f"{direction}_retrieval_recall@{k}" for direction in ("image", "text") for k in (1, 5, 10)
 )
@@ -95,13 +95,13 @@ def _row(path: Path, rid: str, raw: Any) -> ThesisRow:
     where = f"rows.{rid}"
     if not isinstance(raw, dict):
         raise _fail(path, where, "expected a mapping")
-    unknown = sorted(set(raw) - ROW_FIELDS - set(DATASETS))
+    unknown = sorted(set(raw) - ROW_FIELDS - set(EVAL_DATASETS))
     if unknown:
         raise _fail(path, where, f"unknown key(s) {unknown}")
     if "label" not in raw:
         raise _fail(path, where, "missing 'label'")
     numbers: dict[str, dict[str, float]] = {}
-    for dataset in DATASETS:
+    for dataset in EVAL_DATASETS:
         if dataset not in raw:
             continue
         values = raw[dataset]
@@ -124,8 +124,10 @@ def _table(path: Path, name: str, raw: Any, rows: dict[str, ThesisRow]) -> Table
     if unknown:
         raise _fail(path, where, f"unknown key(s) {unknown}")
     datasets = raw.get("datasets") or []
-    if not datasets or not set(datasets) <= set(DATASETS):
-        raise _fail(path, f"{where}.datasets", f"expected some of {list(DATASETS)}: {datasets}")
+    if not datasets or not set(datasets) <= set(EVAL_DATASETS):
+        raise _fail(
+            path, f"{where}.datasets", f"expected some of {list(EVAL_DATASETS)}: {datasets}"
+        )
     missing = [rid for rid in raw.get("rows") or [] if rid not in rows]
     if missing:
         raise _fail(path, f"{where}.rows", f"no such row(s) {missing}")

@@ -19,28 +19,27 @@ averages each CE with its transpose exactly as ``ClipLoss.forward`` does, and
 :func:`gather_features` has that function's ``gather_with_grad=False, local_loss=False``
 semantics.
 
-DRAFT choices (the thesis fixes neither; see docs/training.md):
+DRAFT as the thesis writes it (chapter 4.4.2, eqs. 4.4.1-4.4.4, seed text lines ~3440-3567;
+docs/method.md lists the choices where it is silent):
 
-- Direction: ``CE(I vs T(z))`` reads as written, the image is the query and the batch's texts
-  are the keys: the task DRAFT is evaluated on (VQA multiple choice) is exactly that, an image
-  picking its answer among candidate texts. ``symmetric=True`` adds the other direction.
-- ``a`` defaults to :data:`DRAFT_A` = 0.5: both terms are anchored on the same frozen image
-  embeddings, and neither the dialogue term (the new information) nor the caption term (which
-  keeps the tower where caption retrieval needs it) has a reason to dominate. The third tower's
-  0.65 weights images against captions, a different trade-off that does not carry over.
-- MMD sample unit: one sample per text, its row of logits against the batch's N images,
-  ``s_i = logit_scale * (I(x_1..N) . T(y_i)) / sqrt(N)`` in R^N for the captions and the same
-  with T(z_i) for the dialogues: the image-caption and the image-dialogue similarity
-  distributions of METHOD.md as two sets of N points whose coordinates are the *same* images,
-  so caption rows and dialogue rows are directly comparable. The 1/sqrt(N) makes the squared
-  distance the *mean* squared logit difference over the images, so one set of bandwidths
-  holds for every batch size (1536, 6144, per-process or global).
-- Bandwidths: fixed multi-bandwidth RBF, :data:`DEFAULT_SIGMAS` = (1, 2, 4, 8, 16) logit units,
-  spanning the distances seen between rows (CLIP logits differ by a few units between texts;
-  a fresh tiny model's by ~1-4). Fixed rather than the median heuristic: a data-dependent
-  bandwidth changes every batch, so the MMD values of different steps (and the "MMD falls"
-  check) would not be on one scale, and the heuristic's median is dominated by distances
-  between different texts rather than by the caption/dialogue gap the term is meant to close.
+- Direction (eq. 4.4.1): each text is the query and the batch's *images* are the keys, the
+  denominator ``sum_j exp(I(x_j)^T T(z_i) / tau)`` runs over images j; Fig. 4.4.3 says the same
+  (image positions fixed, captions and dialogues aligned to them). Default ``text_to_image``;
+  ``image_to_text`` (the image picks its text, as in the VQA task) and ``symmetric`` are options.
+- ``a`` defaults to :data:`DRAFT_A` = 0.65: the thesis gives no number but wants it "high enough"
+  (line ~3476), its wording for the third tower, where it used 0.65.
+- MMD (eq. 4.4.3): every image-text logit ``I(x_j)^T T(y_i) / tau`` is one scalar sample; the
+  N^2 caption logits and the N^2 dialogue logits are two samples of the "marginal image-caption"
+  and "image-dialogue similarity distributions", compared by an RBF-kernel MMD. The loss takes
+  the RKHS norm itself (eq. 4.4.3), the square root of eq. 4.4.2's MMD^2. An exact biased MMD^2
+  over 2 x N^2 scalars needs O(N^4) kernel values; :func:`mmd_rbf_1d` computes it by binning
+  onto a fine grid and one FFT convolution (its docstring), near-exact.
+  Options: ``mmd_form: squared`` (MMD^2 as the term), ``mmd_samples: rows`` (one R^N sample per
+  text, its logits against the batch's images divided by sqrt(N): the project's earlier reading).
+- Bandwidths (not given): fixed multi-bandwidth RBF, :data:`DEFAULT_SIGMAS` = (1, 2, 4, 8, 16)
+  logit units, spanning the spread of CLIP logits within a batch (a few units between positives
+  and negatives). Fixed rather than the median heuristic, so that the MMD values of different
+  steps are on one scale (and "the MMD falls" is checkable).
 """
 
 from __future__ import annotations
@@ -53,12 +52,36 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from dialogclip.train.loss_settings import (
+    DEFAULT_SIGMAS,
+    DIRECTIONS,
+    DRAFT_A,
+    MMD_FORMS,
+    MMD_SAMPLES,
+    THIRD_TOWER_A,
+)
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-THIRD_TOWER_A = 0.65  # METHOD.md section 4 (thesis value)
-DRAFT_A = 0.5  # the thesis gives none for DRAFT: see the module docstring
-DEFAULT_SIGMAS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)  # in logit units (docstring)
+__all__ = [
+    "DEFAULT_SIGMAS",
+    "DRAFT_A",
+    "THIRD_TOWER_A",
+    "contrastive_ce",
+    "directional_ce",
+    "draft_loss",
+    "draft_mmd",
+    "gather_features",
+    "mmd_norm",
+    "mmd_rbf",
+    "mmd_rbf_1d",
+    "third_tower_loss",
+]
+
+GRID_STEPS_PER_SIGMA = 2000  # mmd_rbf_1d's grid: this many steps per smallest bandwidth
+MAX_GRID_POINTS = 1 << 24  # mmd_rbf_1d refuses a finer grid (memory: 3 float64 vectors of it)
+MMD_NORM_FLOOR = 1e-12  # MMD^2 below this counts as 0 in the norm (its gradient there is 0)
 
 
 @contextlib.contextmanager
@@ -186,6 +209,135 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float]) -> torch.
         return k_xx + k_yy - 2 * k_xy
 
 
+def mmd_rbf_1d(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sigmas: Sequence[float],
+    steps_per_sigma: int = GRID_STEPS_PER_SIGMA,
+) -> torch.Tensor:
+    """Biased MMD^2 between two sets of scalars x [n] and y [m], a float64 scalar, near-exact.
+
+    The same V-statistic as :func:`mmd_rbf` on 1-D samples (kernel ``sum_s exp(-(u - v)^2 /
+    (2 s^2))``, all pairs i = j included), which written out costs n^2 + m^2 + nm kernel values:
+    at DRAFT's batch 1536, 2.4M logits a side, 2e13 of them. Instead:
+
+    1. Binning: each sample's unit mass is spread over the three points of a regular grid
+       ``g_p = lo + p h`` nearest to it with quadratic B-spline weights (:func:`_binned`),
+       giving the signed mass vector ``d = bin(x)/n - bin(y)/m`` over the grid ([G]).
+    2. ``MMD^2 = d^T K d`` with ``K[p, q] = k(g_p - g_q)``, a Toeplitz matrix: ``K d`` is one
+       convolution of ``d`` with the kernel sampled at the grid's offsets, done by FFT in
+       O(G log G).
+
+    This equals the exact MMD^2 with the kernel ``k(u - v)`` replaced by its B-spline blend
+    ``sum_pq w_p(u) w_q(v) k(g_p - g_q)``: the weights keep each sample's mean position and add
+    a spread of variance ``h^2 / 4`` a side, so the error is about ``h^2 / 4 * |k''|``, at most
+    ``h^2 / (4 s^2)`` per kernel value and bandwidth; with ``h = min(sigmas) / steps_per_sigma``
+    (2000 by default) that is 6e-8 (tests compare it with the O(N^4) double sum;
+    ``bench/bench_draft.py`` measures the error at N = 256). It is a squared norm of the binned
+    masses in the kernel's RKHS, so >= 0 up to rounding, and continuously differentiable in x
+    and y (the grid, set by the samples' range, carries no gradient). Computed in float64
+    without autocast.
+    """
+    sigmas = _check_sigmas(sigmas)
+    if x.ndim != 1 or y.ndim != 1 or not len(x) or not len(y):
+        raise ValueError(
+            f"mmd_rbf_1d needs non-empty x [n] and y [m]; got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
+    with _full_precision(x, y):
+        x, y = x.double(), y.double()
+        step = min(sigmas) / steps_per_sigma
+        lo = torch.minimum(x.min(), y.min()).detach() - step  # one point of margin
+        hi = torch.maximum(x.max(), y.max()).detach()
+        points = int(torch.floor((hi - lo) / step).item()) + 3  # hi's point and one beyond
+        if points > MAX_GRID_POINTS:
+            raise ValueError(
+                f"mmd_rbf_1d: samples spanning {float(hi - lo):.4g} need {points} grid points at "
+                f"step {step:.3g} (min sigma / {steps_per_sigma}), more than {MAX_GRID_POINTS}: "
+                "use larger bandwidths or a smaller steps_per_sigma"
+            )
+        masses = _binned(x, lo, step, points) / len(x) - _binned(y, lo, step, points) / len(y)
+        offsets = torch.arange(1 - points, points, device=x.device, dtype=torch.float64) * step
+        kernel = _rbf_kernel(offsets.square(), sigmas)  # [2G - 1]: k at offsets -(G-1)h..(G-1)h
+        # Linear convolution by FFT: (d * k)[p + G - 1] = sum_q d_q k((p - q) h) = (K d)_p.
+        size = 1 << (3 * points - 3).bit_length()  # a power of 2 >= 3G - 2
+        spectrum = torch.fft.rfft(masses, size) * torch.fft.rfft(kernel, size)
+        potential = torch.fft.irfft(spectrum, size)[points - 1 : 2 * points - 1]  # K d, [G]
+        return (masses * potential).sum()
+
+
+def _binned(values: torch.Tensor, lo: torch.Tensor, step: float, points: int) -> torch.Tensor:
+    """Quadratic B-spline binning of unit masses at ``values`` [n] onto ``lo + p * step``: [G].
+
+    A sample at ``t`` grid steps from ``lo`` gives its nearest point ``c = round(t)`` the share
+    ``3/4 - d^2`` and its neighbours ``(1/2 -+ d)^2 / 2`` (``d = t - c``). The shares are
+    continuously differentiable in ``t``, so the MMD's gradient is continuous in the samples
+    (linear binning's would jump at every grid point, making the gradient a rounding-sensitive
+    step function). The grid keeps one point of margin on each side: ``1 <= c <= G - 2``.
+    """
+    position = (values - lo) / step
+    centre = position.detach().round().clamp(1, points - 2)
+    offset = position - centre  # in [-1/2, 1/2]
+    index = centre.long()
+    grid = values.new_zeros(points)
+    grid = grid.index_add(0, index - 1, (0.5 - offset).square() / 2)
+    grid = grid.index_add(0, index, 0.75 - offset.square())
+    return grid.index_add(0, index + 1, (0.5 + offset).square() / 2)
+
+
+def mmd_norm(mmd2: torch.Tensor) -> torch.Tensor:
+    """``sqrt(MMD^2)``, the RKHS norm of eq. 4.4.3, with a safe gradient at 0.
+
+    ``sqrt`` has an infinite slope at 0, where identical distributions (or rounding just below
+    0) put MMD^2: values under :data:`MMD_NORM_FLOOR` give 0 with gradient 0.
+    """
+    positive = mmd2 > MMD_NORM_FLOOR
+    safe = torch.where(positive, mmd2, torch.ones_like(mmd2))
+    return torch.where(positive, safe.sqrt(), torch.zeros_like(mmd2))
+
+
+def directional_ce(logits: torch.Tensor, direction: str = "text_to_image") -> torch.Tensor:
+    """The contrastive term of eq. 4.4.1 from ``logits`` [N texts, N images], a scalar.
+
+    ``logits[i, j] = I(x_j)^T T(u_i) / tau``. ``text_to_image`` (the thesis): text i picks its
+    image among the batch's images, ``mean_i -log softmax_j(logits[i, :])[i]``;
+    ``image_to_text``: image j picks its text among the batch's texts (softmax over a column);
+    ``symmetric``: the mean of the two, as open_clip's ``ClipLoss``.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    if direction == "image_to_text":
+        return F.cross_entropy(logits.T, labels)
+    return _ce_from_logits(logits, labels, symmetric=direction == "symmetric")
+
+
+def draft_mmd(
+    logits_caption: torch.Tensor,
+    logits_dialogue: torch.Tensor,
+    sigmas: Sequence[float],
+    samples: str = "scalar",
+    form: str = "norm",
+) -> torch.Tensor:
+    """DRAFT's MMD term between the caption and the dialogue logits [N texts, N images].
+
+    ``samples="scalar"`` (eq. 4.4.3): the N^2 entries of each matrix are the two samples
+    (:func:`mmd_rbf_1d`); ``"rows"``: each text's row of N logits divided by sqrt(N) is one
+    sample in R^N (:func:`mmd_rbf`). ``form="norm"`` (eq. 4.4.3) returns ``sqrt(MMD^2)``
+    (:func:`mmd_norm`), ``"squared"`` MMD^2 itself (eq. 4.4.2's quantity).
+    """
+    if samples not in MMD_SAMPLES:
+        raise ValueError(f"mmd samples must be one of {MMD_SAMPLES}; got {samples!r}")
+    if form not in MMD_FORMS:
+        raise ValueError(f"mmd form must be one of {MMD_FORMS}; got {form!r}")
+    if samples == "scalar":
+        mmd2 = mmd_rbf_1d(logits_caption.reshape(-1), logits_dialogue.reshape(-1), sigmas)
+    else:
+        root_n = math.sqrt(logits_caption.shape[1])
+        mmd2 = mmd_rbf(logits_caption / root_n, logits_dialogue / root_n, sigmas)
+    mmd2 = mmd2.to(logits_caption.dtype)
+    return mmd_norm(mmd2) if form == "norm" else mmd2
+
+
 def draft_loss(
     image: torch.Tensor,
     caption: torch.Tensor,
@@ -194,43 +346,43 @@ def draft_loss(
     a: float = DRAFT_A,
     mmd_weight: float = 1.0,
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
-    symmetric: bool = False,
+    direction: str = "text_to_image",
+    mmd_samples: str = "scalar",
+    mmd_form: str = "norm",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DRAFT's loss (METHOD.md section 5): ``(total, parts)``.
+    """DRAFT's loss, eq. 4.4.4 ``L_DRAFT = L_contrastive + L_MMD``: ``(total, parts)``.
 
     image I(x) [N, D], caption T(y) [N, D], dialogue T(z) [N, D], all unit rows, row i one
-    sample. ``total = L_con + mmd_weight * L_MMD`` with
+    sample (x_i, y_i, z_i). With ``S_y[i, j] = logit_scale * I(x_j)^T T(y_i)`` and ``S_z`` the
+    same for the dialogues ([N texts, N images]):
 
-    - ``L_con = a * CE(I vs T(z)) + (1 - a) * CE(I vs T(y))`` (image query, texts as keys;
-      ``symmetric`` averages each with its transpose),
-    - ``L_MMD = mmd_rbf(S_y, S_z, sigmas)``, ``S_y = logit_scale * T(y) @ I.T / sqrt(N)`` and
-      ``S_z`` the same for T(z): one sample per text, its logits against the batch's images
-      (module docstring).
+    - eq. 4.4.1: ``L_con = a * CE_dir(S_z) + (1 - a) * CE_dir(S_y)`` (:func:`directional_ce`;
+      the thesis' direction ``text_to_image``: softmax over the batch's images);
+    - eq. 4.4.3: ``L_MMD = || mean phi(S_y entries) - mean phi(S_z entries) ||_H`` with an RBF
+      kernel (:func:`draft_mmd`; options: the squared form, the per-text row samples);
+    - ``total = L_con + mmd_weight * parts["mmd"]``: ``parts["mmd"]`` is the term exactly as it
+      enters the total.
 
     ``parts`` (detached 0-d tensors): ``contrastive``, ``con_dialogue``, ``con_caption``,
     ``mmd``. With ``mmd_weight == 0`` (the thesis' no-MMD ablation) the MMD is still reported
     but computed without a graph, and ``total`` is the contrastive term alone.
     """
-    n = _check_pairs(image=image, caption=caption, dialogue=dialogue)
+    _check_pairs(image=image, caption=caption, dialogue=dialogue)
     sigmas = _check_sigmas(sigmas)
     with _full_precision(image, caption, dialogue):
         img, cap, dia = _upcast(image, caption, dialogue)
         scale = _scale(logit_scale, img)
-        # [N images, N texts]; the CE rows are images, the MMD samples are texts (columns).
-        logits_dialogue = scale * img @ dia.T
-        logits_caption = scale * img @ cap.T
-        labels = torch.arange(n, device=img.device)
-        con_dialogue = _ce_from_logits(logits_dialogue, labels, symmetric)
-        con_caption = _ce_from_logits(logits_caption, labels, symmetric)
+        logits_caption = scale * cap @ img.T  # [N texts, N images]
+        logits_dialogue = scale * dia @ img.T
+        con_dialogue = directional_ce(logits_dialogue, direction)
+        con_caption = directional_ce(logits_caption, direction)
         contrastive = a * con_dialogue + (1 - a) * con_caption
-        rows_caption = logits_caption.T / math.sqrt(n)  # [N texts, N images]
-        rows_dialogue = logits_dialogue.T / math.sqrt(n)
         if mmd_weight == 0:
             with torch.no_grad():
-                mmd = mmd_rbf(rows_caption, rows_dialogue, sigmas)
+                mmd = draft_mmd(logits_caption, logits_dialogue, sigmas, mmd_samples, mmd_form)
             total = contrastive
         else:
-            mmd = mmd_rbf(rows_caption, rows_dialogue, sigmas)
+            mmd = draft_mmd(logits_caption, logits_dialogue, sigmas, mmd_samples, mmd_form)
             total = contrastive + mmd_weight * mmd
     parts = {
         "contrastive": contrastive.detach(),

@@ -11,7 +11,8 @@ names a module declares through ``no_weight_decay()`` (open_clip's towers declar
 substring rule ("bn"/"ln"/"bias"/"logit_scale" in the name) by this one; both exclude the same
 1-D parameters. One addition: a tower copied out of an open_clip model can hold
 ``positional_embedding`` directly, without the ``no_weight_decay()`` of the model it came from,
-so those declared leaf names are matched wherever they sit.
+so those declared leaf names are matched wherever they sit. ``decay_embeddings=True`` (config
+``optim.decay_embeddings``) decays those embeddings too, as upstream's older name rule did.
 
 Schedule: linear warmup ``lr * (step + 1) / warmup`` for the first ``warmup`` updates, then a
 cosine from ``lr`` towards 0 over the remaining updates (``step`` is the 0-based index of the
@@ -39,13 +40,16 @@ def declared_no_decay(module: torch.nn.Module) -> set[str]:
     return names
 
 
-def exclude_from_decay(name: str, param: torch.nn.Parameter, declared: Iterable[str]) -> bool:
-    """True for the parameters AdamW must not decay (module docstring)."""
-    return (
-        param.ndim <= 1
-        or name in set(declared)
-        or name.rsplit(".", 1)[-1] in OPEN_CLIP_NO_DECAY_LEAVES
-    )
+def exclude_from_decay(
+    name: str, param: torch.nn.Parameter, declared: Iterable[str], decay_embeddings: bool = False
+) -> bool:
+    """True for the parameters AdamW must not decay (module docstring); with
+    ``decay_embeddings`` only the ndim <= 1 ones (the declared embeddings are decayed)."""
+    if param.ndim <= 1:
+        return True
+    if decay_embeddings:
+        return False
+    return name in set(declared) or name.rsplit(".", 1)[-1] in OPEN_CLIP_NO_DECAY_LEAVES
 
 
 def trainable_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -53,7 +57,9 @@ def trainable_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Pa
     return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
 
 
-def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(
+    module: torch.nn.Module, weight_decay: float, decay_embeddings: bool = False
+) -> list[dict]:
     """Two AdamW groups: decayed and not decayed, each with its parameter names.
 
     The names (key ``names``, ignored by the optimizer) let a checkpoint check that it is loaded
@@ -63,7 +69,8 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay: list[tuple[str, torch.nn.Parameter]] = []
     no_decay: list[tuple[str, torch.nn.Parameter]] = []
     for name, param in trainable_parameters(module):
-        (no_decay if exclude_from_decay(name, param, declared) else decay).append((name, param))
+        excluded = exclude_from_decay(name, param, declared, decay_embeddings)
+        (no_decay if excluded else decay).append((name, param))
     if not decay and not no_decay:
         raise ValueError("the objective's module has no parameter with requires_grad=True")
     groups = [

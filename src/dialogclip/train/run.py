@@ -19,12 +19,8 @@ from typing import Any
 
 from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.train.datasets import DraftDataset, ShardFiles, ThirdTowerDataset
-from dialogclip.train.objectives import (
-    DraftLoss,
-    DraftObjective,
-    ThirdTowerLoss,
-    ThirdTowerObjective,
-)
+from dialogclip.train.loss_settings import loss_settings
+from dialogclip.train.objectives import DraftObjective, ThirdTowerObjective
 from dialogclip.train.sampler import unique_image_batches
 from dialogclip.train.trainer import METRICS, OptimSettings, RunSettings, fit, shuffled_batches
 
@@ -37,12 +33,6 @@ def optim_settings(params: dict[str, Any], where: str) -> OptimSettings:
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     return section_from_dict(OptimSettings, values, f"{where}.optim")
-
-
-def loss_settings(method: str, params: dict[str, Any], where: str) -> ThirdTowerLoss | DraftLoss:
-    """The run's ``loss`` mapping, typed for its method."""
-    cls = ThirdTowerLoss if method == "third_tower" else DraftLoss
-    return section_from_dict(cls, params, f"{where}.loss")
 
 
 def train_run(

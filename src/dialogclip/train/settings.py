@@ -1,7 +1,8 @@
 """The ``train`` section of the config, typed, and the names of the files a run reads.
 
-Standard library and ``dialogclip.core`` / ``dialogclip.models.naming`` only: the workflow
-imports it to plan the jobs.
+Standard library, ``dialogclip.core``, ``dialogclip.models.naming``,
+``dialogclip.models.eval_entry`` and the torch-free ``dialogclip.train.loss_settings`` only: the
+workflow imports it to plan the jobs.
 
 Each run (an entry of ``train.runs``) is a method on an OpenCLIP model with one generator's
 dialogue. What its data depend on decides where they live, so runs share every file they can:
@@ -20,13 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dialogclip.core.config import ConfigError
+from dialogclip.core.config import ConfigError, section_from_dict
+from dialogclip.models.eval_entry import BLEND_VARIANTS, EvalEntry
 from dialogclip.models.naming import (
     QuickGelu,
     architecture_key,
     image_model_key,
     text_model_key,
 )
+from dialogclip.train.loss_settings import loss_settings
 
 METHODS = ("third_tower", "draft")
 GENERATORS = ("blip2", "llava")
@@ -49,6 +52,25 @@ RUN_FIELDS = (
     "loss",
     "evaluate",
 )
+# The betas a run is evaluated at unless its ``evaluate.betas`` says (beta weights the original
+# text tower): the third tower over the thesis' blend ablation (Table 5.2) and alone ("only
+# 3rd"), DRAFT blended at 0.9 and alone.
+DEFAULT_EVAL_BETAS = {"third_tower": (1.0, 0.95, 0.9, 0.8, 0.6, 0.0), "draft": (0.9, 0.0)}
+# The entry name of each blend: the embedding blend keeps the plain ``{run}-beta{beta}``.
+EVAL_VARIANT_INFIX = {"embedding_blend": "", "weight_blend": "-wblend"}
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    """``train.runs[].evaluate``: which evaluation entries the run adds
+    (:meth:`TrainRun.eval_entries`)."""
+
+    # How the trained and the original tower are blended (METHOD.md 5).
+    variants: list[str] = field(default_factory=lambda: ["embedding_blend"])
+    betas: list[float] | None = None  # weights of the original tower; None: DEFAULT_EVAL_BETAS
+    datasets: list[str] | None = None  # evaluation sets (None: every configured set)
+    # beta -> the thesis row(s) its embedding-blend entry reproduces (keys as YAML reads them)
+    thesis_rows: dict[float, str | list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,7 +88,7 @@ class TrainRun:
     trainable_blocks: int | None = None  # train the last k blocks (+ norm, projection); None: all
     optim: dict[str, Any] = field(default_factory=dict)  # OptimSettings (dialogclip.train.trainer)
     loss: dict[str, Any] = field(default_factory=dict)  # ThirdTowerLoss / DraftLoss fields
-    evaluate: dict[str, Any] = field(default_factory=dict)  # the evaluation variants of the run
+    evaluate: RunEvaluation = field(default_factory=RunEvaluation)  # its evaluation entries
 
     def __post_init__(self) -> None:
         where = f"train.runs[{self.name}]"
@@ -81,6 +103,13 @@ class TrainRun:
                 f"{where}.sample_form must be one of {SAMPLE_FORMS} or null, "
                 f"got {self.sample_form!r}"
             )
+        loss_settings(self.method, self.loss, where)  # a bad loss key fails when the DAG is built
+        for variant in self.evaluate.variants:
+            if variant not in BLEND_VARIANTS:
+                raise ConfigError(
+                    f"{where}.evaluate.variants: {variant!r} is not a blend; "
+                    f"expected some of {BLEND_VARIANTS}"
+                )
 
     @property
     def form(self) -> str:
@@ -156,6 +185,36 @@ class TrainRun:
     def rows_dir(self) -> str:
         return f"results/train/rows/{self.generator}/{self.architecture_key}/{self.rows_form}"
 
+    def eval_entries(self) -> list[EvalEntry]:
+        """The evaluation entries the run adds: per variant and beta (``evaluate``, else
+        :data:`DEFAULT_EVAL_BETAS`), the trained tower blended with the text tower of the model
+        it started from, beta weighting that original: ``{name}-beta{beta}`` (embedding blend)
+        and ``{name}-wblend-beta{beta}`` (weight blend, only strictly between 0 and 1: at the
+        ends both blends are the same model, evaluated once). ``evaluate.thesis_rows`` link the
+        embedding blends, the thesis' reading of "blend" (METHOD.md 5). All share the model's
+        image tower, hence its image-embedding cache."""
+        settings = self.evaluate
+        rows = {float(beta): row for beta, row in settings.thesis_rows.items()}
+        entries = []
+        for variant in settings.variants:
+            for beta in map(float, settings.betas or DEFAULT_EVAL_BETAS[self.method]):
+                if variant == "weight_blend" and beta in (0.0, 1.0):
+                    continue
+                entries.append(
+                    EvalEntry(
+                        name=f"{self.name}{EVAL_VARIANT_INFIX[variant]}-beta{beta:g}",
+                        architecture=self.architecture,
+                        pretrained=self.pretrained,
+                        quickgelu=self.quickgelu,
+                        text_variant=variant,
+                        other=self.final,
+                        beta=beta,
+                        datasets=settings.datasets,
+                        thesis_row=rows.get(beta) if variant == "embedding_blend" else None,
+                    )
+                )
+        return entries
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -184,5 +243,8 @@ def train_settings_from_dict(data: dict[str, Any]) -> TrainSettings:
         missing = sorted({"name", "method", "architecture", "pretrained", "generator"} - set(entry))
         if missing:
             raise ConfigError(f"train.runs[{i}]: missing required key(s) {missing}")
-        runs.append(TrainRun(**entry))
+        evaluate = section_from_dict(
+            RunEvaluation, entry.get("evaluate", {}), f"train.runs[{i}].evaluate"
+        )
+        runs.append(TrainRun(**{**entry, "evaluate": evaluate}))
     return TrainSettings(activate=bool(data.get("activate", False)), runs=tuple(runs))

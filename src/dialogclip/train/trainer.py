@@ -79,6 +79,7 @@ class OptimSettings:
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or "fp32" / "bf16"
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (open_clip's default for ViTs)
     eps: float = 1e-6  # AdamW epsilon (open_clip's default for ViTs)
+    decay_embeddings: bool = False  # also decay the positional/class embeddings (optim.py)
 
     def __post_init__(self) -> None:
         checks = {
@@ -328,7 +329,7 @@ def fit(
     objective.module.train()
     named = trainable_parameters(objective.module)
     params = [p for _, p in named]
-    groups = param_groups(objective.module, optim.weight_decay)
+    groups = param_groups(objective.module, optim.weight_decay, optim.decay_embeddings)
     optimizer = adamw(groups, optim.lr, tuple(optim.betas), optim.eps, optim.weight_decay, device)
 
     position = _Position()
