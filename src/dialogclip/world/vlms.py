@@ -398,7 +398,7 @@ def train_vlm(
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
             optimizer.step()
             step += 1
-            running += float(loss)
+            running += float(loss.detach())
             batches += 1
         losses.append(running / batches)
         log.info(
