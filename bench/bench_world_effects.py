@@ -22,6 +22,9 @@ The figures go to a JSON file (``--output``) with the machine record; nothing is
 
     nice -n 10 .venv/bin/python bench/bench_world_effects.py --baseline CLIP --seeds 0 1 2 \
         --output benchmarks/world_effects.json
+
+or one process per seed (``--seeds 0 --output .../seed0.json``, ...) and then
+``--combine .../seed*.json --output benchmarks/world_effects.json``.
 """
 
 from __future__ import annotations
@@ -354,9 +357,25 @@ def effects(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def combine(outputs: Sequence[Path], output: Path) -> int:
+    """Write the effects over every run of ``outputs`` (each a file this script wrote)."""
+    records = [json.loads(path.read_text()) for path in outputs]
+    runs = [run for record in records for run in record["runs"]]
+    combined = {
+        "combined": [str(path) for path in outputs],
+        "seconds": [record["seconds"] for record in records],
+        "machines": [record["machine"] for record in records],
+        "runs": runs,
+        "effects": effects(runs),
+    }
+    output.write_text(json.dumps(combined, indent=2) + "\n")
+    log.info("effects over %d runs: %s", len(runs), json.dumps(combined["effects"]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", required=True, type=Path, help="world CLIP (compact or not)")
+    parser.add_argument("--baseline", type=Path, help="world CLIP (compact or not)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=3000, help="CC3M scenes trained on")
@@ -369,9 +388,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-sabotage", action="store_true")
     parser.add_argument("--skip-nommd", action="store_true")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        help="instead of training: the effects over the runs of these outputs (one process per "
+        "seed, run side by side)",
+    )
     parser.add_argument("--output", required=True, type=Path)
     args = parser.parse_args(argv)
     setup_logging()
+    if args.combine:
+        return combine(args.combine, args.output)
+    if args.baseline is None:
+        parser.error("--baseline is required (or --combine)")
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
