@@ -203,7 +203,7 @@ def pretrain_clip(
         for start in range(0, len(scenes), settings.batch_size):
             batch = order[start : start + settings.batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = _lr(step, total_steps, settings)
+                group["lr"] = warmup_cosine(step, total_steps, settings.lr, settings.warmup_steps)
             image = F.normalize(model.encode_image(images[batch]), dim=-1)
             text = F.normalize(encode_text(model, tokens[batch]), dim=-1)
             loss = clip_loss(image, text, model.logit_scale.exp().clamp(max=100))
@@ -235,9 +235,10 @@ def pretrain_clip(
     return summary
 
 
-def _lr(step: int, total: int, settings: ClipPretraining) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, total - settings.warmup_steps)
-    return settings.lr * 0.5 * (1 + math.cos(math.pi * progress))
+def warmup_cosine(step: int, total: int, peak: float, warmup: int) -> float:
+    """The learning rate of ``step`` of ``total``: linear warm-up to ``peak`` over ``warmup``
+    steps, then cosine decay to zero (every trainer of the world uses it)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))

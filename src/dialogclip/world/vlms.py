@@ -37,6 +37,7 @@ from PIL import Image
 
 from dialogclip.core.prompts import blip2_prompt, llava_prompt
 from dialogclip.world import language
+from dialogclip.world.clip import warmup_cosine
 from dialogclip.world.scenes import (
     BACKGROUNDS,
     COLOURS,
@@ -320,7 +321,7 @@ def pretrain_vision(
         order = torch.randperm(len(scenes), generator=generator)
         for batch in order.split(settings.vision_batch_size):
             for group in optimizer.param_groups:
-                group["lr"] = _cosine(step, total, settings.vision_lr, settings.warmup_steps)
+                group["lr"] = warmup_cosine(step, total, settings.vision_lr, settings.warmup_steps)
             loss = _probe_loss(probe, vision_patches(name, model, pixels[batch]), targets[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -383,7 +384,7 @@ def train_vlm(
                 labels[r, row.n_prompt : n] = ids[r, row.n_prompt : n]
                 mask[r, :n] = 1
             for group in optimizer.param_groups:
-                group["lr"] = _cosine(step, total_steps, settings.lr, settings.warmup_steps)
+                group["lr"] = warmup_cosine(step, total_steps, settings.lr, settings.warmup_steps)
             logits = model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -419,14 +420,6 @@ def train_vlm(
     if frozen is not None:
         frozen.eval()
     return losses
-
-
-def _cosine(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up to ``peak``, then cosine decay to zero."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train_world_vlm(
