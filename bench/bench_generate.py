@@ -78,7 +78,7 @@ from dialogclip.generate.provenance import output_metadata  # noqa: E402
 from dialogclip.generate.runner import generate_shard  # noqa: E402
 from dialogclip.generate.schema import RowContext, dialogue_row, error_row, rows_to_table  # noqa: E402
 from dialogclip.generate.shard_plan import read_ingested_shard  # noqa: E402
-from dialogclip.generate.tiny_models import build_tiny_models  # noqa: E402
+from dialogclip.world.tiny_models import build_tiny_models  # noqa: E402
 
 log = logging.getLogger("bench_generate")
 

@@ -230,7 +230,7 @@ def prepare_checkpoint(config_path: Path, generator: str, out_dir: Path) -> Path
     """A loadable folder for ``config_path``'s architecture without weight files."""
     from transformers import GenerationConfig
 
-    from dialogclip.generate.tiny_models import (
+    from dialogclip.world.tiny_models import (
         blip2_processor,
         build_llama_tokenizer,
         build_opt_tokenizer,
@@ -294,9 +294,9 @@ def fitted_max_model_len(model_dir: Path, generator: str, params: dict[str, Any]
     from PIL import Image
     from transformers import AutoProcessor
 
+    from dialogclip.core.prompts import blip2_prompt, llava_prompt
     from dialogclip.generate.config import generate_config_from_dict
     from dialogclip.generate.generators import make_generator
-    from dialogclip.generate.prompts import blip2_prompt, llava_prompt
 
     config = generate_config_from_dict(params)
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -651,7 +651,7 @@ def start_up_shares(results: list[dict[str, Any]], shard_size: int) -> dict[str,
 
 def _smoke_configs() -> dict[str, Path]:
     """config.json of the tiny models, standing in for the real ones in --smoke mode."""
-    from dialogclip.generate.tiny_models import build_tiny_models
+    from dialogclip.world.tiny_models import build_tiny_models
 
     tiny = OUT / "tiny"
     if not (tiny / "llava" / "config.json").exists():

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "dialogclip.report.commands",
     "dialogclip.train.commands",
     "dialogclip.export.commands",
+    "dialogclip.world.commands",
 )
 
 log = logging.getLogger("dialogclip")

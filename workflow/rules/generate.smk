@@ -176,4 +176,4 @@ rule tiny_models:
     params:
         out_dir=get_tiny_models_dir,
     shell:
-        "dialogclip make-tiny-models {params.out_dir:q} 2> {log:q}"
+        "dialogclip world make-tiny-models {params.out_dir:q} 2> {log:q}"

@@ -155,7 +155,7 @@ def get_vlm_model(wildcards):
 
 
 def get_tiny_models_dir(wildcards, output):
-    """The folder make-tiny-models fills (the parent of both model directories)."""
+    """The folder `dialogclip world make-tiny-models` fills (the parent of both model directories)."""
     return str(Path(output.llava).parent)
 
 

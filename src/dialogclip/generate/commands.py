@@ -8,10 +8,11 @@
 - ``dialogclip dialogue-summary``: per-shard parse rates and counts in one JSON, and how many
   dialogue texts (in the ``text`` form) exceed each configured CLIP tokenizer's context (rule
   dialogue_summary);
-- ``dialogclip make-tiny-models DIR``: tiny random LLaVA-1.5 and BLIP-2 checkpoints for the
-  demo and the tests (rule tiny_models);
 - ``dialogclip fetch-vlm-weights``: one generator's hub model at a pinned commit into
   ``resources/vlm_weights/`` (rule fetch_vlm_weights; dialogclip.models.vlm_weights).
+
+The tiny checkpoints the tests and the demo generate with come from ``dialogclip world
+make-tiny-models`` (``dialogclip.world``).
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from dialogclip.core.cli_utils import add_params_argument, parse_params
 from dialogclip.core.config import ConfigError, section_from_dict
-from dialogclip.core.io import TMP_PREFIX, read_json, write_json_atomic
+from dialogclip.core.io import read_json, write_json_atomic
 from dialogclip.core.machine import add_machine_arguments, apply_machine_arguments
 from dialogclip.core.text_forms import TextForms
 from dialogclip.generate.config import BACKENDS, MACHINE_FLAGS
@@ -114,14 +113,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", required=True, type=Path)
     parser.set_defaults(func=_dialogue_summary)
-
-    parser = subparsers.add_parser(
-        "make-tiny-models",
-        help="build tiny random LLaVA-1.5 and BLIP-2 checkpoints into DIR/{llava,blip2}",
-    )
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(func=_make_tiny_models)
 
     parser = subparsers.add_parser(
         "fetch-vlm-weights",
@@ -242,21 +233,4 @@ def _dialogue_summary(args: argparse.Namespace) -> int:
             figures["fraction_too_long"],
             figures["drop_pairs"]["n_losing_pairs"],
         )
-    return 0
-
-
-def _make_tiny_models(args: argparse.Namespace) -> int:
-    from dialogclip.generate.tiny_models import build_tiny_blip2, build_tiny_llava
-
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, build in (("llava", build_tiny_llava), ("blip2", build_tiny_blip2)):
-        final = args.out_dir / name
-        # Build beside the destination, then rename: a killed build leaves no half model.
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}.", dir=args.out_dir))
-        try:
-            build(tmp, seed=args.seed)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0

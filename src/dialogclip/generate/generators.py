@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from dialogclip.core.config import ConfigError
+from dialogclip.core.prompts import blip2_prompt, clean_blip2_answer, llava_prompt
 from dialogclip.generate.backend import (
     FINISH_LENGTH,
     Completion,
@@ -27,7 +28,6 @@ from dialogclip.generate.parsing import (
     parse_qa_pairs,
     qa_json_schema,
 )
-from dialogclip.generate.prompts import blip2_prompt, clean_blip2_answer, llava_prompt
 
 LLAVA_PAIRS = 3  # "three fundamental questions" (METHOD.md section 3)
 

@@ -1,10 +1,13 @@
-"""Prompt construction: the exact strings both backends receive.
+"""The prompt strings of the two generators and the cleaning of a BLIP-2 reply, in one place.
 
-Both backends receive exactly these strings, so the prompts (and therefore the outputs under
-greedy decoding) do not depend on the backend. The caption never enters a prompt: the dialogue
-is a view of the image alone (METHOD.md section 3). The text a CLIP tower later reads is not
-built here: the shards keep the raw pairs and ``dialogclip.core.text_forms`` (the ``text``
-section) turns them into text where they are read.
+The generation stage sends exactly these strings to either backend, so the prompts (and
+therefore the outputs under greedy decoding) do not depend on the backend; the world's models
+(:mod:`dialogclip.world.vlms`) are trained on exactly these strings, so a trained world model
+answers what the configured generators ask. The templates themselves are science in the
+workflow's ``generate`` section. The caption never enters a prompt: the dialogue is a view of
+the image alone (METHOD.md section 3). The text a CLIP tower later reads is not built here: the
+shards keep the raw pairs and ``dialogclip.core.text_forms`` (the ``text`` section) turns them
+into text where they are read.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ class TinySizes:
     patch_size: int = 8
     vision_hidden: int = 64
     vision_layers: int = 2
+    vision_ffn: int = 128
     text_hidden: int = 128  # 4 heads of 32: a head size vLLM's CPU attention supports
     text_heads: int = 4
     text_layers: int = 2
@@ -79,6 +80,9 @@ class TinySizes:
     blip2_query_tokens: int = 8
     qformer_hidden: int = 64
     qformer_layers: int = 2
+    # Random LLaVA/BLIP-2 untie them: a tied 2-layer random OPT repeats its last token forever,
+    # untied ones give varied, image-dependent text (both backends load either).
+    tie_word_embeddings: bool = False
 
 
 def _pad_vocab(n_tokens: int, multiple: int = 64) -> int:
@@ -86,13 +90,14 @@ def _pad_vocab(n_tokens: int, multiple: int = 64) -> int:
     return -(-n_tokens // multiple) * multiple
 
 
-def build_llama_tokenizer(vocab_size: int, pad_to: int | None = None) -> Any:
+def build_llama_tokenizer(vocab_size: int, pad_to: int | None = None, corpus: str = CORPUS) -> Any:
     """A Llama-style tokenizer (byte-fallback BPE over "▁"-marked words) with ``<image>``.
 
     Ids as in Llama/LLaVA: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, the 256 ``<0xNN>`` byte tokens,
     then the learned merges; ``<image>`` and ``<pad>`` are added tokens after the vocabulary.
     ``pad_to`` fills the base vocabulary with unused tokens up to that size, so that ``<image>``
-    gets the published id (32000 for llava-1.5 with ``pad_to=32000``).
+    gets the published id (32000 for llava-1.5 with ``pad_to=32000``). ``corpus``: the text the
+    merges are learned from (whitespace-normalised).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import AddedToken, LlamaTokenizer
@@ -106,7 +111,7 @@ def build_llama_tokenizer(vocab_size: int, pad_to: int | None = None) -> Any:
         special_tokens=specials,
         show_progress=False,
     )
-    trainer_model.train_from_iterator([" ".join(CORPUS.split())], trainer=trainer)
+    trainer_model.train_from_iterator([" ".join(corpus.split())], trainer=trainer)
     learned = json.loads(trainer_model.to_str())["model"]
     vocab = {token: i for i, token in enumerate(specials + byte_tokens)}
     for token, _ in sorted(learned["vocab"].items(), key=lambda item: item[1]):
@@ -119,11 +124,12 @@ def build_llama_tokenizer(vocab_size: int, pad_to: int | None = None) -> Any:
     return tokenizer
 
 
-def build_opt_tokenizer(vocab_size: int, pad_to: int | None = None) -> Any:
+def build_opt_tokenizer(vocab_size: int, pad_to: int | None = None, corpus: str = CORPUS) -> Any:
     """An OPT-style byte-level BPE tokenizer (GPT-2 pre-tokenisation) with ``<image>``.
 
     Ids as in OPT: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2 (also the BOS OPT prepends), ``<unk>`` 3.
-    ``pad_to`` as for :func:`build_llama_tokenizer` (50265 gives BLIP-2's ``<image>`` id).
+    ``pad_to`` and ``corpus`` as for :func:`build_llama_tokenizer` (``pad_to=50265`` gives
+    BLIP-2's ``<image>`` id).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import AddedToken, GPT2Tokenizer
@@ -137,7 +143,7 @@ def build_opt_tokenizer(vocab_size: int, pad_to: int | None = None) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    trainer_model.train_from_iterator([" ".join(CORPUS.split())], trainer=trainer)
+    trainer_model.train_from_iterator([" ".join(corpus.split())], trainer=trainer)
     learned = json.loads(trainer_model.to_str())["model"]
     vocab = dict(learned["vocab"])
     _fill_vocab(vocab, pad_to)
@@ -199,10 +205,9 @@ def blip2_processor(tokenizer: Any, image_size: int, num_query_tokens: int) -> A
     )
 
 
-def build_tiny_llava(
-    out_dir: str | os.PathLike[str], seed: int = 0, sizes: TinySizes = TinySizes()
-) -> Path:
-    """Save a tiny random LLaVA-1.5 (CLIP vision + Llama) in the llava-hf layout to ``out_dir``."""
+def llava_model(tokenizer: Any, sizes: TinySizes, seed: int) -> Any:
+    """A randomly initialised (seeded) ``LlavaForConditionalGeneration`` of ``sizes`` around
+    ``tokenizer`` (CLIP vision tower, Llama text model), in eval mode."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -211,14 +216,12 @@ def build_tiny_llava(
         LlavaForConditionalGeneration,
     )
 
-    out_dir = Path(out_dir)
-    tokenizer = build_llama_tokenizer(sizes.tokenizer_vocab)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     pad_token_id = tokenizer.pad_token_id
     n_patches = (sizes.image_size // sizes.patch_size) ** 2
     vision = CLIPVisionConfig(
         hidden_size=sizes.vision_hidden,
-        intermediate_size=2 * sizes.vision_hidden,
+        intermediate_size=sizes.vision_ffn,
         num_hidden_layers=sizes.vision_layers,
         num_attention_heads=2,
         image_size=sizes.image_size,
@@ -237,6 +240,7 @@ def build_tiny_llava(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=pad_token_id,
+        tie_word_embeddings=sizes.tie_word_embeddings,
     )
     config = LlavaConfig(
         vision_config=vision,
@@ -247,40 +251,56 @@ def build_tiny_llava(
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         image_seq_length=n_patches,
+        tie_word_embeddings=sizes.tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
-    _silence_unreadable_tokens(model, tokenizer)
     _set_generation_config(model, tokenizer)
-    processor = llava_processor(tokenizer, sizes.image_size, sizes.patch_size)
-    model.save_pretrained(out_dir)
+    return model
+
+
+def save_llava(
+    model: Any, processor: Any, out_dir: str | os.PathLike[str], max_shard_size: str | None = None
+) -> Path:
+    """Save in the llava-hf layout (published tensor names: see :func:`_rename_tensors`);
+    ``max_shard_size`` (e.g. "900KB") splits the weights into shards with an index, as the
+    published checkpoints are split."""
+    out_dir = Path(out_dir)
+    _save(model, out_dir, max_shard_size)
     processor.save_pretrained(out_dir)
-    _rename_tensors(out_dir / "model.safetensors", {"vision_tower.": "vision_tower.vision_model."})
-    log.info("tiny LLaVA-1.5 written to %s (vocab %d)", out_dir, len(tokenizer))
+    _rename_tensors(out_dir, {"vision_tower.": "vision_tower.vision_model."})
     return out_dir
 
 
-def build_tiny_blip2(
-    out_dir: str | os.PathLike[str],
-    seed: int = 0,
-    sizes: TinySizes = TinySizes(),
-    newline_eos: bool = False,
-) -> Path:
-    """Save a tiny random BLIP-2 (ViT + Q-Former + OPT) in the Salesforce layout to ``out_dir``.
+def _save(model: Any, out_dir: Path, max_shard_size: str | None) -> None:
+    if max_shard_size is None:
+        model.save_pretrained(out_dir)
+    else:
+        model.save_pretrained(out_dir, max_shard_size=max_shard_size)
 
-    ``newline_eos``: end replies at the newline token as ``Salesforce/blip2-opt-2.7b`` does (its
-    ``generation_config.json`` has ``eos_token_id`` 50118, "\n", while the tokenizer's EOS is
-    ``</s>``); see :func:`_end_replies_at_newline`.
-    """
+
+def build_tiny_llava(
+    out_dir: str | os.PathLike[str], seed: int = 0, sizes: TinySizes = TinySizes()
+) -> Path:
+    """Save a tiny random LLaVA-1.5 (CLIP vision + Llama) in the llava-hf layout to ``out_dir``."""
+    tokenizer = build_llama_tokenizer(sizes.tokenizer_vocab)
+    model = llava_model(tokenizer, sizes, seed)
+    _silence_unreadable_tokens(model, tokenizer)
+    save_llava(model, llava_processor(tokenizer, sizes.image_size, sizes.patch_size), out_dir)
+    log.info("tiny LLaVA-1.5 written to %s (vocab %d)", out_dir, len(tokenizer))
+    return Path(out_dir)
+
+
+def blip2_model(tokenizer: Any, sizes: TinySizes, seed: int) -> Any:
+    """A randomly initialised (seeded) ``Blip2ForConditionalGeneration`` of ``sizes`` around
+    ``tokenizer`` (ViT, Q-Former, OPT), in eval mode."""
     import torch
     from transformers import Blip2Config, Blip2ForConditionalGeneration
 
-    out_dir = Path(out_dir)
-    tokenizer = build_opt_tokenizer(sizes.tokenizer_vocab)
     config = Blip2Config(
         vision_config={
             "hidden_size": sizes.vision_hidden,
-            "intermediate_size": 2 * sizes.vision_hidden,
+            "intermediate_size": sizes.vision_ffn,
             "num_hidden_layers": sizes.vision_layers,
             "num_attention_heads": 2,
             "image_size": sizes.image_size,
@@ -308,25 +328,50 @@ def build_tiny_blip2(
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
-            # Tied input/output embeddings make a 2-layer random OPT repeat its last token
-            # forever; untied ones give varied, image-dependent text (both backends load either).
-            "tie_word_embeddings": False,
+            "tie_word_embeddings": sizes.tie_word_embeddings,
         },
-        tie_word_embeddings=False,
+        tie_word_embeddings=sizes.tie_word_embeddings,
         num_query_tokens=sizes.blip2_query_tokens,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(config).eval()
-    _silence_unreadable_tokens(model, tokenizer)
     _set_generation_config(model, tokenizer)
+    return model
+
+
+def save_blip2(
+    model: Any, processor: Any, out_dir: str | os.PathLike[str], max_shard_size: str | None = None
+) -> Path:
+    """Save in the Salesforce/blip2 layout (transformers' own names are the published ones);
+    ``max_shard_size`` as for :func:`save_llava`."""
+    out_dir = Path(out_dir)
+    _save(model, out_dir, max_shard_size)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_blip2(
+    out_dir: str | os.PathLike[str],
+    seed: int = 0,
+    sizes: TinySizes = TinySizes(),
+    newline_eos: bool = False,
+) -> Path:
+    """Save a tiny random BLIP-2 (ViT + Q-Former + OPT) in the Salesforce layout to ``out_dir``.
+
+    ``newline_eos``: end replies at the newline token as ``Salesforce/blip2-opt-2.7b`` does (its
+    ``generation_config.json`` has ``eos_token_id`` 50118, "\\n", while the tokenizer's EOS is
+    ``</s>``); see :func:`_end_replies_at_newline`.
+    """
+    tokenizer = build_opt_tokenizer(sizes.tokenizer_vocab)
+    model = blip2_model(tokenizer, sizes, seed)
+    _silence_unreadable_tokens(model, tokenizer)
     if newline_eos:
         _end_replies_at_newline(model, tokenizer)
     processor = blip2_processor(tokenizer, sizes.image_size, sizes.blip2_query_tokens)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    save_blip2(model, processor, out_dir)
     log.info("tiny BLIP-2 written to %s (vocab %d)", out_dir, len(tokenizer))
-    return out_dir
+    return Path(out_dir)
 
 
 def build_tiny_models(out_dir: str | os.PathLike[str], seed: int = 0) -> dict[str, Path]:
@@ -392,24 +437,32 @@ def _end_replies_at_newline(model: Any, tokenizer: Any) -> None:
     model.generation_config.eos_token_id = newline
 
 
-def _rename_tensors(path: Path, prefixes: dict[str, str]) -> None:
-    """Rewrite ``path`` with tensor-name prefixes replaced (old -> new).
+def _rename_tensors(out_dir: Path, prefixes: dict[str, str]) -> None:
+    """Rewrite the checkpoint in ``out_dir`` (one file or shards with their index) with
+    tensor-name prefixes replaced (old -> new).
 
     transformers 5 saves the LLaVA vision tower as ``vision_tower.embeddings...``; the published
     llava-hf checkpoints (and vLLM's loader) use ``vision_tower.vision_model.embeddings...``.
     transformers reads both, so writing the published names keeps every loader happy.
     """
+    import json
+
     from safetensors.torch import load_file, save_file
 
-    from dialogclip.core.io import atomic_path
+    from dialogclip.core.io import atomic_path, write_json_atomic
 
-    tensors = load_file(path)
-    renamed = {}
-    for name, tensor in tensors.items():
+    def renamed(name: str) -> str:
         for old, new in prefixes.items():
             if name.startswith(old) and not name.startswith(new):
-                name = new + name[len(old) :]
-                break
-        renamed[name] = tensor
-    with atomic_path(path) as tmp:
-        save_file(renamed, tmp, metadata={"format": "pt"})
+                return new + name[len(old) :]
+        return name
+
+    for path in sorted(out_dir.glob("model*.safetensors")):
+        tensors = {renamed(name): tensor for name, tensor in load_file(path).items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata={"format": "pt"})
+    index = out_dir / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {renamed(k): v for k, v in data["weight_map"].items()}
+        write_json_atomic(data, index)
