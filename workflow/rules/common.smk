@@ -231,13 +231,18 @@ def get_ingested_shard(wildcards):
     return ingested_shard(wildcards.shard)
 
 
-def get_dialogue_shards(wildcards):
-    """Every dialogue shard of wildcards.generator (its summary and its dialogue quality)."""
+def dialogue_shards(generator):
+    """Every dialogue shard of ``generator``, in shard order."""
     return expand(
         "results/dialogue/{generator}/{shard}.parquet",
-        generator=wildcards.generator,
+        generator=generator,
         shard=get_shards(),
     )
+
+
+def get_dialogue_shards(wildcards):
+    """Every dialogue shard of wildcards.generator (its summary and its dialogue quality)."""
+    return dialogue_shards(wildcards.generator)
 
 
 def get_weights_file(architecture, pretrained):

@@ -21,24 +21,17 @@ def get_export_ingested_shards(wildcards):
 
 def get_export_dialogue_shards(wildcards):
     """Every dialogue shard of every switched-on generator."""
-    return expand(
-        "results/dialogue/{generator}/{shard}.parquet",
-        generator=get_generators(),
-        shard=get_shards(),
-    )
+    return [
+        shard for generator in get_generators() for shard in dialogue_shards(generator)
+    ]
 
 
 def get_export_dialogue_args(wildcards):
     """``--dialogue <generator> <its shards>`` once per generator, for the shell line."""
-    arguments = []
-    for generator in get_generators():
-        shards = expand(
-            "results/dialogue/{generator}/{shard}.parquet",
-            generator=generator,
-            shard=get_shards(),
-        )
-        arguments.append(shlex.join(["--dialogue", generator, *shards]))
-    return " ".join(arguments)
+    return " ".join(
+        shlex.join(["--dialogue", generator, *dialogue_shards(generator)])
+        for generator in get_generators()
+    )
 
 
 def get_export_dataset_params(wildcards):
