@@ -32,6 +32,17 @@ os.environ.update(
 # an env file under .snakemake/conda/, so envs/*.yaml name the repository through this variable.
 os.environ.setdefault("DIALOGCLIP_ROOT", str(Path(workflow.basedir).resolve()))
 
+# Snakemake's between-workflow output cache (README, "Sharing GPU work between working
+# directories"): the expensive deterministic rules (generation, the training images' and
+# captions' frozen-tower embeddings) carry `cache: OUTPUT_CACHE`. Their key hashes the shell
+# command as written (never the resources it formats), the params, the checksums of source
+# inputs and the upstream jobs' keys, so a machine setting never defeats it. "omit-software":
+# the conda env is no part of the science. Declared only when $SNAKEMAKE_OUTPUT_CACHE names a
+# cache, because Snakemake warns about every cacheable rule on every run otherwise; `--cache`
+# switches it on. Snakemake refuses a benchmark: directive on a cacheable rule, so these rules
+# record their times themselves (generation's stats JSON, the embedding logs).
+OUTPUT_CACHE = "omit-software" if os.environ.get("SNAKEMAKE_OUTPUT_CACHE") else False
+
 NAME = r"[A-Za-z0-9_.-]+"
 NO_MATCH = r"(?!)"
 

@@ -54,8 +54,7 @@ rule generate:
         stats="results/dialogue/{generator}/stats/{shard}.json",
     log:
         "logs/generate/{generator}/{shard}.log",
-    benchmark:
-        "benchmarks/generate/{generator}/{shard}.tsv"
+    cache: OUTPUT_CACHE
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 4

@@ -21,8 +21,7 @@ rule embed_train_images:
         emb="results/train/emb/image/{image_model}/{block}.arrow",
     log:
         "logs/embed_train_images/{image_model}/{block}.log",
-    benchmark:
-        "benchmarks/embed_train_images/{image_model}/{block}.tsv"
+    cache: OUTPUT_CACHE
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 4  # image decoding
@@ -49,8 +48,7 @@ rule embed_train_captions:
         emb="results/train/emb/text/{text_model}/{block}.arrow",
     log:
         "logs/embed_train_captions/{text_model}/{block}.log",
-    benchmark:
-        "benchmarks/embed_train_captions/{text_model}/{block}.tsv"
+    cache: OUTPUT_CACHE
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 2
