@@ -14,7 +14,7 @@ import pytest
 from dialogclip.core.config import _dataclass_in, load_yaml, resolve_ref
 from dialogclip.core.text_forms import TextForms
 from dialogclip.evaluate.settings import DatasetFiles
-from dialogclip.export.settings import DatasetExport
+from dialogclip.export.settings import DatasetExport, ModelsExport
 from dialogclip.generate.config import GenerateConfig
 from dialogclip.ingest.settings import IngestSettings
 from dialogclip.models.eval_entry import EvalEntry
@@ -50,6 +50,7 @@ SECTIONS = {
         DialogueQualitySettings,
     ),
     "export.dataset": ("#/properties/export/properties/dataset", DatasetExport),
+    "export.models": ("#/properties/export/properties/models", ModelsExport),
 }
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from dialogclip.evaluate.datasets import (
     check_dataset_files,
-    load_coco_retrieval,
+    load_retrieval_set,
     load_vqa_multiple_choice,
 )
 from dialogclip.evaluate.embedding import (
@@ -43,10 +43,33 @@ def test_karpathy_split_keeps_only_the_split_and_all_its_captions(tmp_path: Path
         ]
     }  # fmt: skip
     (tmp_path / "dataset_coco.json").write_text(json.dumps(data))
-    result = load_coco_retrieval(tmp_path / "dataset_coco.json", tmp_path / "coco")
+    result = load_retrieval_set(tmp_path / "dataset_coco.json", tmp_path / "coco")
     assert result.image_paths == [tmp_path / "coco/val2014/a.jpg", tmp_path / "coco/val2014/c.jpg"]
     assert result.captions == ["A dog.", "A puppy.", "A cat."]
     assert result.text_to_image == [0, 0, 1]
+
+
+def test_flickr30k_karpathy_file_reads_its_test_split_from_one_folder(tmp_path: Path) -> None:
+    data = {
+        "images": [
+            {"filename": "1000092795.jpg", "split": "test", "sentences": [{"raw": "Two men."}]},
+            {"filename": "10002456.jpg", "split": "train", "sentences": [{"raw": "Train."}]},
+            {"filename": "1000268201.jpg", "split": "test", "sentences": [{"raw": "A girl."}]},
+        ],
+        "dataset": "flickr30k",
+    }
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps(data))
+    images = tmp_path / "flickr30k-images"
+    result = load_retrieval_set(tmp_path / "dataset_flickr30k.json", images, "test", "flickr30k")
+    assert result.image_paths == [images / "1000092795.jpg", images / "1000268201.jpg"]
+    assert (result.captions, result.text_to_image) == (["Two men.", "A girl."], [0, 1])
+    # Missing, it is named with where Flickr30k is published (not COCO).
+    with pytest.raises(FileNotFoundError, match=r"absent\.json.*dataset_flickr30k.*illinois"):
+        load_retrieval_set(tmp_path / "absent.json", images, "test", "flickr30k")
+    with pytest.raises(FileNotFoundError, match=r"evaluate\.flickr30k\.images.*illinois"):
+        check_dataset_files(
+            "flickr30k", {"annotations": str(tmp_path / "dataset_flickr30k.json"), "images": "no"}
+        )
 
 
 def test_coco_captions_format_is_read_as_published(tmp_path: Path) -> None:
@@ -59,7 +82,7 @@ def test_coco_captions_format_is_read_as_published(tmp_path: Path) -> None:
         ],
     }
     (tmp_path / "coco_test_karpathy.json").write_text(json.dumps(data))
-    result = load_coco_retrieval(tmp_path / "coco_test_karpathy.json", tmp_path)
+    result = load_retrieval_set(tmp_path / "coco_test_karpathy.json", tmp_path)
     # As torchvision's CocoCaptions serves it to CLIP_benchmark: images by id, captions grouped.
     assert result.image_paths == [tmp_path / "y.jpg", tmp_path / "x.jpg"]
     assert list(zip(result.captions, result.text_to_image, strict=True)) == [
@@ -71,7 +94,7 @@ def test_coco_captions_format_is_read_as_published(tmp_path: Path) -> None:
 
 def test_missing_annotation_file_names_it_and_where_it_is_published(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"dataset_coco\.json.*karpathy"):
-        load_coco_retrieval(tmp_path / "dataset_coco.json", tmp_path)
+        load_retrieval_set(tmp_path / "dataset_coco.json", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"visualqa\.org"):
         load_vqa_multiple_choice(tmp_path / "MultipleChoice_x.json", tmp_path)
 
@@ -154,8 +177,8 @@ def test_multiple_choice_with_dedup_equals_naive_per_question_encoding(tmp_path,
 
 def test_both_coco_formats_of_the_demo_fixtures_give_the_same_set(repo_root) -> None:
     coco = repo_root / "resources" / "demo" / "eval" / "coco"
-    karpathy = load_coco_retrieval(coco / "dataset_coco.json", coco)
-    captions_format = load_coco_retrieval(coco / "coco_test_karpathy.json", coco / "val2014")
+    karpathy = load_retrieval_set(coco / "dataset_coco.json", coco)
+    captions_format = load_retrieval_set(coco / "coco_test_karpathy.json", coco / "val2014")
     assert karpathy == captions_format
     assert (len(karpathy.image_paths), len(karpathy.captions)) == (8, 40)
     assert all(path.is_file() for path in karpathy.image_paths)

@@ -15,7 +15,7 @@ import yaml
 from workflow_helpers import CPU_DEFAULT_RESOURCES
 
 from dialogclip.core.io import read_json
-from dialogclip.evaluate.datasets import load_coco_retrieval
+from dialogclip.evaluate.datasets import load_retrieval_set
 from dialogclip.evaluate.embedding import load_image_embeddings
 from dialogclip.evaluate.jobs import build_text_encoder
 from dialogclip.evaluate.retrieval import retrieval_metrics
@@ -119,7 +119,7 @@ def test_retrieval_records_equal_an_in_process_computation(evaluated: Path, name
     os.chdir(evaluated)  # the config's paths are relative to the demo folder
     try:
         job = job_from_params(settings)
-        data = load_coco_retrieval(job.files.annotations, job.files.images, job.files.split)
+        data = load_retrieval_set(job.files.annotations, job.files.images, job.files.split)
         image_emb = load_image_embeddings(
             Path(f"results/eval/image_emb/{IMAGE_MODEL}/coco.safetensors"), data.image_paths
         )

@@ -114,7 +114,7 @@ def test_the_folder_joins_each_generator_on_key_and_loads(tmp_path: Path) -> Non
     summary = export_dataset(ingested, dialogue, output, DatasetExport(), progress=False)
 
     assert sorted(p.name for p in (output / "data").iterdir()) == ["00000.parquet", "00001.parquet"]
-    assert not (tmp_path / ".dataset.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging
     assert summary.n_rows == 8  # 9 rows, one failed download
     loaded = datasets.load_dataset(str(output), split="train")
     assert loaded.num_rows == 8

@@ -12,7 +12,7 @@ from urllib.request import url2pathname
 import pytest
 
 from dialogclip.cli import main
-from dialogclip.evaluate.datasets import load_coco_retrieval, load_vqa_multiple_choice
+from dialogclip.evaluate.datasets import load_retrieval_set, load_vqa_multiple_choice
 from dialogclip.evaluate.vqa import score_results
 from dialogclip.ingest.tsv import (
     EMPTY_CAPTION,
@@ -95,8 +95,8 @@ def test_cc3m_tsv_reads_as_the_demo_tsv_with_partial_captions(world: Path) -> No
 
 def test_coco_retrieval_set_in_both_published_formats(world: Path) -> None:
     coco = world / "eval" / "coco"
-    karpathy = load_coco_retrieval(coco / "dataset_coco.json", coco)
-    clip_benchmark = load_coco_retrieval(coco / "coco_test_karpathy.json", coco / "val2014")
+    karpathy = load_retrieval_set(coco / "dataset_coco.json", coco)
+    clip_benchmark = load_retrieval_set(coco / "coco_test_karpathy.json", coco / "val2014")
     assert len(karpathy.image_paths) == SIZES.coco_test
     assert len(karpathy.captions) == 5 * SIZES.coco_test
     assert karpathy.image_paths == clip_benchmark.image_paths

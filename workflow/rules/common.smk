@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 
 from dialogclip.core.config import ConfigError, section_from_dict, validate_config
-from dialogclip.models.eval_entry import EVAL_DATASETS, EvalEntry
+from dialogclip.models.eval_entry import EVAL_DATASETS, RETRIEVAL_SETS, EvalEntry
 from dialogclip.models.naming import is_checkpoint_path
 from dialogclip.models.weights import weights_file
 from dialogclip.train.settings import train_settings_from_dict
@@ -151,7 +151,7 @@ wildcard_constraints:
     model=NAME,
     image_model=NAME,
     dataset="|".join(EVAL_DATASETS),
-    retrieval_set="coco",
+    retrieval_set="|".join(RETRIEVAL_SETS),
     vqa_set="vqa_real|vqa_abstract",
     architecture=r"[A-Za-z0-9_.-]+?",
     tag=r"[A-Za-z0-9_.-]+",
@@ -320,13 +320,13 @@ def get_model_datasets(entry):
 
 
 def get_evaluate_outputs():
-    """One metrics JSON per evaluation entry and set (COCO retrieval, VQA real/abstract): the
-    evaluate stage's targets and the report's inputs."""
+    """One metrics JSON per evaluation entry and set (COCO / Flickr30k retrieval, VQA
+    real/abstract): the evaluate stage's targets and the report's inputs."""
     if not is_evaluate_active():
         return []
     outputs = []
     for name, entry in get_eval_models().items():
         for dataset in get_model_datasets(entry):
-            task = "retrieval" if dataset == "coco" else "vqa"
+            task = "retrieval" if dataset in RETRIEVAL_SETS else "vqa"
             outputs.append(f"results/eval/{task}/{name}/{dataset}.json")
     return outputs

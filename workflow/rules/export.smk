@@ -37,3 +37,36 @@ rule dataset:
     input:
         DATASET,
     localrule: True
+
+
+# Every training run's models as files open_clip loads (docs/export.md, "Trained models"): one
+# job and folder per run, on the CPU (copies and one blend per weight-blend entry); redone when
+# the run's tower or its evaluation entries change.
+rule export_models:
+    input:
+        tower=get_export_models_tower,
+        weights=get_export_models_weights,
+    output:
+        directory(f"{EXPORTED_MODELS}/{{run}}"),
+    log:
+        "logs/export_models/{run}.log",
+    benchmark:
+        "benchmarks/export_models/{run}.tsv"
+    conda:
+        "../../envs/dialogclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    params:
+        cfg=get_export_models_params,
+        weights_dir=config["weights_dir"],
+    shell:
+        "dialogclip export-models --params {params.cfg:q} --tower {input.tower:q}"
+        " --weights-dir {params.weights_dir:q} --output {output:q} 2> {log:q}"
+
+
+rule models:
+    input:
+        get_exported_models,
+    localrule: True

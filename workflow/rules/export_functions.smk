@@ -1,8 +1,10 @@
 # Input functions and parameters of the export stage (workflow/rules/export.smk includes this
 # file: `snakemake --lint` wants Python functions and rules in separate snakefiles).
 import shlex
+from dataclasses import asdict
 
 DATASET = "results/dataset"
+EXPORTED_MODELS = "results/export/models"
 
 
 def is_dataset_export_active():
@@ -10,8 +12,45 @@ def is_dataset_export_active():
 
 
 def get_export_outputs():
-    """What the export stage adds to the target `all` (the dataset folder when activated)."""
-    return [DATASET] if is_dataset_export_active() else []
+    """What the export stage adds to the target `all`: the dataset folder and the exported
+    models, each when activated."""
+    outputs = [DATASET] if is_dataset_export_active() else []
+    if config["export"]["models"]["activate"]:
+        outputs += get_exported_models()
+    return outputs
+
+
+def get_exported_models(wildcards=None):
+    """One folder per training run (none when training is off)."""
+    runs = get_train_runs() if is_train_active() else ()
+    return [f"{EXPORTED_MODELS}/{run.name}" for run in runs]
+
+
+def _train_run(name):
+    for run in get_train_runs():
+        if run.name == name:
+            return run
+    raise WorkflowError(f"no training run named {name!r} in train.runs")
+
+
+def get_export_models_tower(wildcards):
+    """The run's trained tower (its final checkpoint)."""
+    return _train_run(wildcards.run).final
+
+
+def get_export_models_weights(wildcards):
+    """The weights the run started from (a fetched tag's file or a checkpoint path)."""
+    run = _train_run(wildcards.run)
+    return get_weights_file(run.architecture, run.pretrained)
+
+
+def get_export_models_params(wildcards):
+    """The run (name, method) and its evaluation entries as JSON: what the folder holds."""
+    run = _train_run(wildcards.run)
+    entries = [asdict(entry) for entry in run.eval_entries()]
+    return json.dumps(
+        {"run": run.name, "method": run.method, "entries": entries}, sort_keys=True
+    )
 
 
 def get_export_ingested_shards(wildcards):

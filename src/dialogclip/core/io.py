@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -78,6 +79,24 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``final``; it replaces ``final`` if the block
+    succeeds. A killed run's staging folder is cleared by the next; on an exception it is
+    removed and ``final`` is left untouched."""
+    final = Path(final)
+    staging = final.parent / f"{TMP_PREFIX}{final.name}.dir"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _current_umask() -> int:

@@ -5,6 +5,8 @@
   ``coco_test_karpathy.json`` CLIP_benchmark uses (``images[].{id, file_name}``,
   ``annotations[].{image_id, caption}``), read in the order torchvision's ``CocoCaptions`` gives
   CLIP_benchmark: images by ascending id, each image's captions in file order.
+- Flickr30k Karpathy split: Karpathy's ``dataset_flickr30k.json``, the same format as
+  ``dataset_coco.json`` (no ``filepath``: the images lie in one folder); images in file order.
 - VQA v1 multiple choice: ``MultipleChoice_<data>_<subtype>_questions.json``
   (``questions[].{question_id, image_id, question, multiple_choices}``), images named
   ``COCO_val2014_<id:012d>.jpg`` (real) or ``abstract_v002_val2015_<id:012d>.png`` (abstract).
@@ -31,6 +33,12 @@ COCO_PUBLISHED_AT = (
     "https://github.com/mehdidc/retrieval_annotations/releases/download/1.0.0/"
     "coco_test_karpathy.json; val2014 images: https://cocodataset.org/#download"
 )
+FLICKR_PUBLISHED_AT = (
+    "Karpathy's dataset_flickr30k.json: https://cs.stanford.edu/people/karpathy/deepimagesent/ "
+    "(caption_datasets.zip); images (flickr30k-images/): the request form at "
+    "https://shannon.cs.illinois.edu/DenotationGraph/"
+)
+RETRIEVAL_PUBLISHED_AT = {"coco": COCO_PUBLISHED_AT, "flickr30k": FLICKR_PUBLISHED_AT}
 VQA_PUBLISHED_AT = {
     "vqa_real": "https://visualqa.org/vqa_v1_download.html (questions and annotations: "
     "'Real Images'; images: COCO val2014 from https://cocodataset.org/#download)",
@@ -67,15 +75,15 @@ class MultipleChoiceSet:
 
 
 def published_at(dataset: str) -> str:
-    """Where the files of ``dataset`` (``coco``, ``vqa_real``, ``vqa_abstract``) are published."""
-    return COCO_PUBLISHED_AT if dataset == "coco" else VQA_PUBLISHED_AT[dataset]
+    """Where the files of ``dataset`` (a name of ``EVAL_DATASETS``) are published."""
+    return {**RETRIEVAL_PUBLISHED_AT, **VQA_PUBLISHED_AT}[dataset]
 
 
 def check_dataset_files(dataset: str, files: Mapping[str, Any]) -> None:
     """Raise FileNotFoundError naming the first missing file or folder of ``dataset`` and where
     it is published. ``files``: the config's ``evaluate.<dataset>`` section."""
     wanted = [("annotations", False), ("images", True)]
-    if dataset != "coco":
+    if dataset not in RETRIEVAL_PUBLISHED_AT:
         wanted.insert(0, ("questions", False))
     for key, is_folder in wanted:
         value = files.get(key)
@@ -99,18 +107,20 @@ def _read_json(path: str | os.PathLike[str], dataset: str) -> Any:
     return read_json(path, f"{dataset} JSON", hint=f"download it again ({published_at(dataset)})")
 
 
-def load_coco_retrieval(
+def load_retrieval_set(
     annotation_json: str | os.PathLike[str],
     images_root: str | os.PathLike[str],
     split: str = "test",
+    dataset: str = "coco",
 ) -> RetrievalSet:
-    """The Karpathy ``split`` of COCO from either published annotation format.
+    """The Karpathy ``split`` of a retrieval set (``coco``, ``flickr30k``) from a published
+    annotation format: Karpathy's split file, or for COCO the COCO-captions format.
 
     ``images_root``: for ``dataset_coco.json`` the folder holding ``val2014/`` (its
     ``filepath``); for the COCO-captions format the folder of the images themselves, as
-    CLIP_benchmark's ``root/val2014``.
+    CLIP_benchmark's ``root/val2014``; for ``dataset_flickr30k.json`` the images' folder.
     """
-    data = _read_json(annotation_json, "coco")
+    data = _read_json(annotation_json, dataset)
     if "annotations" in data:
         return _coco_captions_format(data, Path(images_root), annotation_json)
     return _karpathy_format(data, Path(images_root), split, annotation_json)
@@ -186,8 +196,8 @@ def load_vqa_multiple_choice(
 
 def image_paths_of(dataset: str, files: Mapping[str, Any]) -> list[Path]:
     """The images of an evaluation set, in the order its image embeddings are stored."""
-    if dataset == "coco":
-        return load_coco_retrieval(
-            files["annotations"], files["images"], files.get("split", "test")
+    if dataset in RETRIEVAL_PUBLISHED_AT:
+        return load_retrieval_set(
+            files["annotations"], files["images"], files.get("split", "test"), dataset
         ).image_paths
     return load_vqa_multiple_choice(files["questions"], files["images"], dataset).image_paths

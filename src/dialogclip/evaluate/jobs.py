@@ -18,7 +18,7 @@ from dialogclip.core.versions import package_versions
 from dialogclip.evaluate.datasets import (
     check_dataset_files,
     image_paths_of,
-    load_coco_retrieval,
+    load_retrieval_set,
     load_vqa_multiple_choice,
 )
 from dialogclip.evaluate.embedding import (
@@ -120,9 +120,10 @@ def run_retrieval(
     batch_size: int = 64,
     weights_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """COCO zero-shot retrieval recall@k of the job's text variant."""
+    """Zero-shot retrieval recall@k (COCO, Flickr30k) of the job's text variant."""
     check_dataset_files(job.dataset, asdict(job.files))
-    data = load_coco_retrieval(job.files.annotations, job.files.images, job.files.split)
+    files = job.files
+    data = load_retrieval_set(files.annotations, files.images, files.split, job.dataset)
     image_emb = load_image_embeddings(image_emb_path, data.image_paths)
     clip = load_clip(job.model.spec, device=torch_device(), weights_dir=weights_dir)
     text_emb = encode_unique(build_text_encoder(job, clip, batch_size), data.captions)

@@ -13,20 +13,23 @@ from dialogclip.core.config import ConfigError, section_from_dict
 from dialogclip.models.eval_entry import EVAL_DATASETS, EvalEntry
 
 VQA_DATASETS = ("vqa_real", "vqa_abstract")
-# CLIP_benchmark's names for the tasks and for COCO (the `dataset` and `task` of its JSON).
-TASKS = {"coco": "zeroshot_retrieval", "vqa_real": "vqa_multiple_choice"}
-TASKS["vqa_abstract"] = TASKS["vqa_real"]
-BENCHMARK_DATASET_NAMES = {"coco": "mscoco_captions"}
+# CLIP_benchmark's names for the tasks and the retrieval sets (the `dataset` and `task` of its
+# JSON).
+TASKS = {"coco": "zeroshot_retrieval", "flickr30k": "zeroshot_retrieval"}
+TASKS.update(vqa_real="vqa_multiple_choice", vqa_abstract="vqa_multiple_choice")
+BENCHMARK_DATASET_NAMES = {"coco": "mscoco_captions", "flickr30k": "flickr30k"}
 
 
 @dataclass(frozen=True)
 class DatasetFiles:
-    """Where an evaluation set lives (``evaluate.coco`` / ``vqa_real`` / ``vqa_abstract``)."""
+    """Where an evaluation set lives (``evaluate.<set>``, a name of ``EVAL_DATASETS``)."""
 
-    annotations: str  # COCO: dataset_coco.json or coco_test_karpathy.json; VQA: *_annotations
+    # COCO: dataset_coco.json or coco_test_karpathy.json; Flickr30k: dataset_flickr30k.json;
+    # VQA: *_annotations
+    annotations: str
     images: str  # the folder the image names are relative to
     questions: str | None = None  # VQA: MultipleChoice_*_questions.json
-    split: str = "test"  # COCO dataset_coco.json: the Karpathy split
+    split: str = "test"  # Karpathy's split files: the split
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from tqdm import tqdm
 from dialogclip import __version__
 from dialogclip.core.io import (
     InputFileError,
+    atomic_dir,
     read_parquet,
     read_parquet_metadata,
     write_parquet_atomic,
@@ -174,29 +174,25 @@ def export_dataset(
                 f"the dialogue shards of {generator} ({[p.name for p in paths]}) are not the "
                 f"ingested shards ({names}): pass one dialogue shard per ingested shard, in order",
             )
-    staging = output.parent / f".{output.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)  # a killed export's leftovers
-    (staging / "data").mkdir(parents=True)
     summary = DatasetSummary()
-    schema = None
-    for index, path in enumerate(tqdm(ingested, desc="dataset shards", disable=not progress)):
-        shard = {generator: Path(paths[index]) for generator, paths in dialogue.items()}
-        table = enriched_shard(path, shard)
-        for generator, shard_path in shard.items():
-            _record(summary, generator, shard_path, table)
-        target = staging / "data" / path.name
-        write_parquet_atomic(table, target, metadata={"dataset": {"dialogclip": __version__}})
-        schema = table.schema
-        summary.n_rows += table.num_rows
-        summary.n_bytes += target.stat().st_size
-        summary.arrow_bytes += table.nbytes
-        summary.shards.append(path.name)
-        log.info("%s: %d rows", target.name, table.num_rows)
-    assert schema is not None  # at least one shard (checked above)
-    (staging / "README.md").write_text(render_card(settings, summary, schema))
-    if output.exists():
-        shutil.rmtree(output)
-    staging.rename(output)
+    with atomic_dir(output) as staging:
+        (staging / "data").mkdir()
+        schema = None
+        for index, path in enumerate(tqdm(ingested, desc="dataset shards", disable=not progress)):
+            shard = {generator: Path(paths[index]) for generator, paths in dialogue.items()}
+            table = enriched_shard(path, shard)
+            for generator, shard_path in shard.items():
+                _record(summary, generator, shard_path, table)
+            target = staging / "data" / path.name
+            write_parquet_atomic(table, target, metadata={"dataset": {"dialogclip": __version__}})
+            schema = table.schema
+            summary.n_rows += table.num_rows
+            summary.n_bytes += target.stat().st_size
+            summary.arrow_bytes += table.nbytes
+            summary.shards.append(path.name)
+            log.info("%s: %d rows", target.name, table.num_rows)
+        assert schema is not None  # at least one shard (checked above)
+        (staging / "README.md").write_text(render_card(settings, summary, schema))
     log.info(
         "dataset %s: %d rows in %d shards (%.1f MB), generators %s",
         output,

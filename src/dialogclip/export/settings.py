@@ -20,3 +20,11 @@ class DatasetExport:
     def __post_init__(self) -> None:
         if not self.pretty_name.strip():
             raise ConfigError("export.dataset.pretty_name must not be empty")
+
+
+@dataclass(frozen=True)
+class ModelsExport:
+    """``export.models``: every training run's models as files open_clip loads (rule
+    ``export_models``, one folder per run under results/export/models/, target ``models``)."""
+
+    activate: bool = False  # part of the target `all` (else only `snakemake models` builds it)

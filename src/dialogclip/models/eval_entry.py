@@ -27,7 +27,9 @@ from dialogclip.models.naming import QuickGelu, image_model_key
 if TYPE_CHECKING:
     from dialogclip.models.openclip import ClipSpec
 
-EVAL_DATASETS = ("coco", "vqa_real", "vqa_abstract")  # COCO 5k retrieval, VQA v1 real/abstract
+# COCO 5k and Flickr30k 1k retrieval (Karpathy test splits), VQA v1 multiple choice real/abstract
+EVAL_DATASETS = ("coco", "flickr30k", "vqa_real", "vqa_abstract")
+RETRIEVAL_SETS = ("coco", "flickr30k")
 TEXT_VARIANTS = ("plain", "embedding_blend", "weight_blend")
 BLEND_VARIANTS = TEXT_VARIANTS[1:]
 # The fields that name the image tower: entries equal on them share its cached embeddings.

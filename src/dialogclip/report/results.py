@@ -1,7 +1,7 @@
 """Our evaluation results as the report reads them: percentages per dataset and metric.
 
-Files (docs/architecture.md, "Evaluation"): ``eval/retrieval/{name}/coco.json`` (recall in
-[0, 1], CLIP_benchmark's convention) and ``eval/vqa/{name}/{vqa_real,vqa_abstract}.json``
+Files (docs/architecture.md, "Evaluation"): ``eval/retrieval/{name}/{coco,flickr30k}.json``
+(recall in [0, 1], CLIP_benchmark's convention) and ``eval/vqa/{name}/{vqa_real,vqa_abstract}.json``
 (accuracy in percent, overall and per answer type). Everything is returned in percent, the
 thesis' unit. A file that does not exist is simply no result (the table shows "-"); a file that
 exists but cannot be read fails naming it.
@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from dialogclip.models.eval_entry import RETRIEVAL_SETS
 from dialogclip.report.thesis import RETRIEVAL_METRICS, VQA_METRICS
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ Metrics = dict[str, float]  # metric -> percent
 
 def result_path(results_dir: Path, name: str, dataset: str) -> Path:
     """Where the evaluation writes the metrics of entry ``name`` on ``dataset``."""
-    task = "retrieval" if dataset == "coco" else "vqa"
+    task = "retrieval" if dataset in RETRIEVAL_SETS else "vqa"
     return Path(results_dir) / "eval" / task / name / f"{dataset}.json"
 
 
@@ -42,7 +43,7 @@ def read_metrics(results_dir: Path, name: str, dataset: str) -> Metrics | None:
     if not path.is_file():
         return None
     metrics = _read(path)["metrics"]
-    if dataset == "coco":
+    if dataset in RETRIEVAL_SETS:
         missing = [m for m in RETRIEVAL_METRICS if m not in metrics]
         if missing:
             raise ValueError(f"{path}: metrics lack {missing}")

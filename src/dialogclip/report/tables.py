@@ -27,13 +27,13 @@ from typing import Any
 
 from dialogclip.core.config import ConfigError
 from dialogclip.core.io import atomic_path
-from dialogclip.models.eval_entry import EvalEntry
+from dialogclip.models.eval_entry import EVAL_DATASETS, EvalEntry
 from dialogclip.report.results import Metrics, read_metrics
 from dialogclip.report.settings import ReportSettings
 from dialogclip.report.thesis import METRICS, TableLayout, ThesisNumbers, ThesisRow
 
 MISSING = "-"
-DATASET_SHORT = {"coco": "", "vqa_abstract": "abstract ", "vqa_real": "real "}
+DATASET_SHORT = {"coco": "", "flickr30k": "", "vqa_abstract": "abstract ", "vqa_real": "real "}
 METRIC_HEADERS = {
     "image_retrieval_recall@1": "img R@1",
     "image_retrieval_recall@5": "img R@5",
@@ -219,7 +219,7 @@ def collect_results(settings: ReportSettings, results_dir: Path) -> dict[str, di
     return {
         entry.name: {
             dataset: read_metrics(results_dir, entry.name, dataset)
-            for dataset in (entry.datasets or ("coco", "vqa_real", "vqa_abstract"))
+            for dataset in (entry.datasets or EVAL_DATASETS)
         }
         for entry in settings.models
     }

@@ -19,7 +19,8 @@ RETRIEVAL_METRICS = tuple(
     f"{direction}_retrieval_recall@{k}" for direction in ("image", "text") for k in (1, 5, 10)
 )
 VQA_METRICS = ("yes/no", "number", "other", "overall")
-METRICS = {"coco": RETRIEVAL_METRICS, "vqa_real": VQA_METRICS, "vqa_abstract": VQA_METRICS}
+METRICS = {"coco": RETRIEVAL_METRICS, "flickr30k": RETRIEVAL_METRICS}
+METRICS.update(vqa_real=VQA_METRICS, vqa_abstract=VQA_METRICS)
 # Descriptive fields a row may carry (anything else is a typo).
 ROW_FIELDS = {
     "label",
