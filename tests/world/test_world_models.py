@@ -9,7 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from dialogclip.world.build import (
@@ -38,12 +37,7 @@ GROUNDED, PARSED = 0.80, 0.90
 REBUILD_TOLERANCE = 0.03
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build() -> dict:
@@ -93,7 +87,7 @@ def test_the_committed_models_answer_grounded_on_held_out_scenes(tmp_path: Path)
 
 @pytest.mark.slow
 def test_a_rebuild_behaves_as_the_committed_models(tmp_path: Path) -> None:
-    """`dialogclip world build-models` with the committed settings (about 25 min of one core)
+    """`dialogclip world build-models` with the committed settings (about 15 min of one core)
     gives the committed behaviour rate by rate (compare_behaviour)."""
     committed = _build()
     rebuilt = build_models(

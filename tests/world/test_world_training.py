@@ -44,13 +44,7 @@ TINY_VLM = VlmTraining(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Training is deterministic for a given thread count: the tests use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sha(path: Path) -> str:
