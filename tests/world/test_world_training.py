@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,25 +22,29 @@ from dialogclip.world.scenes import draw_scenes
 from dialogclip.world.vlms import (
     VlmPrompts,
     VlmTraining,
+    as_stored,
     blip2_samples,
+    build_blip2,
     llava_samples,
+    pretrain_qformer,
+    pretrain_vision,
     train_world_vlm,
 )
 
 PROMPTS = VlmPrompts(llava_question=LLAVA_QUESTION)
 TINY_CLIP = ClipPretraining(n_scenes=64, epochs=2, batch_size=32, warmup_steps=2)
 TINY_VLM = VlmTraining(
-    n_scenes=24, vision_epochs=1, epochs=1, batch_size=8, vision_batch_size=8, warmup_steps=2
+    n_scenes=24,
+    vision_epochs=1,
+    qformer_epochs=1,
+    epochs=1,
+    batch_size=8,
+    vision_batch_size=8,
+    warmup_steps=2,
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Training is deterministic for a given thread count: the tests use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sha(path: Path) -> str:
@@ -140,3 +145,51 @@ def test_vlm_training_is_deterministic_and_saves_the_published_layout(
     # The world's words are single tokens of its tokenizer.
     for word in (" triangle", " purple", " background"):
         assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def _blip2_with_pixels(n_scenes: int) -> tuple[object, torch.Tensor, list]:
+    scenes = draw_scenes(0, "vlm", n_scenes)
+    model, processor = build_blip2(PROMPTS, scenes, seed=0)
+    images = [as_stored(scene) for scene in scenes]
+    return model, processor.image_processor(images, return_tensors="pt")["pixel_values"], scenes
+
+
+def _place_readable(patches: torch.Tensor) -> float:
+    """Share of patches [B, P, H] whose grid index a least-squares linear read-out, fitted on
+    the first half of the images, gets right on the second half."""
+    n, places, _ = patches.shape
+    features = torch.cat([patches, torch.ones(n, places, 1)], dim=2)  # with a bias column
+    one_hot = torch.eye(places).expand(n, places, places)
+    half = n // 2
+    weights = torch.linalg.lstsq(features[:half].flatten(0, 1), one_hot[:half].flatten(0, 1))
+    guess = (features[half:] @ weights.solution).argmax(dim=2)  # [B/2, P]
+    return float((guess == torch.arange(places)).float().mean())
+
+
+def test_blip2_stage_one_teaches_each_patch_feature_its_place() -> None:
+    """BLIP-2's Q-Former attends over the patches as a set: without the place term the probe
+    alone leaves the place of a patch harder to read from its feature (phase 1's model: its
+    column 42 % right, chance 33 %). Here, after a few steps: about 0.71 without, 0.84 with."""
+    settings = VlmTraining(n_scenes=128, vision_epochs=8, vision_batch_size=16, warmup_steps=2)
+    readable = {}
+    for weight in (0.0, 1.0):
+        model, pixels, scenes = _blip2_with_pixels(settings.n_scenes)
+        pretrain_vision("blip2", model, pixels, scenes, replace(settings, place_weight=weight))
+        with torch.no_grad():
+            readable[weight] = _place_readable(model.vision_model(pixels).last_hidden_state[:, 1:])
+    assert readable[1.0] > 0.8, readable
+    assert readable[1.0] > readable[0.0] + 0.08, readable
+
+
+def test_blip2_qformer_stage_trains_the_qformer_on_a_frozen_tower() -> None:
+    """Stage 1b moves the Q-Former and its queries, never the vision tower, and learns."""
+    settings = VlmTraining(n_scenes=48, qformer_epochs=6, vision_batch_size=16, warmup_steps=2)
+    model, pixels, scenes = _blip2_with_pixels(settings.n_scenes)
+    tower = {k: v.clone() for k, v in model.vision_model.state_dict().items()}
+    qformer = {k: v.clone() for k, v in model.qformer.state_dict().items()}
+    queries = model.query_tokens.detach().clone()
+    losses = pretrain_qformer(model, pixels, scenes, settings)
+    assert len(losses) == 6 and losses[-1] < losses[0] - 1.0, losses
+    assert all(torch.equal(v, tower[k]) for k, v in model.vision_model.state_dict().items())
+    assert any(not torch.equal(v, qformer[k]) for k, v in model.qformer.state_dict().items())
+    assert not torch.equal(model.query_tokens.detach(), queries)
