@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from clip_benchmark_helpers import clip_benchmark_recalls
 from workflow_helpers import copy_demo, planned, snakemake
 
 from dialogclip.core.io import read_json
@@ -51,28 +52,13 @@ def _write_flickr(demo: Path, folder: Path) -> int:
 
 
 def _clip_benchmark_recalls(folder: Path, checkpoint: Path) -> dict[str, float]:
-    """What ``clip_benchmark eval --dataset flickr30k --task zeroshot_retrieval --model_type
-    open_clip --no_amp`` computes, through its own functions (1.6.2 = upstream 48de38c for
-    these files): the model loaded as the project loads it (its architecture is registered
-    in this process only)."""
-    from clip_benchmark.datasets.builder import build_dataset, get_dataset_collate_fn
-    from clip_benchmark.metrics import zeroshot_retrieval
-
+    """CLIP_benchmark's ``flickr30k`` retrieval on the set's files, the model loaded as the
+    project loads it (its architecture is registered in this process only)."""
     clip = load_clip(ClipSpec("tiny-clip", str(checkpoint)), device=torch.device("cpu"))
-    dataset = build_dataset(
-        "flickr30k",
-        root=str(folder / "flickr30k-images"),
-        annotation_file=str(folder / "flickr30k_test_karpathy.txt"),
-        transform=clip.preprocess,
-        split="test",
-        download=False,
-        task="zeroshot_retrieval",
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=3, collate_fn=get_dataset_collate_fn("flickr30k")
-    )
-    return zeroshot_retrieval.evaluate(
-        clip.model, loader, clip.tokenizer, "cpu", amp=False, recall_k_list=list(KS)
+    annotations = folder / "flickr30k_test_karpathy.txt"
+    root = folder / "flickr30k-images"
+    return clip_benchmark_recalls(
+        "flickr30k", root, annotations, clip.model, clip.preprocess, clip.tokenizer, KS
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import open_clip
 import pytest
-import torch
+from clip_benchmark_helpers import clip_benchmark_recalls
 from workflow_helpers import copy_demo, planned, snakemake
 
 from dialogclip.core.io import read_json
@@ -26,25 +26,10 @@ FOLDER = "results/export/models"
 
 
 def _clip_benchmark_coco(demo: Path, model: Any, preprocess: Any, tokenizer: Any) -> dict:
-    """``clip_benchmark eval --dataset mscoco_captions --task zeroshot_retrieval --no_amp`` on
-    the demo's COCO files, through its own functions."""
-    from clip_benchmark.datasets.builder import build_dataset, get_dataset_collate_fn
-    from clip_benchmark.metrics import zeroshot_retrieval
-
-    dataset = build_dataset(
-        "mscoco_captions",
-        root=str(demo / "eval/coco"),
-        annotation_file=str(demo / "eval/coco/coco_test_karpathy.json"),
-        transform=preprocess,
-        split="test",
-        download=False,
-        task="zeroshot_retrieval",
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=3, collate_fn=get_dataset_collate_fn("mscoco_captions")
-    )
-    return zeroshot_retrieval.evaluate(
-        model, loader, tokenizer, "cpu", amp=False, recall_k_list=list(KS)
+    """CLIP_benchmark's ``mscoco_captions`` retrieval on the demo's COCO files."""
+    root, annotations = demo / "eval/coco", demo / "eval/coco/coco_test_karpathy.json"
+    return clip_benchmark_recalls(
+        "mscoco_captions", root, annotations, model, preprocess, tokenizer, KS
     )
 
 
