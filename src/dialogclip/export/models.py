@@ -46,7 +46,7 @@ class ExportedModel:
     kind: str  # "open_clip" (a full checkpoint) | "third_tower" (a text tower G)
     open_clip_name: str  # the model name to create before loading the file
     entry: str | None  # the evaluation entry the file reproduces (open_clip files)
-    entries: list[str]  # third tower: its embedding-blend entries (load_embedding_blend)
+    entries: dict[str, float]  # third tower: its embedding-blend entries and their betas
     architecture: str
     pretrained: str  # the weights the run started from (tag or checkpoint path)
     quickgelu: bool
@@ -89,35 +89,37 @@ def export_run(
     spec = ClipSpec(first.architecture, first.pretrained, first.quickgelu)
     clip = load_clip(spec, device="cpu", weights_dir=weights_dir)
     trained = load_text_tower(clip.model, tower)  # the run's model with the trained text tower
+    common = {
+        "open_clip_name": clip.open_clip_name,
+        "architecture": first.architecture,
+        "pretrained": first.pretrained,
+        "quickgelu": clip.quickgelu,
+    }
     exported: list[ExportedModel] = []
     with atomic_dir(output) as folder:
-
-        def record(file: str, kind: str, entry: EvalEntry | None, beta: float | None) -> None:
-            exported.append(
-                ExportedModel(
-                    file=file,
-                    kind=kind,
-                    open_clip_name=clip.open_clip_name,
-                    entry=entry.name if entry else None,
-                    entries=[] if entry else blend_entries,
-                    architecture=first.architecture,
-                    pretrained=first.pretrained,
-                    quickgelu=clip.quickgelu,
-                    beta=beta,
-                )
-            )
-
-        blend_entries = [e.name for e in entries if e.text_variant == "embedding_blend"]
         for entry in exported_entries(method, entries):
             assert entry.beta is not None  # checked by EvalEntry for the blends
             model = blend_weights(clip.model, trained.state_dict(), entry.beta)
-            save_file(_state(model), str(folder / f"{entry.name}.safetensors"))
-            record(f"{entry.name}.safetensors", "open_clip", entry, entry.beta)
+            file = f"{entry.name}.safetensors"
+            save_file(_state(model), str(folder / file))
+            exported.append(
+                ExportedModel(
+                    file, "open_clip", entry=entry.name, entries={}, beta=entry.beta, **common
+                )
+            )
             log.info("exported %s (%s, beta %g)", entry.name, entry.text_variant, entry.beta)
         if method == "third_tower":
-            shutil.copyfile(tower, folder / f"{run}-tower.safetensors")
-            record(f"{run}-tower.safetensors", "third_tower", None, None)
-            log.info("exported %s's tower G for %d embedding blends", run, len(blend_entries))
+            blends = {
+                e.name: float(e.beta)
+                for e in entries
+                if e.text_variant == "embedding_blend" and e.beta is not None
+            }
+            file = f"{run}-tower.safetensors"
+            shutil.copyfile(tower, folder / file)
+            exported.append(
+                ExportedModel(file, "third_tower", entry=None, entries=blends, beta=None, **common)
+            )
+            log.info("exported %s's tower G for %d embedding blends", run, len(blends))
         write_json_atomic(
             {"run": run, "method": method, "models": [asdict(m) for m in exported]},
             folder / MANIFEST,
@@ -162,17 +164,9 @@ def load_embedding_blend(
     if not towers:
         raise ValueError(f"{folder / MANIFEST}: no third tower has the entry {entry!r}")
     tower = towers[0]
-    beta = _beta_of(entry)
+    beta = tower["entries"][entry]
     weights = pretrained or tower["pretrained"]
     clip = load_clip(ClipSpec(tower["architecture"], weights, tower["quickgelu"]), device=device)
     third = load_text_tower(clip.model, folder / tower["file"])
     model = EmbeddingBlendCLIP(clip.model, third, beta).eval()
     return LoadedClip(model, clip.preprocess, clip.tokenizer, clip.quickgelu, clip.model_name)
-
-
-def _beta_of(entry: str) -> float:
-    """The beta an entry's name ends with (``...-beta0.9``: TrainRun.eval_entries' names)."""
-    prefix, sep, value = entry.rpartition("-beta")
-    if not sep or not prefix:
-        raise ValueError(f"{entry!r} is not the name of a training run's blend entry")
-    return float(value)
