@@ -122,9 +122,10 @@ def count_lines_cached(
 
     The workflow counts the TSV's lines on every start to plan its shards: about 0.4 s for
     CC3M's 290 MB, each dry run. A record holds a full count with the file's size, mtime and
-    inode; any change to the file (an edit, a copy over it) changes one of them and the lines
-    are counted again. A limited count that stops early is not recorded (it reads only the
-    rows it counts). An unreadable or unwritable cache only costs the count.
+    inode; a change to the file (an edit, a copy over it) changes one of them and the lines
+    are counted again (only a same-size rewrite within one tick of a coarse file-system clock
+    would not: delete the cache file then). A limited count that stops early is not recorded
+    (it reads only the rows it counts). An unreadable or unwritable cache only costs the count.
     """
     from dialogclip.core.io import write_json_atomic
 
