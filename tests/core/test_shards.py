@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,7 @@ from dialogclip.core.shards import (
     ShardPlan,
     block_shards,
     count_lines,
+    count_lines_cached,
     make_key,
     shard_name,
     shard_paths,
@@ -71,3 +73,37 @@ def test_count_lines(tmp_path: Path, content: bytes, expected: int) -> None:
     path.write_bytes(content)
     assert count_lines(path) == expected
     assert count_lines(path, limit=1) == min(1, expected)
+
+
+def test_count_lines_cached_reuses_a_count_until_the_file_changes(tmp_path: Path) -> None:
+    """The count is kept per resolved path with the file's size, mtime and inode: a record is
+    trusted while they match (a doctored record proves the file was not read again), and any
+    change to the file counts it anew."""
+    tsv, cache = tmp_path / "cc3m.tsv", tmp_path / "state" / "tsv_lines.json"
+    tsv.write_bytes(b"a\tu\nb\tv\nc\tw\n")
+    assert count_lines_cached(tsv, None, cache) == 3
+    records = json.loads(cache.read_text())
+    record = records[str(tsv.resolve())]
+    assert record["lines"] == 3 and record["size"] == tsv.stat().st_size
+    record["lines"] = 1000
+    cache.write_text(json.dumps(records))
+    assert count_lines_cached(tsv, None, cache) == 1000
+    assert count_lines_cached(tsv, 10, cache) == 10  # the limit applies to a cached count
+    with tsv.open("ab") as handle:
+        handle.write(b"d\tx\n")
+    assert count_lines_cached(tsv, None, cache) == 4
+    assert json.loads(cache.read_text())[str(tsv.resolve())]["lines"] == 4
+
+
+def test_count_lines_cached_records_only_full_counts(tmp_path: Path) -> None:
+    """A count a limit cut short is no line count of the file: not recorded; a limit above the
+    file's lines reads it all and records it. A corrupt cache is counted over."""
+    tsv, cache = tmp_path / "cc3m.tsv", tmp_path / "tsv_lines.json"
+    tsv.write_bytes(b"a\nb\nc\n")
+    assert count_lines_cached(tsv, 2, cache) == 2
+    assert not cache.exists()
+    assert count_lines_cached(tsv, 5, cache) == 3
+    assert json.loads(cache.read_text())[str(tsv.resolve())]["lines"] == 3
+    cache.write_text("{not json")
+    assert count_lines_cached(tsv, None, cache) == 3
+    assert json.loads(cache.read_text())[str(tsv.resolve())]["lines"] == 3
