@@ -74,6 +74,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
             viewport={"width": 1400, "height": 900},
         )
         page = context.new_page()
+        # Playwright's 30 s default was once too short for an iframe's table on the 2-core CI
+        # machine under the suite's load (the same test passes in 31 s alone): a wait, not a
+        # check, so a longer one only delays a real failure.
+        page.set_default_timeout(120_000)
         problems: list[str] = []
         page.on("requestfailed", lambda request: problems.append(f"failed: {request.url[:120]}"))
         page.on(
