@@ -26,27 +26,20 @@ def get_exported_models(wildcards=None):
     return [f"{EXPORTED_MODELS}/{run.name}" for run in runs]
 
 
-def _train_run(name):
-    for run in get_train_runs():
-        if run.name == name:
-            return run
-    raise WorkflowError(f"no training run named {name!r} in train.runs")
-
-
 def get_export_models_tower(wildcards):
     """The run's trained tower (its final checkpoint)."""
-    return _train_run(wildcards.run).final
+    return get_train_run(wildcards).final
 
 
 def get_export_models_weights(wildcards):
     """The weights the run started from (a fetched tag's file or a checkpoint path)."""
-    run = _train_run(wildcards.run)
+    run = get_train_run(wildcards)
     return get_weights_file(run.architecture, run.pretrained)
 
 
 def get_export_models_params(wildcards):
     """The run (name, method) and its evaluation entries as JSON: what the folder holds."""
-    run = _train_run(wildcards.run)
+    run = get_train_run(wildcards)
     entries = [asdict(entry) for entry in run.eval_entries()]
     return json.dumps(
         {"run": run.name, "method": run.method, "entries": entries}, sort_keys=True
