@@ -29,13 +29,23 @@ def _write_metrics(path: Path, losses: list[float]) -> None:
 
 
 def test_training_metrics_are_read_per_run(tmp_path: Path) -> None:
-    train = tmp_path / "train"
-    _write_metrics(train / "third_tower" / "vitb32" / "metrics.jsonl", [2.0, 1.5, 1.2])
-    _write_metrics(train / "draft" / "metrics.jsonl", [3.0, 2.0])
-    runs = read_training_metrics(train)
-    assert list(runs) == ["draft", "third_tower/vitb32"]
-    assert [r["loss"] for r in runs["third_tower/vitb32"]] == [2.0, 1.5, 1.2]
-    assert read_training_metrics(tmp_path / "absent") == {}
+    runs_dir = tmp_path / "train" / "runs"
+    _write_metrics(runs_dir / "c3m" / "metrics.jsonl", [2.0, 1.5, 1.2])
+    _write_metrics(runs_dir / "draft" / "metrics.jsonl", [3.0, 2.0])
+    runs = read_training_metrics([runs_dir / "draft" / "metrics.jsonl",
+                                  runs_dir / "c3m" / "metrics.jsonl"])  # fmt: skip
+    assert list(runs) == ["draft", "c3m"]  # named by the run's folder, in the given order
+    assert [r["loss"] for r in runs["c3m"]] == [2.0, 1.5, 1.2]
+    assert read_training_metrics([]) == {}
+
+
+def test_a_run_given_twice_names_the_second_file(tmp_path: Path) -> None:
+    first = tmp_path / "runs" / "draft" / "metrics.jsonl"
+    work = tmp_path / "runs" / "draft" / "work" / "draft" / "metrics.jsonl"
+    _write_metrics(first, [1.0])
+    _write_metrics(work, [1.0])
+    with pytest.raises(ValueError, match=rf"{work}: a second metrics file of run 'draft'"):
+        read_training_metrics([first, work])
 
 
 def test_a_bad_training_line_names_file_and_line(tmp_path: Path) -> None:
@@ -43,15 +53,17 @@ def test_a_bad_training_line_names_file_and_line(tmp_path: Path) -> None:
     _write_metrics(path, [1.0])
     path.write_text(path.read_text() + '{"step": 1, "loss": 0.5}\n')
     with pytest.raises(ValueError, match=rf"{path}:2: missing \['epoch', 'lr', 'samples_per_s'\]"):
-        read_training_metrics(tmp_path / "train")
+        read_training_metrics([path])
 
 
 def test_training_loss_plot_with_and_without_runs(tmp_path: Path) -> None:
     _write_metrics(tmp_path / "train" / "run" / "metrics.jsonl", [2.0, 1.0])
-    training_loss(read_training_metrics(tmp_path / "train"), tmp_path / "curves.png")
+    training_loss(read_training_metrics([tmp_path / "train" / "run" / "metrics.jsonl"]),
+                  tmp_path / "curves.png")  # fmt: skip
     training_loss({}, tmp_path / "none.png")
     with Image.open(tmp_path / "curves.png") as curves, Image.open(tmp_path / "none.png") as none:
-        assert curves.size == (1000, 380)  # two panels (loss, lr), 10 x 3.8 in at 100 dpi
+        # two panels (loss, lr), 10 x 3.8 in at 100 dpi, and a row of legend (0.2 in) below
+        assert curves.size == (1000, 400)
         assert none.size == (600, 250)  # the "no training run yet" notice
 
 
@@ -107,7 +119,8 @@ def test_report_command_writes_every_table_and_plot(tmp_path: Path) -> None:
     (results / "report" / "dialogue_quality" / "llava.json").write_text(
         json.dumps(_quality("llava"))
     )
-    _write_metrics(results / "train" / "draft" / "metrics.jsonl", [2.0, 1.0])
+    metrics = results / "train" / "runs" / "draft" / "metrics.jsonl"
+    _write_metrics(metrics, [2.0, 1.0])
     params = {
         "models": [
             {"name": "b32", "architecture": "ViT-B-32", "pretrained": "laion2b_s34b_b79k",
@@ -123,7 +136,7 @@ def test_report_command_writes_every_table_and_plot(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dialogclip.cli", "report", "--params", json.dumps(params),
          "--thesis", str(NUMBERS), "--results-dir", str(results),
-         "--train-dir", str(results / "train"), "--output-dir", str(out)],
+         "--metrics", str(metrics), "--output-dir", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -149,4 +162,4 @@ def test_report_command_writes_every_table_and_plot(tmp_path: Path) -> None:
         "| 60.00 | 10.00 | 12.50 | 25.00 |" in vqa
     )
     with Image.open(out / "plots" / "training_loss.png") as curves:
-        assert curves.size == (1000, 380)  # the run was drawn, not the "no run" notice
+        assert curves.size == (1000, 400)  # the run was drawn, not the "no run" notice

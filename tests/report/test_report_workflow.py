@@ -36,6 +36,10 @@ def test_finished_demo_has_the_report(finished_demo: Path) -> None:
         for suffix in (".md", ".csv", ".html"):
             assert (report / "tables" / f"{name}{suffix}").is_file(), f"{name}{suffix}"
     assert len(list((report / "plots").glob("*.png"))) == 8
+    # each training run's curve once (not again from its work/ folder's copy of the metrics)
+    runs = [run["name"] for run in DEMO_CONFIG["train"]["runs"]]
+    log = (finished_demo / "logs" / "report" / "report.log").read_text()
+    assert f"training curves of {len(runs)} runs: {', '.join(runs)}\n" in log
     retrieval = read_json(finished_demo / "results" / "eval" / "retrieval" / "tiny" / "coco.json")
     r1 = 100 * retrieval["metrics"]["image_retrieval_recall@1"]
     # the demo links `tiny` to the thesis' CLIP ViT-B-32 (LAION-400M) row (img R@1 34.2)

@@ -68,5 +68,5 @@ rule report:
         cfg=get_report_params,
     shell:
         "dialogclip report --params {params.cfg:q} --thesis {input.thesis:q}"
-        " --results-dir results --train-dir results/train"
+        " --results-dir results --metrics {input.train:q}"
         " --output-dir results/report 2> {log:q}"

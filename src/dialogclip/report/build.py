@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,8 +142,9 @@ def quality_grid(quality: Mapping[str, Mapping[str, Any] | None]) -> Grid:
     return Grid(title="Dialogue quality per generator", headers=headers, rows=rows, note=note)
 
 
-def build_report(inputs: ReportInputs, output_dir: Path, train_dir: Path | None = None) -> None:
-    """Write every table, plot and ``report.md`` into ``output_dir``."""
+def build_report(inputs: ReportInputs, output_dir: Path, metrics: Sequence[Path] = ()) -> None:
+    """Write every table, plot and ``report.md`` into ``output_dir``; ``metrics``: each
+    training run's ``metrics.jsonl``."""
     output_dir = Path(output_dir)
     settings, thesis = inputs.settings, inputs.thesis
     results = collect_results(settings, inputs.results_dir)
@@ -162,7 +163,7 @@ def build_report(inputs: ReportInputs, output_dir: Path, train_dir: Path | None 
     plots.download_errors(inputs.ingest_summary(), plot_dir / "download_errors.png")
     summaries = {g: inputs.dialogue_summary(g) for g in settings.generators}
     plots.parse_rates(summaries, quality, plot_dir / "parse_rates.png")
-    runs = plots.read_training_metrics(train_dir) if train_dir is not None else {}
+    runs = plots.read_training_metrics(metrics)
     plots.training_loss(runs, plot_dir / "training_loss.png")
     plots.dialogue_clipscore(quality, plot_dir / "dialogue_clipscore.png")
     plots.dialogue_tokens(quality, plot_dir / "dialogue_tokens.png")

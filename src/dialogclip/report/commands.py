@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--thesis", required=True, type=Path, help="resources/thesis/numbers.yaml")
     report.add_argument("--results-dir", required=True, type=Path, help="the results/ folder")
     report.add_argument(
-        "--train-dir", type=Path, default=None, help="folder searched for metrics.jsonl files"
+        "--metrics", nargs="*", type=Path, default=[], help="each training run's metrics.jsonl"
     )
     report.add_argument("--output-dir", required=True, type=Path, help="results/report")
     report.set_defaults(func=_report)
@@ -102,5 +102,5 @@ def _report(args: argparse.Namespace) -> int:
         thesis=load_thesis_numbers(args.thesis),
         settings=report_settings_from_params(args.params),
     )
-    build_report(inputs, args.output_dir, train_dir=args.train_dir)
+    build_report(inputs, args.output_dir, metrics=args.metrics)
     return 0

@@ -22,6 +22,8 @@ DPI = 100
 OURS_COLOR = "#1f77b4"
 THESIS_COLOR = "#222222"
 TRAIN_FIELDS = ("step", "epoch", "loss", "lr", "samples_per_s")
+LEGEND_FONT = 8
+LEGEND_ROW_INCHES = 0.2  # height a row of the figure legend takes at LEGEND_FONT
 
 
 def _pyplot() -> Any:
@@ -33,9 +35,37 @@ def _pyplot() -> Any:
     return plt
 
 
+def _figure(ncols: int, width: float, height: float, legend_rows: int = 0) -> tuple[Any, Any]:
+    """A row of ``ncols`` axes laid out by matplotlib's constrained layout, ``legend_rows``
+    rows of figure legend taller (the legend sits below the axes, never on them)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, ncols, figsize=(width, height + LEGEND_ROW_INCHES * legend_rows), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    return fig, axes[0]
+
+
+def _legend_rows(n_labels: int, ncol: int) -> int:
+    return -(-n_labels // ncol)
+
+
+def _legend_below(fig: Any, axes: Sequence[Any], ncol: int) -> None:
+    """One legend for the whole figure, below its axes: each label once, in drawing order
+    (a series drawn on several panels is one entry)."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center",
+                   ncol=min(ncol, len(entries)), fontsize=LEGEND_FONT, frameon=False)  # fmt: skip
+
+
 def _save(fig: Any, path: Path) -> None:
     plt = _pyplot()
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         # metadata Software=None: the PNG bytes depend on the data only
         fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
@@ -58,19 +88,16 @@ def recall_bars(table: Table, path: Path) -> None:
     if not lines:
         _empty(path, title, "no retrieval result yet")
         return
-    plt = _pyplot()
     directions = ("image", "text")
-    fig, axes = plt.subplots(
-        1, 2, figsize=(max(8, 1.6 * len(lines) + 4), 4.5), sharey=True, squeeze=False
-    )
+    fig, axes = _figure(2, max(8, 0.9 * len(lines) + 4), 4.5, legend_rows=1)
     width = 0.8 / 3
-    for ax, direction in zip(axes[0], directions, strict=True):
+    for ax, direction in zip(axes, directions, strict=True):
         columns = [c for c in table.columns if c.metric.startswith(direction)]
         for k, column in enumerate(columns):
             xs = [i + (k - 1) * width for i in range(len(lines))]
             ours = [line.ours.get(column) or 0.0 for line in lines]
-            ax.bar(xs, ours, width, label=METRIC_HEADERS[column.metric], alpha=0.45 + 0.25 * k,
-                   color=OURS_COLOR)  # fmt: skip
+            ax.bar(xs, ours, width, label=f"R@{column.metric.rsplit('@', 1)[1]}",
+                   alpha=0.45 + 0.25 * k, color=OURS_COLOR)  # fmt: skip
             thesis = [(x, line.thesis.get(column)) for x, line in zip(xs, lines, strict=True)]
             thesis = [(x, v) for x, v in thesis if v is not None]
             if thesis:
@@ -81,7 +108,7 @@ def recall_bars(table: Table, path: Path) -> None:
         arrow = "text -> image" if direction == "image" else "image -> text"
         ax.set_title(f"{direction} retrieval ({arrow})")
         ax.set_ylabel("recall (%)")
-        ax.legend(fontsize=8)
+    _legend_below(fig, axes, ncol=4)
     _save(fig, path)
 
 
@@ -108,7 +135,9 @@ def beta_curve(table: Table, path: Path) -> None:
         if line.entry is None:
             continue
         entry = line.entry
-        family = f"{entry.architecture} ({entry.pretrained}) + {entry.other or 'own tower'}"
+        family = f"{_checkpoint_name(entry.pretrained)} + {_checkpoint_name(entry.other)}"
+        if entry.text_variant == "weight_blend":  # a curve of its own beside the embeddings'
+            family += " (weights)"
         for column in r1:
             value = line.ours.get(column)
             if value is not None:
@@ -117,9 +146,9 @@ def beta_curve(table: Table, path: Path) -> None:
     if not families and not any(thesis_points.values()):
         _empty(path, title, "no blend result")
         return
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(r1), figsize=(10, 4), squeeze=False)
-    for ax, column in zip(axes[0], r1, strict=True):
+    n_series = len(families) + any(thesis_points.values())
+    fig, axes = _figure(len(r1), 10, 4, legend_rows=_legend_rows(n_series, 2))
+    for ax, column in zip(axes, r1, strict=True):
         if thesis_points[column]:
             ax.plot(*zip(*thesis_points[column], strict=True), "o--", color=THESIS_COLOR,
                     label="thesis (C3M B-32, BLIP-2)")  # fmt: skip
@@ -130,9 +159,20 @@ def beta_curve(table: Table, path: Path) -> None:
         ax.set_ylabel(f"{column.header} (%)")
         ax.set_title(column.header)
         ax.invert_xaxis()
-        ax.legend(fontsize=7)
+    _legend_below(fig, axes, ncol=2)
     fig.suptitle(title)
     _save(fig, path)
+
+
+def _checkpoint_name(checkpoint: str | None) -> str:
+    """A short name for a legend: a training run's tower by its run, a checkpoint file by its
+    stem, a pretrained tag as it is; no second tower is the entry's own."""
+    if checkpoint is None:
+        return "own tower"
+    path = Path(checkpoint)
+    if path.suffix not in {".safetensors", ".pt", ".bin", ".pth"}:
+        return checkpoint  # a pretrained tag (laion2b_s34b_b79k)
+    return path.parent.name if path.stem == "final" else path.stem
 
 
 def vqa_answer_types(table: Table, path: Path) -> None:
@@ -143,9 +183,10 @@ def vqa_answer_types(table: Table, path: Path) -> None:
     if not lines:
         _empty(path, title, "no VQA result yet")
         return
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
+    fig, axes = _figure(
+        len(datasets), 6 * len(datasets), 4.5, legend_rows=_legend_rows(len(lines), 3)
+    )
+    for ax, dataset in zip(axes, datasets, strict=True):
         columns = [c for c in table.columns if c.dataset == dataset]
         width = 0.8 / max(len(lines), 1)
         for i, line in enumerate(lines):
@@ -162,7 +203,7 @@ def vqa_answer_types(table: Table, path: Path) -> None:
         ax.set_xticklabels([METRIC_HEADERS[c.metric] for c in columns])
         ax.set_ylabel("accuracy (%)")
         ax.set_title(dataset.replace("_", " ") + " (ticks: thesis)")
-        ax.legend(fontsize=7)
+    _legend_below(fig, axes, ncol=3)
     fig.suptitle(title)
     _save(fig, path)
 
@@ -233,13 +274,16 @@ def _stacked(ax: Any, counts: Mapping[str, Mapping[str, int]], what: str) -> Non
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center")
 
 
-def read_training_metrics(train_dir: Path) -> dict[str, list[dict[str, float]]]:
-    """{run: records} from every ``metrics.jsonl`` under ``train_dir`` (run = its folder,
-    relative); each line a JSON object with at least step, epoch, loss, lr, samples_per_s."""
+def read_training_metrics(paths: Sequence[Path]) -> dict[str, list[dict[str, float]]]:
+    """{run: records} from each run's ``metrics.jsonl`` (``results/train/runs/{run}/``; the run
+    is the file's folder); each line a JSON object with at least step, epoch, loss, lr,
+    samples_per_s. Given the files, not a folder to search: a run's ``work/`` folder holds an
+    in-progress copy of the same records, which a search would plot a second time."""
     runs: dict[str, list[dict[str, float]]] = {}
-    if not Path(train_dir).is_dir():
-        return runs
-    for path in sorted(Path(train_dir).rglob("metrics.jsonl")):
+    for path in map(Path, paths):
+        run = path.parent.name
+        if run in runs:
+            raise ValueError(f"{path}: a second metrics file of run {run!r}")
         records = []
         for number, text in enumerate(path.read_text().splitlines(), start=1):
             if not text.strip():
@@ -252,7 +296,7 @@ def read_training_metrics(train_dir: Path) -> dict[str, list[dict[str, float]]]:
             if missing:
                 raise ValueError(f"{path}:{number}: missing {missing}")
             records.append(record)
-        runs[str(path.parent.relative_to(train_dir))] = records
+        runs[run] = records
     return runs
 
 
@@ -263,17 +307,17 @@ def training_loss(runs: Mapping[str, Sequence[Mapping[str, float]]], path: Path)
     if not runs:
         _empty(path, title, "no training run yet (results/train/**/metrics.jsonl)")
         return
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    log.info("training curves of %d runs: %s", len(runs), ", ".join(runs))
+    fig, axes = _figure(2, 10, 3.8, legend_rows=_legend_rows(len(runs), 3))
     for name, records in runs.items():
         steps = [r["step"] for r in records]
-        axes[0][0].plot(steps, [r["loss"] for r in records], label=name)
-        axes[0][1].plot(steps, [r["lr"] for r in records], label=name)
-    axes[0][0].set_title("loss")
-    axes[0][1].set_title("learning rate")
-    for ax in axes[0]:
+        axes[0].plot(steps, [r["loss"] for r in records], label=name)
+        axes[1].plot(steps, [r["lr"] for r in records], label=name)
+    axes[0].set_title("loss")
+    axes[1].set_title("learning rate")
+    for ax in axes:
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+    _legend_below(fig, axes, ncol=3)
     fig.suptitle(title)
     _save(fig, path)
 
