@@ -18,7 +18,7 @@ from dialogclip.export.settings import DatasetExport, ModelsExport
 from dialogclip.generate.config import GenerateConfig
 from dialogclip.ingest.settings import IngestSettings
 from dialogclip.models.eval_entry import EvalEntry
-from dialogclip.report.settings import DialogueQualitySettings, ReportClip
+from dialogclip.report.settings import DialogueQualitySettings, GallerySettings, ReportClip
 from dialogclip.train.loss_settings import (
     DIRECTIONS,
     MMD_FORMS,
@@ -45,6 +45,7 @@ SECTIONS = {
         RunEvaluation,
     ),
     "report.clip": ("#/properties/report/properties/clip", ReportClip),
+    "report.gallery": ("#/properties/report/properties/gallery", GallerySettings),
     "report.dialogue_quality": (
         "#/properties/report/properties/dialogue_quality",
         DialogueQualitySettings,

@@ -13,93 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from enriched_helpers import SCIENCE, dialogue_shard, enriched_world
 
 from dialogclip import cli
-from dialogclip.core.io import InputFileError, write_parquet_atomic
+from dialogclip.core.io import InputFileError
 from dialogclip.export.card import hf_features, size_category
 from dialogclip.export.dataset import export_dataset
 from dialogclip.export.settings import DatasetExport
-from dialogclip.generate.schema import DIALOGUE_SCHEMA
-from dialogclip.ingest.shard import SHARD_SCHEMA
-
-SCIENCE = {
-    "blip2": {
-        "model": "Salesforce/blip2-opt-6.7b",
-        "revision": "a" * 40,
-        "dtype": "bfloat16",
-        "generator_settings": {"questions": ["What do you see in this image?"]},
-        "sampling": {"temperature": 0.0},
-        "decode": {"shortest_side": 224},
-    },
-    "llava": {
-        "model": "llava-hf/llava-1.5-7b-hf",
-        "revision": "b" * 40,
-        "dtype": "bfloat16",
-        "generator_settings": {"question": "Write three questions and answers."},
-        "sampling": {"temperature": 0.0},
-        "decode": {"shortest_side": 336},
-    },
-}
-
-
-def _ingested(path: Path, keys: list[str], failed: set[str]) -> None:
-    rows = [
-        {
-            "key": key,
-            "url": f"https://example.org/{key}.jpg",
-            "caption": f"caption of {key}",
-            "status": "failed_to_download" if key in failed else "success",
-            "sha256": None if key in failed else f"{int(key):064x}",
-            "jpg": None if key in failed else b"\xff\xd8 not read by the export",
-            "attempts": 1,
-        }
-        for key in keys
-    ]
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), path)
-
-
-def _dialogue(path: Path, generator: str, keys: list[str], science: dict[str, Any]) -> None:
-    rows = []
-    for key in keys:
-        broken = key.endswith("3")  # an image the generator could not decode
-        rows.append(
-            {
-                "key": key,
-                "url": f"https://example.org/{key}.jpg",
-                "generator": generator,
-                "model": science["model"],
-                "revision": science["revision"],
-                "backend": "vllm",
-                "status": "image_error" if broken else "success",
-                "error_message": "truncated" if broken else None,
-                "prompts": None if broken else [f"prompt {key}"],
-                "responses": None if broken else [f"reply {key}"],
-                "questions": None if broken else [f"{generator} question {key}"],
-                "answers": None if broken else [f"{generator} answer {key}"],
-                "parse_status": None if broken else "ok",
-                "finish_reasons": None if broken else ["stop"],
-                "prompt_tokens": None if broken else [5],
-                "generated_tokens": None if broken else [3],
-            }
-        )
-    metadata = {**science, "generator": generator, "backend": "vllm", "versions": {"vllm": "1"}}
-    table = pa.Table.from_pylist(rows, schema=DIALOGUE_SCHEMA)
-    write_parquet_atomic(table, path, metadata=metadata)
-
-
-def _world(root: Path) -> tuple[list[Path], dict[str, list[Path]]]:
-    """Two shards: keys 0-4 (key 1 failed to download) and 5-8."""
-    shards = {"00000": [f"{i:09d}" for i in range(5)], "00001": [f"{i:09d}" for i in range(5, 9)]}
-    failed = {"000000001"}
-    ingested, dialogue = [], {"blip2": [], "llava": []}
-    for name, keys in shards.items():
-        ingested.append(root / "ingest" / f"{name}.parquet")
-        _ingested(ingested[-1], keys, failed)
-        downloaded = [key for key in keys if key not in failed]
-        for generator in dialogue:
-            dialogue[generator].append(root / generator / f"{name}.parquet")
-            _dialogue(dialogue[generator][-1], generator, downloaded, SCIENCE[generator])
-    return ingested, dialogue
 
 
 def _card_header(folder: Path) -> dict[str, Any]:
@@ -109,7 +29,7 @@ def _card_header(folder: Path) -> dict[str, Any]:
 
 
 def test_the_folder_joins_each_generator_on_key_and_loads(tmp_path: Path) -> None:
-    ingested, dialogue = _world(tmp_path)
+    ingested, dialogue = enriched_world(tmp_path)
     output = tmp_path / "dataset"
     summary = export_dataset(ingested, dialogue, output, DatasetExport(), progress=False)
 
@@ -141,7 +61,7 @@ def test_the_folder_joins_each_generator_on_key_and_loads(tmp_path: Path) -> Non
 
 
 def test_the_card_states_what_was_made_and_how(tmp_path: Path) -> None:
-    ingested, dialogue = _world(tmp_path)
+    ingested, dialogue = enriched_world(tmp_path)
     output = tmp_path / "dataset"
     settings = DatasetExport(pretty_name="World dialogue", licence_note="Shared for research.")
     export_dataset(ingested, dialogue, output, settings, progress=False)
@@ -161,9 +81,9 @@ def test_the_card_states_what_was_made_and_how(tmp_path: Path) -> None:
 
 
 def test_a_dialogue_shard_of_other_rows_is_refused_naming_it(tmp_path: Path) -> None:
-    ingested, dialogue = _world(tmp_path)
+    ingested, dialogue = enriched_world(tmp_path)
     # LLaVA's second shard holds the first shard's rows: a broken join.
-    _dialogue(dialogue["llava"][1], "llava", ["000000000", "000000002"], SCIENCE["llava"])
+    dialogue_shard(dialogue["llava"][1], "llava", ["000000000", "000000002"], SCIENCE["llava"])
     with pytest.raises(InputFileError) as error:
         export_dataset(ingested, dialogue, tmp_path / "dataset", DatasetExport(), progress=False)
     message = str(error.value)
@@ -173,9 +93,9 @@ def test_a_dialogue_shard_of_other_rows_is_refused_naming_it(tmp_path: Path) -> 
 
 
 def test_shards_of_two_experiments_are_refused_naming_the_key(tmp_path: Path) -> None:
-    ingested, dialogue = _world(tmp_path)
+    ingested, dialogue = enriched_world(tmp_path)
     other = {**SCIENCE["blip2"], "sampling": {"temperature": 0.7}}
-    _dialogue(
+    dialogue_shard(
         dialogue["blip2"][1], "blip2", ["000000005", "000000006", "000000007", "000000008"], other
     )
     with pytest.raises(InputFileError, match=r"was generated with another sampling than"):
@@ -183,7 +103,7 @@ def test_shards_of_two_experiments_are_refused_naming_the_key(tmp_path: Path) ->
 
 
 def test_the_command_writes_the_folder(tmp_path: Path) -> None:
-    ingested, dialogue = _world(tmp_path)
+    ingested, dialogue = enriched_world(tmp_path)
     output = tmp_path / "dataset"
     argv = ["export-dataset", "--params", '{"pretty_name": "From the CLI"}']
     argv += ["--ingested", *map(str, ingested), "--output", str(output)]

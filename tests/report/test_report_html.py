@@ -143,6 +143,7 @@ def test_report_lists_every_table_and_plot(report, browser) -> None:
     assert listed == {
         "Tables": sorted(f"{name}.html" for name in TABLES),
         "Plots": sorted(f"{name}.png" for name in PLOTS),
+        "Gallery": ["gallery.html"],
     }
     assert problems == []
 
@@ -249,6 +250,7 @@ def test_no_broken_links(report, browser) -> None:
     files = {
         **{f"{t}.html": workdir / "results" / "report" / "tables" / f"{t}.html" for t in TABLES},
         **{f"{p}.png": workdir / "results" / "report" / "plots" / f"{p}.png" for p in PLOTS},
+        "gallery.html": workdir / "results" / "report" / "gallery.html",
     }
     assert sorted(embedded) == sorted(files)
     for name, (ok, data) in embedded.items():
@@ -260,6 +262,24 @@ def test_no_broken_links(report, browser) -> None:
     shutil.copy(html, alone)
     page.goto(alone.as_uri())
     assert json.loads(page.evaluate("JSON.stringify(Object.keys(categories).sort())")) == [
+        "Gallery",
         "Plots",
         "Tables",
     ]
+
+
+def test_the_gallery_shows_its_images_and_dialogue(report, browser) -> None:
+    workdir, html = report
+    page, problems = browser
+    _open(page, html, "Gallery")
+    _view(page, "gallery")
+    frame = page.frame_locator("iframe")
+    images = frame.locator("div.sample img")
+    images.first.wait_for()
+    assert images.count() == 12  # report.gallery.samples
+    for k in range(images.count()):
+        width, height, _ = images.nth(k).evaluate(DECODED_JS)
+        assert width > 0 and height > 0, k  # each inline JPEG decodes
+    first = frame.locator("div.sample").first.inner_text()
+    assert "Caption: " in first and "What do you see in this image?" in first
+    assert problems == []

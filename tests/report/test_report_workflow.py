@@ -40,6 +40,15 @@ def test_finished_demo_has_the_report(finished_demo: Path) -> None:
     runs = [run["name"] for run in DEMO_CONFIG["train"]["runs"]]
     log = (finished_demo / "logs" / "report" / "report.log").read_text()
     assert f"training curves of {len(runs)} runs: {', '.join(runs)}\n" in log
+    # the gallery: report.gallery.samples (default 12) of the downloaded images, linked
+    downloaded = read_json(finished_demo / "results" / "ingest" / "summary.json")
+    n_downloaded = downloaded["status_counts"]["success"]
+    gallery = (report / "gallery.html").read_text()
+    assert f"12 of {n_downloaded} downloaded images" in gallery
+    assert gallery.count('<div class="sample">') == 12
+    assert (
+        "[12 sample images with their dialogue](gallery.html)" in (report / "report.md").read_text()
+    )
     retrieval = read_json(finished_demo / "results" / "eval" / "retrieval" / "tiny" / "coco.json")
     r1 = 100 * retrieval["metrics"]["image_retrieval_recall@1"]
     # the demo links `tiny` to the thesis' CLIP ViT-B-32 (LAION-400M) row (img R@1 34.2)

@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 from functools import cache
 from pathlib import Path
@@ -259,6 +260,21 @@ def dialogue_shards(generator):
 def get_dialogue_shards(wildcards):
     """Every dialogue shard of wildcards.generator (its summary and its dialogue quality)."""
     return dialogue_shards(wildcards.generator)
+
+
+def get_all_dialogue_shards(wildcards):
+    """Every dialogue shard of every switched-on generator (the dataset export, the gallery)."""
+    return [
+        shard for generator in get_generators() for shard in dialogue_shards(generator)
+    ]
+
+
+def get_dialogue_args(wildcards):
+    """``--dialogue <generator> <its shards>`` once per generator, for the shell line."""
+    return " ".join(
+        shlex.join(["--dialogue", generator, *dialogue_shards(generator)])
+        for generator in get_generators()
+    )
 
 
 def get_weights_file(architecture, pretrained):

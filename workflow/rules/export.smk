@@ -11,7 +11,7 @@ include: "export_functions.smk"
 rule export_dataset:
     input:
         ingested=get_export_ingested_shards,
-        dialogue=get_export_dialogue_shards,
+        dialogue=get_all_dialogue_shards,
     output:
         directory(DATASET),
     log:
@@ -27,7 +27,7 @@ rule export_dataset:
         runtime=60,
     params:
         cfg=get_export_dataset_params,
-        dialogue=get_export_dialogue_args,
+        dialogue=get_dialogue_args,
     shell:
         "dialogclip export-dataset --params {params.cfg:q} --ingested {input.ingested:q}"
         " {params.dialogue} --output {output:q} 2> {log:q}"

@@ -1,6 +1,5 @@
 # Input functions and parameters of the export stage (workflow/rules/export.smk includes this
 # file: `snakemake --lint` wants Python functions and rules in separate snakefiles).
-import shlex
 from dataclasses import asdict
 
 DATASET = "results/dataset"
@@ -49,21 +48,6 @@ def get_export_models_params(wildcards):
 def get_export_ingested_shards(wildcards):
     """Every final ingested shard, in shard order (the dataset's rows come from them)."""
     return [ingested_shard(shard) for shard in get_shards()]
-
-
-def get_export_dialogue_shards(wildcards):
-    """Every dialogue shard of every switched-on generator."""
-    return [
-        shard for generator in get_generators() for shard in dialogue_shards(generator)
-    ]
-
-
-def get_export_dialogue_args(wildcards):
-    """``--dialogue <generator> <its shards>`` once per generator, for the shell line."""
-    return " ".join(
-        shlex.join(["--dialogue", generator, *dialogue_shards(generator)])
-        for generator in get_generators()
-    )
 
 
 def get_export_dataset_params(wildcards):

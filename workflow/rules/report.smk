@@ -48,9 +48,17 @@ rule report:
         dialogue=get_report_dialogue_summaries,
         quality=get_report_quality_inputs,
         train=get_training_metrics,
+        ingested=get_quality_ingested_shards,
+        dialogue_shards=get_all_dialogue_shards,
     output:
         **get_report_table_outputs(),
         **get_report_plot_outputs(),
+        gallery=report(
+            "results/report/gallery.html",
+            caption="../report/gallery.rst",
+            category="Gallery",
+            labels={"page": "gallery"},
+        ),
         text=get_report_text_outputs(),
         page="results/report/report.md",
     log:
@@ -66,7 +74,9 @@ rule report:
         runtime=10,
     params:
         cfg=get_report_params,
+        dialogue=get_dialogue_args,  # the gallery's dialogue shards
     shell:
         "dialogclip report --params {params.cfg:q} --thesis {input.thesis:q}"
         " --results-dir results --metrics {input.train:q}"
+        " --ingested {input.ingested:q} {params.dialogue}"
         " --output-dir results/report 2> {log:q}"

@@ -110,7 +110,13 @@ def get_report_outputs():
     """Everything the report stage adds to the target `all`."""
     if not is_report_active():
         return []
-    return ["results/report/report.md", *get_dialogue_quality_outputs()]
+    # The gallery by name too: a finished working directory from before it existed then builds
+    # it (Snakemake checks only the requested outputs of a job for being missing).
+    return [
+        "results/report/report.md",
+        "results/report/gallery.html",
+        *get_dialogue_quality_outputs(),
+    ]
 
 
 def get_training_metrics(wildcards):
@@ -131,6 +137,7 @@ def get_report_params(wildcards):
             "models": models,
             "generators": get_generators(),
             "decimals": config["report"]["decimals"],
+            "gallery": config["report"]["gallery"],
         },
         sort_keys=True,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from dialogclip.core.config import ConfigError
@@ -48,4 +50,35 @@ def parse_params(text: str) -> dict[str, Any]:
     return value
 
 
-__all__ = ["ConfigError", "add_params_argument", "parse_params"]
+def add_dialogue_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--dialogue GENERATOR SHARD...``, once per generator (read by
+    :func:`dialogue_shards`)."""
+    parser.add_argument(
+        "--dialogue",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("GENERATOR", "SHARD"),
+        help="a generator's name, then its dialogue shards with the ingested shards' names;"
+        " once per generator",
+    )
+
+
+def dialogue_shards(values: Sequence[Sequence[str]]) -> dict[str, list[Path]]:
+    """{generator: its shards} from the ``--dialogue`` values; a generator named twice is a
+    :class:`ConfigError`."""
+    shards: dict[str, list[Path]] = {}
+    for name, *paths in values:
+        if name in shards:
+            raise ConfigError(f"--dialogue names the generator {name!r} twice")
+        shards[name] = [Path(path) for path in paths]
+    return shards
+
+
+__all__ = [
+    "ConfigError",
+    "add_dialogue_argument",
+    "add_params_argument",
+    "dialogue_shards",
+    "parse_params",
+]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dialogclip.core.cli_utils import add_params_argument
+from dialogclip.core.cli_utils import add_dialogue_argument, add_params_argument, dialogue_shards
 from dialogclip.core.config import ConfigError, section_from_dict
 
 
@@ -26,15 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dataset.add_argument(
         "--ingested", required=True, nargs="+", type=Path, help="the ingested shards (Parquet)"
     )
-    dataset.add_argument(
-        "--dialogue",
-        nargs="+",
-        action="append",
-        default=[],
-        metavar=("GENERATOR", "SHARD"),
-        help="a generator's name, then its dialogue shards with the ingested shards' names;"
-        " once per generator",
-    )
+    add_dialogue_argument(dataset)
     dataset.add_argument("--output", required=True, type=Path, help="the dataset folder")
     dataset.set_defaults(func=_export_dataset)
 
@@ -54,12 +46,7 @@ def _export_dataset(args: argparse.Namespace) -> int:
     from dialogclip.export.settings import DatasetExport
 
     settings = section_from_dict(DatasetExport, args.params, "export.dataset")
-    dialogue: dict[str, list[Path]] = {}
-    for name, *shards in args.dialogue:
-        if name in dialogue:
-            raise ConfigError(f"--dialogue names the generator {name!r} twice")
-        dialogue[name] = [Path(shard) for shard in shards]
-    export_dataset(args.ingested, dialogue, args.output, settings)
+    export_dataset(args.ingested, dialogue_shards(args.dialogue), args.output, settings)
     return 0
 
 

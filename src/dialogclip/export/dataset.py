@@ -114,6 +114,20 @@ def enriched_shard(ingested: Path, dialogue: Mapping[str, Path]) -> pa.Table:
     return table
 
 
+def check_shard_names(ingested: Sequence[Path], dialogue: Mapping[str, Sequence[Path]]) -> None:
+    """Each generator's shards must be the ingested shards' names, in order (one dialogue shard
+    per ingested shard); an :class:`InputFileError` naming the generator otherwise."""
+    names = [Path(path).name for path in ingested]
+    for generator, paths in dialogue.items():
+        if [Path(path).name for path in paths] != names:
+            raise InputFileError(
+                paths[0] if paths else (ingested[0] if ingested else "-"),
+                f"the dialogue shards of {generator} ({[Path(p).name for p in paths]}) are not "
+                f"the ingested shards ({names}): pass one dialogue shard per ingested shard, in "
+                "order",
+            )
+
+
 def _join_error(path: Path, ingested: Path, got: pa.ChunkedArray, want: pa.ChunkedArray) -> str:
     got_keys, want_keys = got.to_pylist(), want.to_pylist()
     first = next(
@@ -166,14 +180,7 @@ def export_dataset(
     """
     if not ingested:
         raise InputFileError(output, f"no ingested shards given for the dataset {output}")
-    names = [path.name for path in ingested]
-    for generator, paths in dialogue.items():
-        if [path.name for path in paths] != names:
-            raise InputFileError(
-                paths[0] if paths else output,
-                f"the dialogue shards of {generator} ({[p.name for p in paths]}) are not the "
-                f"ingested shards ({names}): pass one dialogue shard per ingested shard, in order",
-            )
+    check_shard_names(ingested, dialogue)
     summary = DatasetSummary()
     with atomic_dir(output) as staging:
         (staging / "data").mkdir()

@@ -18,6 +18,7 @@ from typing import Any
 
 from dialogclip.core.io import atomic_path, read_json
 from dialogclip.report import plots
+from dialogclip.report.gallery import write_gallery
 from dialogclip.report.settings import ReportSettings
 from dialogclip.report.tables import (
     Grid,
@@ -33,6 +34,7 @@ from dialogclip.report.thesis import ThesisNumbers
 log = logging.getLogger(__name__)
 
 QUALITY_TABLE = "dialogue_quality"
+GALLERY = "gallery.html"  # the gallery page, beside report.md
 PLOTS = (
     "recall_bars",
     "beta_curve",
@@ -142,9 +144,18 @@ def quality_grid(quality: Mapping[str, Mapping[str, Any] | None]) -> Grid:
     return Grid(title="Dialogue quality per generator", headers=headers, rows=rows, note=note)
 
 
-def build_report(inputs: ReportInputs, output_dir: Path, metrics: Sequence[Path] = ()) -> None:
-    """Write every table, plot and ``report.md`` into ``output_dir``; ``metrics``: each
-    training run's ``metrics.jsonl``."""
+def build_report(
+    inputs: ReportInputs,
+    output_dir: Path,
+    metrics: Sequence[Path] = (),
+    ingested: Sequence[Path] = (),
+    dialogue: Mapping[str, Sequence[Path]] | None = None,
+) -> None:
+    """Write every table, plot, the gallery and ``report.md`` into ``output_dir``.
+
+    ``metrics``: each training run's ``metrics.jsonl``; ``ingested`` and ``dialogue`` (per
+    generator, its shards): the gallery's images and dialogue.
+    """
     output_dir = Path(output_dir)
     settings, thesis = inputs.settings, inputs.thesis
     results = collect_results(settings, inputs.results_dir)
@@ -172,6 +183,9 @@ def build_report(inputs: ReportInputs, output_dir: Path, metrics: Sequence[Path]
     page += [table_grid(table).markdown() for table in tables.values()]
     page += [quality_table.markdown(), "## Plots", ""]
     page += [f"![{name}](plots/{name}.png)\n" for name in PLOTS]
+    samples = write_gallery(ingested, dialogue or {}, settings.gallery.samples,
+                            output_dir / GALLERY)  # fmt: skip
+    page += ["## Gallery", "", f"[{len(samples)} sample images with their dialogue]({GALLERY})", ""]
     with atomic_path(output_dir / "report.md") as tmp:
         tmp.write_text("\n".join(page))
     log.info(

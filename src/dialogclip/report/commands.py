@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from dialogclip.core.cli_utils import add_params_argument
+from dialogclip.core.cli_utils import add_dialogue_argument, add_params_argument, dialogue_shards
 from dialogclip.core.config import section_from_dict
 from dialogclip.core.io import write_json_atomic, write_parquet_atomic
 from dialogclip.core.machine import add_machine_arguments, apply_machine_arguments
@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--metrics", nargs="*", type=Path, default=[], help="each training run's metrics.jsonl"
     )
+    report.add_argument(
+        "--ingested", nargs="*", type=Path, default=[], help="the ingested shards (the gallery)"
+    )
+    add_dialogue_argument(report)
     report.add_argument("--output-dir", required=True, type=Path, help="results/report")
     report.set_defaults(func=_report)
 
@@ -102,5 +106,11 @@ def _report(args: argparse.Namespace) -> int:
         thesis=load_thesis_numbers(args.thesis),
         settings=report_settings_from_params(args.params),
     )
-    build_report(inputs, args.output_dir, metrics=args.metrics)
+    build_report(
+        inputs,
+        args.output_dir,
+        metrics=args.metrics,
+        ingested=args.ingested,
+        dialogue=dialogue_shards(args.dialogue),
+    )
     return 0

@@ -49,12 +49,24 @@ class DialogueQualitySettings:
 
 
 @dataclass(frozen=True)
+class GallerySettings:
+    """``report.gallery``: the page of sample images with their caption and dialogue."""
+
+    samples: int = 12  # images shown, spread evenly over the downloaded ones in key order
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ConfigError(f"report.gallery.samples must be >= 0, got {self.samples}")
+
+
+@dataclass(frozen=True)
 class ReportSettings:
     """What the ``report`` command receives from its rule (``--params``)."""
 
     models: list[EvalEntry] = field(default_factory=list)  # evaluate.models, in config order
     generators: list[str] = field(default_factory=list)  # generate.generators
     decimals: int = 2  # our numbers and the differences, in percent
+    gallery: GallerySettings = field(default_factory=GallerySettings)
 
     def __post_init__(self) -> None:
         names = [entry.name for entry in self.models]
