@@ -131,6 +131,7 @@ def test_report_command_writes_every_table_and_plot(tmp_path: Path) -> None:
         ],
         "generators": ["blip2", "llava"],
         "decimals": 2,
+        "note": "Numbers of a miniature world.",
     }  # fmt: skip
     out = results / "report"
     result = subprocess.run(
@@ -150,6 +151,7 @@ def test_report_command_writes_every_table_and_plot(tmp_path: Path) -> None:
             image.load()
             assert image.size[0] > 0
     page = (out / "report.md").read_text()
+    assert page.startswith("# DialogCLIP report\n\nNumbers of a miniature world.\n")
     assert "| CLIP ViT-B-32 (LAION-2B) | b32 | ours | 40.00 |" in page
     assert (
         "| ViT-B-32 (laion2b_s34b_b79k), weight_blend beta 0.9 | blend | ours | 0.9 | 41.00 |"

@@ -269,7 +269,7 @@ def test_no_broken_links(report, browser) -> None:
 
 
 def test_the_gallery_shows_its_images_and_dialogue(report, browser) -> None:
-    workdir, html = report
+    _, html = report
     page, problems = browser
     _open(page, html, "Gallery")
     _view(page, "gallery")

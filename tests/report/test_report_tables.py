@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from report_helpers import write_retrieval, write_vqa
 
 from dialogclip.core.config import ConfigError
 from dialogclip.report.settings import report_settings_from_params
-from dialogclip.report.tables import build_tables, collect_results, write_table
+from dialogclip.report.tables import build_tables, collect_results, table_grid, write_table
 from dialogclip.report.thesis import RETRIEVAL_METRICS, load_thesis_numbers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,11 +67,12 @@ def test_numbers_file_holds_every_number_of_method_section_7() -> None:
     assert thesis.tables["no_mmd"].rows[-1] == "draft-nommd-vitb32-laion400m-blend-12ep"
 
 
-def _settings(*models: dict, decimals: int = 2):
+def _settings(*models: dict, decimals: int = 2, **report: Any):
     base = {"architecture": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}
     return report_settings_from_params(
-        {"models": [{**base, **m} for m in models], "generators": [], "decimals": decimals}
-    )
+        {"models": [{**base, **m} for m in models], "generators": [], "decimals": decimals,
+         **report}
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -295,3 +297,39 @@ def test_an_entry_with_several_thesis_rows_lands_on_each(tmp_path: Path) -> None
 def retrieval_column(table):
     """The text -> image R@1 column of a retrieval table."""
     return next(c for c in table.columns if c.metric == "image_retrieval_recall@1")
+
+
+def test_without_the_thesis_a_table_holds_our_entries_alone(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    blend = {"text_variant": "embedding_blend", "other": "g.safetensors"}
+    settings = _settings(
+        {"name": "base"},
+        {"name": "blend-0.9", **blend, "beta": 0.9},
+        {"name": "only-g", **blend, "beta": 0.0},
+        compare_with_thesis=False,
+    )
+    write_retrieval(results, "base", [0.40, 0.66, 0.76, 0.57, 0.80, 0.875])
+    write_retrieval(results, "blend-0.9", [0.41, 0.67, 0.77, 0.58, 0.81, 0.88])
+    write_retrieval(results, "only-g", [0.20, 0.41, 0.52, 0.31, 0.57, 0.69])
+    tables = build_tables(
+        load_thesis_numbers(NUMBERS), settings, collect_results(settings, results)
+    )
+    retrieval = tables["retrieval"]
+    # every line is an entry (no thesis row), with our numbers and nothing of the thesis'
+    assert [line.entry.name for line in retrieval.lines] == ["base", "blend-0.9", "only-g"]
+    assert all(line.row is None and not any(line.thesis.values()) for line in retrieval.lines)
+    assert [line.entry.name for line in tables["beta_ablation"].lines] == ["blend-0.9", "only-g"]
+    markdown = table_grid(retrieval).markdown()
+    assert "| ViT-B-32 (laion2b_s34b_b79k) | base | ours | 40.00 | 66.00 |" in markdown
+    assert "thesis" not in markdown.split("\n", 3)[3] and "Δ" not in markdown
+    assert "not set beside the thesis' numbers" in markdown
+    assert len(retrieval.grid()) == 3  # one row per line
+
+
+def test_a_thesis_row_without_comparison_is_refused_naming_the_entry() -> None:
+    settings = _settings(
+        {"name": "linked", "thesis_row": "clip-vitb32-laion2b"}, compare_with_thesis=False
+    )
+    with pytest.raises(ConfigError, match=r"linked has thesis_row 'clip-vitb32-laion2b', but "
+                       r"report.compare_with_thesis is false"):  # fmt: skip
+        build_tables(load_thesis_numbers(NUMBERS), settings, {})

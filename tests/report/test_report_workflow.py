@@ -107,6 +107,18 @@ def test_unknown_thesis_row_stops_the_workflow(finished_demo: Path, tmp_path: Pa
     )
 
 
+def test_a_thesis_row_without_comparison_stops_the_workflow(
+    finished_demo: Path, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, report={"compare_with_thesis": False})
+    result = snakemake(finished_demo, "--dry-run", "--configfile", config, timeout=300)
+    assert result.returncode != 0
+    assert (
+        "evaluate.models: tiny has thesis_row 'clip-vitb32-laion400m', but "
+        "report.compare_with_thesis is false" in result.stdout + result.stderr
+    )
+
+
 def test_report_switched_off_plans_no_report_job(tmp_path: Path) -> None:
     workdir = copy_demo(tmp_path / "demo")
     planned = planned_jobs(workdir, "--configfile", _config(tmp_path, report={"activate": False}))

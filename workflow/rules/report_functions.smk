@@ -138,6 +138,8 @@ def get_report_params(wildcards):
             "generators": get_generators(),
             "decimals": config["report"]["decimals"],
             "gallery": config["report"]["gallery"],
+            "compare_with_thesis": config["report"]["compare_with_thesis"],
+            "note": config["report"]["note"],
         },
         sort_keys=True,
     )

@@ -180,6 +180,8 @@ def build_report(
     plots.dialogue_tokens(quality, plot_dir / "dialogue_tokens.png")
 
     page = ["# DialogCLIP report", ""]
+    if settings.note:
+        page += [settings.note.strip(), ""]
     page += [table_grid(table).markdown() for table in tables.values()]
     page += [quality_table.markdown(), "## Plots", ""]
     page += [f"![{name}](plots/{name}.png)\n" for name in PLOTS]

@@ -67,6 +67,9 @@ class ReportSettings:
     generators: list[str] = field(default_factory=list)  # generate.generators
     decimals: int = 2  # our numbers and the differences, in percent
     gallery: GallerySettings = field(default_factory=GallerySettings)
+    # false: our numbers alone, no thesis row or difference (results that reproduce no row)
+    compare_with_thesis: bool = True
+    note: str | None = None  # a paragraph at the top of report.md
 
     def __post_init__(self) -> None:
         names = [entry.name for entry in self.models]

@@ -13,6 +13,10 @@ Placement is driven by the config and ``numbers.yaml``, never by entry names:
 Each line shows three sub-rows: ours, the thesis', and the difference ours - thesis (in
 percentage points), "-" wherever a number is missing. Markdown and HTML print "-", CSV leaves
 the cell empty.
+
+With ``report.compare_with_thesis: false`` (the demo's miniature world, whose numbers reproduce
+no thesis row) a table holds only our entries, those matching its ``include`` filters, each on
+one row of our numbers: no thesis row, no thesis number and no difference.
 """
 
 from __future__ import annotations
@@ -105,16 +109,17 @@ class Table:
     info: list[str]
     lines: list[Line]
     decimals: int = 2
+    kinds: tuple[str, ...] = KINDS  # the sub-rows of a line: ours, thesis, diff; or ours alone
 
     def headers(self) -> list[str]:
         info = [key.replace("_", " ") for key in self.info]
         return ["model", "entry", "", *info, *(column.header for column in self.columns)]
 
     def grid(self, repeat_labels: bool = False) -> list[list[str | None]]:
-        """The cells row by row (None = missing); three rows per line (ours, thesis, diff)."""
+        """The cells row by row (None = missing); a row per kind and line (ours, thesis, diff)."""
         rows: list[list[str | None]] = []
         for line in self.lines:
-            for kind in KINDS:
+            for kind in self.kinds:
                 first = kind == "ours" or repeat_labels
                 label = line.label if first else ""
                 entry = (line.entry.name if line.entry else None) if first else ""
@@ -150,8 +155,14 @@ def _matches(entry: EvalEntry, include: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def check_thesis_rows(settings: ReportSettings, thesis: ThesisNumbers) -> None:
-    """Every entry's ``thesis_row`` must be a row of numbers.yaml (one line naming the entry)."""
+    """Every entry's ``thesis_row`` must be a row of numbers.yaml, and there must be none when
+    the report does not compare with the thesis (one line naming the entry)."""
     for entry in settings.models:
+        if entry.thesis_rows and not settings.compare_with_thesis:
+            raise ConfigError(
+                f"evaluate.models: {entry.name} has thesis_row {entry.thesis_row!r}, but "
+                "report.compare_with_thesis is false: remove the thesis_row or compare"
+            )
         for row in entry.thesis_rows:
             if row not in thesis.rows:
                 raise ConfigError(
@@ -191,7 +202,8 @@ def build_table(
 
     lines: list[Line] = []
     placed: set[str] = set()
-    for rid in layout.rows:
+    compare = settings.compare_with_thesis
+    for rid in layout.rows if compare else ():
         linked = [entry for entry in settings.models if rid in entry.thesis_rows]
         if not linked:
             lines.append(line(thesis.rows[rid], None))
@@ -203,7 +215,7 @@ def build_table(
             continue
         if not any(results.get(entry.name, {}).get(d) is not None for d in layout.datasets):
             continue
-        lines.append(line(_row_for(entry, layout, thesis), entry))
+        lines.append(line(_row_for(entry, layout, thesis) if compare else None, entry))
     return Table(
         name=layout.name,
         title=layout.title,
@@ -211,6 +223,7 @@ def build_table(
         info=layout.info,
         lines=lines,
         decimals=settings.decimals,
+        kinds=KINDS if compare else ("ours",),
     )
 
 
@@ -313,6 +326,10 @@ tr.group-start td {{ border-top: 2px solid #666; }}
 </tbody></table></body></html>
 """
 
+OURS_ONLY_NOTE = (
+    "Percent; this pipeline's results alone (report.compare_with_thesis is false: they are not "
+    "set beside the thesis' numbers); - = no result."
+)
 TABLE_NOTE = (
     "Percent; ours = this pipeline's result, thesis = the thesis' number, Δ = ours - thesis "
     "(points); - = no result."
@@ -320,13 +337,14 @@ TABLE_NOTE = (
 
 
 def table_grid(table: Table) -> Grid:
-    """The thesis-style table as a grid: three rows (ours, thesis, Δ) per line."""
+    """The thesis-style table as a grid: three rows (ours, thesis, Δ) per line, or our row
+    alone when the report does not compare with the thesis."""
     return Grid(
         title=table.title,
         headers=table.headers(),
         rows=table.grid(),
-        group=len(KINDS),
-        note=TABLE_NOTE,
+        group=len(table.kinds),
+        note=TABLE_NOTE if table.kinds == KINDS else OURS_ONLY_NOTE,
     )
 
 
