@@ -206,7 +206,10 @@ def write_coco(out_dir: Path, seed: int, n_test: int, n_other: int) -> Path:
                 "captions": captions,
             }
         )
-    write_json_atomic({"images": entries, "dataset": "coco"}, out_dir / "dataset_coco.json")
+    # compact, as the published files (and small enough to keep in git)
+    write_json_atomic(
+        {"images": entries, "dataset": "coco"}, out_dir / "dataset_coco.json", indent=None
+    )
     test = [entry for entry in entries if entry["split"] == "test"]
     write_json_atomic(
         {
@@ -218,6 +221,7 @@ def write_coco(out_dir: Path, seed: int, n_test: int, n_other: int) -> Path:
             ],
         },
         out_dir / "coco_test_karpathy.json",
+        indent=None,
     )
     _write_lines(out_dir / "scenes.jsonl", records)
     log.info("COCO Karpathy-format retrieval set: %d test images in %s", n_test, out_dir)
@@ -290,9 +294,11 @@ def write_vqa(
     questions_json = eval_dir / f"MultipleChoice_{data_type}_{subtype}_questions.json"
     annotations_json = eval_dir / f"{data_type}_{subtype}_annotations.json"
     write_json_atomic(
-        {**header, "task_type": "Multiple-Choice", "questions": questions}, questions_json
+        {**header, "task_type": "Multiple-Choice", "questions": questions},
+        questions_json,
+        indent=None,
     )
-    write_json_atomic({**header, "annotations": annotations}, annotations_json)
+    write_json_atomic({**header, "annotations": annotations}, annotations_json, indent=None)
     _write_lines(eval_dir / f"{dataset}_scenes.jsonl", records)
     log.info("VQA v1 multiple choice (%s): %d questions in %s", dataset, len(questions), eval_dir)
     return questions_json, annotations_json
