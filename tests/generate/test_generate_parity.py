@@ -2,8 +2,10 @@
 identical token sequences.
 
 Covers both generators end to end through the generator code (so the second BLIP-2 turn, whose
-prompt holds the first answer, is compared too), LLaVA with JSON-constrained decoding, and a
-BLIP-2 whose generation config ends replies at the newline token, as BLIP-2 OPT's does.
+prompt holds the first answer, is compared too), LLaVA with JSON-constrained decoding, a
+BLIP-2 whose generation config ends replies at the newline token, as BLIP-2 OPT's does, and a
+generator configured by data alone (generate.vlms) whose multi-turn prompts come from the
+model's own chat template, rendered on each backend.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class Recording(GenerationBackend):
         completions = self.inner.generate(requests)
         self.calls.extend(zip(requests, completions, strict=True))
         return completions
+
+    def chat_prompt(self, messages: Any) -> str:
+        return self.inner.chat_prompt(messages)
 
     def settings(self) -> dict[str, Any]:
         return self.inner.settings()
@@ -144,3 +149,27 @@ def test_newline_eos_ends_replies_alike(tiny_params, newline_eos_backends) -> No
     assert all(newline not in c.token_ids[:-1] for _, c in hf_calls)  # nothing runs past it
     assert [d.answers for d in hf_dialogues] == [d.answers for d in vllm_dialogues]
     assert not any("\n" in answer for d in hf_dialogues for answer in d.answers)
+
+
+def test_chat_template_dialogue_by_config_identical(
+    tiny_params, hf_backends, vllm_backends
+) -> None:
+    """A generate.vlms entry (no code): a two-turn dialogue in the tiny LLaVA's chat template.
+    Each backend renders the template itself; prompts, tokens and answers agree."""
+    questions = ["What is in the image?", "What is unusual about it?"]
+    entry = {"model": tiny_params["llava"]["model"], "kind": "dialogue", "questions": questions}
+    config = generate_config_from_dict(
+        {**tiny_params, "generators": ["chat"], "vlms": {"chat": {**entry, "max_new_tokens": 10}}}
+    )
+    (hf_calls, hf_dialogues), (vllm_calls, vllm_dialogues) = _run_both(
+        "chat", config, hf_backends["llava"], vllm_backends["llava"]
+    )
+    assert len(hf_calls) == 2 * len(IMAGES)
+    _assert_identical(hf_calls, vllm_calls)
+    for dialogue in vllm_dialogues:
+        assert dialogue.prompts[1] == (
+            f"USER: <image>\n{questions[0]} ASSISTANT: {dialogue.answers[0]} "
+            f"USER: {questions[1]} ASSISTANT:"
+        )
+    assert len({completion.token_ids for _, completion in hf_calls}) > 1
+    assert [d.answers for d in hf_dialogues] == [d.answers for d in vllm_dialogues]
