@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from generate_helpers import noise_image
+from generate_helpers import add_generator, n_shards_of, noise_image
 
 from dialogclip.core.config import ConfigError
 from dialogclip.core.prompts import chat_messages
@@ -232,26 +232,6 @@ DEMO_CHAT_LLAVA = {
 }
 
 
-def _add_generator(demo: Path, tmp_path: Path) -> str:
-    """A config file adding DEMO_CHAT_LLAVA as ``llava_chat`` to ``demo``'s config."""
-    import yaml
-
-    config = yaml.safe_load((demo / "config.yaml").read_text())["generate"]
-    edit = {
-        "generate": {
-            "generators": [*config["generators"], "llava_chat"],
-            "vlms": {"llava_chat": DEMO_CHAT_LLAVA},
-        }
-    }
-    path = tmp_path / "add_generator.yaml"
-    path.write_text(yaml.safe_dump(edit))
-    return str(path)
-
-
-def _n_shards(demo: Path) -> int:
-    return len(list((demo / "results/dialogue/llava").glob("[0-9]*.parquet")))
-
-
 @pytest.mark.dag
 def test_adding_a_configured_generator_plans_only_its_jobs(
     finished_demo: Path, tmp_path: Path
@@ -262,8 +242,12 @@ def test_adding_a_configured_generator_plans_only_its_jobs(
 
     from workflow_helpers import GENERATE_RULE, planned
 
-    plan = planned(finished_demo, "--configfile", _add_generator(finished_demo, tmp_path))
-    n_shards = _n_shards(finished_demo)
+    plan = planned(
+        finished_demo,
+        "--configfile",
+        add_generator(finished_demo, tmp_path, "llava_chat", DEMO_CHAT_LLAVA),
+    )
+    n_shards = n_shards_of(finished_demo)
     assert plan.jobs == Counter(
         {GENERATE_RULE: n_shards, "dialogue_summary": 1, "dialogue_quality": 1, "report": 1}
     )
@@ -281,7 +265,7 @@ def test_a_configured_generator_runs_in_the_workflow(finished_demo: Path, tmp_pa
     from workflow_helpers import copy_demo, planned, snakemake
 
     demo = copy_demo(tmp_path / "demo", source=finished_demo)
-    configfile = _add_generator(demo, tmp_path)
+    configfile = add_generator(demo, tmp_path, "llava_chat", DEMO_CHAT_LLAVA)
     summary = "results/dialogue/llava_chat/summary.json"
     result = snakemake(demo, summary, "--configfile", configfile)  # it takes every word after
     assert result.returncode == 0, result.stderr[-6000:]
