@@ -267,6 +267,12 @@ def get_dialogue_shards(wildcards):
     return dialogue_shards(wildcards.generator)
 
 
+def get_all_ingested_shards(wildcards):
+    """Every final ingested shard, in shard order (captions and images: the dataset export,
+    the dialogue quality, the gallery)."""
+    return [ingested_shard(shard) for shard in get_shards()]
+
+
 def get_all_dialogue_shards(wildcards):
     """Every dialogue shard of every switched-on generator (the dataset export, the gallery)."""
     return [
