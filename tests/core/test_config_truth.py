@@ -15,7 +15,7 @@ from dialogclip.core.config import _dataclass_in, load_yaml, resolve_ref
 from dialogclip.core.text_forms import TextForms
 from dialogclip.evaluate.settings import DatasetFiles
 from dialogclip.export.settings import DatasetExport, ModelsExport
-from dialogclip.generate.config import GenerateConfig
+from dialogclip.generate.config import GenerateConfig, VlmSettings
 from dialogclip.ingest.settings import IngestSettings
 from dialogclip.models.eval_entry import EvalEntry
 from dialogclip.report.settings import DialogueQualitySettings, GallerySettings, ReportClip
@@ -36,6 +36,10 @@ SECTIONS = {
     "ingest": ("#/properties/ingest", IngestSettings),
     "text": ("#/properties/text", TextForms),
     "generate": ("#/properties/generate", GenerateConfig),
+    "generate.vlms.<name>": (
+        "#/properties/generate/properties/vlms/additionalProperties",
+        VlmSettings,
+    ),
     # The one evaluation entry type (evaluate, report, workflow, the runs' entries).
     "evaluate.models[]": ("#/properties/evaluate/properties/models/items", EvalEntry),
     "evaluate.<dataset>": ("#/$defs/dataset_files", DatasetFiles),

@@ -7,6 +7,7 @@ import json
 import struct
 import sys
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from dialogclip.generate.backend import (
+    Completion,
+    EngineTarget,
+    GenerationBackend,
+    GenerationRequest,
+)
 from dialogclip.ingest.errors import classify_error
 from dialogclip.ingest.shard import SHARD_SCHEMA
 
@@ -185,3 +192,84 @@ def blip2_command(shard: Path, out: Path, params: dict, *flags: str) -> list[str
         "4",
         *flags,
     ]
+
+
+# --- backend parity (test_generate_parity.py, test_generate_qwen2vl.py) ------------------------
+
+PARITY_IMAGES = [noise_image(seed, size=(40 + 4 * seed, 36)) for seed in range(8)]
+PARITY_KEYS = [f"{i:09d}" for i in range(len(PARITY_IMAGES))]
+
+
+class Recording(GenerationBackend):
+    """Passes requests to a real backend and keeps every request/completion pair."""
+
+    def __init__(self, inner: GenerationBackend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.calls: list[tuple[GenerationRequest, Completion]] = []
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        completions = self.inner.generate(requests)
+        self.calls.extend(zip(requests, completions, strict=True))
+        return completions
+
+    def chat_prompt(self, messages: Any) -> str:
+        return self.inner.chat_prompt(messages)
+
+    def settings(self) -> dict[str, Any]:
+        return self.inner.settings()
+
+    @property
+    def target(self) -> EngineTarget:
+        return self.inner.target
+
+
+def run_both(
+    name: str,
+    config: Any,
+    hf: GenerationBackend,
+    vllm: GenerationBackend,
+    images: Sequence[Any] = PARITY_IMAGES,
+    keys: Sequence[str] = PARITY_KEYS,
+):
+    """Generator ``name`` of ``config`` on ``images`` through each backend: per backend, the
+    (request, completion) calls and the dialogues (transformers first, vLLM second)."""
+    from dialogclip.generate.generators import make_generator
+
+    runs = {}
+    for backend in (hf, vllm):
+        recording = Recording(backend)
+        dialogues = make_generator(name, config).run(recording, images, keys)
+        runs[backend.name] = (recording.calls, dialogues)
+    return runs["transformers"], runs["vllm"]
+
+
+def assert_identical(hf_calls, vllm_calls) -> None:
+    """The same prompts, token ids, texts, finish reasons and prompt lengths, call by call."""
+    assert len(hf_calls) == len(vllm_calls)
+    for (hf_request, hf_out), (vllm_request, vllm_out) in zip(hf_calls, vllm_calls, strict=True):
+        assert hf_request.prompt == vllm_request.prompt
+        assert hf_out.token_ids == vllm_out.token_ids, hf_request.prompt
+        assert hf_out.text == vllm_out.text
+        assert hf_out.finish_reason == vllm_out.finish_reason
+        assert hf_out.prompt_tokens == vllm_out.prompt_tokens
+
+
+# --- a generator added to a finished demo by config alone --------------------------------------
+
+
+def add_generator(demo: Path, tmp_path: Path, name: str, entry: dict[str, Any]) -> str:
+    """A config file (for --configfile) adding ``entry`` as the generate.vlms generator
+    ``name`` to ``demo``'s config and switching it on."""
+    import yaml
+
+    config = yaml.safe_load((demo / "config.yaml").read_text())["generate"]
+    edit = {"generate": {"generators": [*config["generators"], name], "vlms": {name: entry}}}
+    path = tmp_path / "add_generator.yaml"
+    path.write_text(yaml.safe_dump(edit))
+    return str(path)
+
+
+def n_shards_of(demo: Path) -> int:
+    """How many dialogue shards each generator of the finished ``demo`` wrote."""
+    return len(list((demo / "results/dialogue/llava").glob("[0-9]*.parquet")))

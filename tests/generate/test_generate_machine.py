@@ -21,6 +21,7 @@ from dialogclip.generate.backend import (
     GenerationRequest,
 )
 from dialogclip.generate.config import (
+    GenerateConfig,
     LlavaSettings,
     MachineSettings,
     SamplingSettings,
@@ -28,7 +29,7 @@ from dialogclip.generate.config import (
     generate_config_from_dict,
     machine_settings,
 )
-from dialogclip.generate.generators import LlavaGenerator
+from dialogclip.generate.generators import make_generator
 from dialogclip.generate.runner import generate_shard
 
 
@@ -140,8 +141,9 @@ def test_a_reply_cut_by_the_vllm_context_stops_the_job(tiny_models, hf_backends)
     from dialogclip.generate.vllm_backend import VllmBackend
 
     settings = LlavaSettings(model=str(tiny_models["llava"]), max_new_tokens=24)
+    generator = make_generator("llava", GenerateConfig(llava=settings))
     images, keys = [noise_image(1)], ["000000000"]
-    (reference,) = LlavaGenerator(settings).run(hf_backends["llava"], images, keys)
+    (reference,) = generator.run(hf_backends["llava"], images, keys)
     prompt_tokens = reference.prompt_tokens[0]
     assert reference.generated_tokens[0] > 5  # the uncut reply is longer than the cut one
     engine = {**VLLM_CPU_ENGINE, "max_model_len": prompt_tokens + 5}
@@ -154,6 +156,6 @@ def test_a_reply_cut_by_the_vllm_context_stops_the_job(tiny_models, hf_backends)
         )[0]
         assert (cut.finish_reason, len(cut.token_ids)) == ("length", 5)
         with pytest.raises(ConfigError, match="raise the rule resource vllm_max_model_len"):
-            LlavaGenerator(settings).run(backend, images, keys)
+            generator.run(backend, images, keys)
     finally:
         backend.close()

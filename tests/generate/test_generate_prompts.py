@@ -21,7 +21,7 @@ from dialogclip.generate.config import (
     generate_config_from_dict,
     machine_settings,
 )
-from dialogclip.generate.generators import Blip2Generator, make_generator
+from dialogclip.generate.generators import make_generator
 
 BLIP2 = "Question: {question} Answer:"
 CONTEXT = Blip2Settings().context_template
@@ -46,8 +46,9 @@ def test_blip2_generator_asks_turn_two_in_the_multi_turn_form(hf_backends) -> No
     question and cleaned answer through the context template."""
     from generate_helpers import noise_image
 
-    settings = Blip2Settings(max_new_tokens=4)
-    (dialogue,) = Blip2Generator(settings).run(hf_backends["blip2"], [noise_image(3)], ["k"])
+    config = GenerateConfig(blip2=Blip2Settings(max_new_tokens=4))
+    generator = make_generator("blip2", config)
+    (dialogue,) = generator.run(hf_backends["blip2"], [noise_image(3)], ["k"])
     q1, q2 = BLIP2_QUESTIONS
     assert dialogue.prompts == [
         f"Question: {q1} Answer:",
@@ -102,7 +103,7 @@ def test_config_defaults_equal_the_schema_defaults(repo_root: Path) -> None:
         assert set(schema_node["properties"]) == fields, where
         for key, sub in schema_node["properties"].items():
             field_value = getattr(value, key)
-            if sub.get("type") == "object":
+            if sub.get("type") == "object" and "properties" in sub:  # a nested section
                 check(sub, field_value, f"{where}.{key}")
             else:
                 assert sub["default"] == field_value, f"{where}.{key}"

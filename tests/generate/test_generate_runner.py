@@ -58,6 +58,9 @@ class CrashAfter(GenerationBackend):
             raise RuntimeError("simulated crash")
         return self.inner.generate(requests)
 
+    def chat_prompt(self, messages: Any) -> str:
+        return self.inner.chat_prompt(messages)
+
     def settings(self) -> dict[str, Any]:
         return self.inner.settings()
 
@@ -230,6 +233,35 @@ def test_killed_job_resumes_after_the_last_chunk(
     assert read_parquet_metadata(out / "blip2.parquet") == read_parquet_metadata(
         reference_dir / "blip2.parquet"
     )
+
+
+def test_a_generator_configured_by_data_resumes_after_the_last_chunk(
+    mixed_shard, tiny_params, hf_backends, tmp_path, caplog
+) -> None:
+    """A generate.vlms entry (a chat-template dialogue on the tiny LLaVA) resumes as BLIP-2
+    does: the chunks made before the crash are kept under its settings' fingerprint, and the
+    shard equals an uninterrupted run's."""
+    entry = {"model": tiny_params["llava"]["model"], "kind": "dialogue", "max_new_tokens": 4}
+    entry["questions"] = ["What is this?", "Why?"]
+    params = {**tiny_params, "generators": ["chat"], "vlms": {"chat": entry}}
+    reference, _, reference_dir = _run(
+        tmp_path, mixed_shard, "chat", params, hf_backends["llava"], name="reference"
+    )
+    crashing = CrashAfter(hf_backends["llava"], calls=5)  # a dialogue: 2 calls per chunk
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tmp_path, mixed_shard, "chat", params, crashing)
+    chunks = sorted(p.name for p in (tmp_path / "out" / ".chunks").glob("*.parquet"))
+    assert chunks == ["00000.parquet", "00001.parquet"]
+
+    with caplog.at_level(logging.INFO, logger="dialogclip.generate"):
+        table, stats, out = _run(tmp_path, mixed_shard, "chat", params, hf_backends["llava"])
+    assert "resuming after finished chunk(s) [0, 1]" in caplog.text
+    assert stats["chunks"]["resumed"] == 2
+    assert table.equals(reference)
+    metadata = read_parquet_metadata(out / "chat.parquet")
+    assert metadata == read_parquet_metadata(reference_dir / "chat.parquet")
+    assert metadata["generator_settings"]["kind"] == "dialogue"
+    assert set(table.column("generator").to_pylist()) == {"chat"}
 
 
 def test_chunks_of_other_settings_are_discarded(

@@ -56,10 +56,15 @@ def check_config():
     then the rules between fields that the schema cannot express, through the typed settings
     the commands use. Runs when the DAG is built; every message names the key."""
     from dialogclip.core.text_forms import TextForms
+    from dialogclip.generate.config import generate_config_from_dict
 
     validate_config(config, SCHEMA, source="workflow config")
     problems = []
     section_from_dict(TextForms, config["text"], "text")
+    try:  # e.g. a name in generate.generators with no entry in generate.vlms
+        generate_config_from_dict(config["generate"])
+    except ConfigError as err:
+        problems.append(str(err))
     entries = config["evaluate"]["models"]
     names = [entry["name"] for entry in entries]
     duplicated = sorted({name for name in names if names.count(name) > 1})
@@ -260,6 +265,12 @@ def dialogue_shards(generator):
 def get_dialogue_shards(wildcards):
     """Every dialogue shard of wildcards.generator (its summary and its dialogue quality)."""
     return dialogue_shards(wildcards.generator)
+
+
+def get_all_ingested_shards(wildcards):
+    """Every final ingested shard, in shard order (captions and images: the dataset export,
+    the dialogue quality, the gallery)."""
+    return [ingested_shard(shard) for shard in get_shards()]
 
 
 def get_all_dialogue_shards(wildcards):

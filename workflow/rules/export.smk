@@ -10,7 +10,7 @@ include: "export_functions.smk"
 
 rule export_dataset:
     input:
-        ingested=get_export_ingested_shards,
+        ingested=get_all_ingested_shards,
         dialogue=get_all_dialogue_shards,
     output:
         directory(DATASET),

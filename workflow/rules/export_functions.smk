@@ -45,11 +45,6 @@ def get_export_models_params(wildcards):
     )
 
 
-def get_export_ingested_shards(wildcards):
-    """Every final ingested shard, in shard order (the dataset's rows come from them)."""
-    return [ingested_shard(shard) for shard in get_shards()]
-
-
 def get_export_dataset_params(wildcards):
     """export.dataset less `activate` (which only decides whether `all` asks for the folder)."""
     settings = dict(config["export"]["dataset"])

@@ -1,5 +1,5 @@
-# Stage: generate. Dialogue from the image alone (the caption is never shown): BLIP-2 two-turn
-# and LLaVA-1.5 three-QA. One rule, `generate`, with a {generator} wildcard: one job per ingested
+# Stage: generate. Dialogue from the image alone (the caption is never shown): BLIP-2 two-turn,
+# LLaVA-1.5 three-QA, and any generator configured by data under generate.vlms. One rule, `generate`, with a {generator} wildcard: one job per ingested
 # shard and generator, resumable by chunk inside the job (finished chunks under
 # results/dialogue/{generator}/.chunks/{shard}/); its engine then works ahead on other shards'
 # chunks (shards_per_engine below).

@@ -24,8 +24,9 @@ def get_generate_outputs():
 
 def get_generate_params(wildcards):
     """The params of one generator's jobs: the generate section (science only: the schema admits
-    no machine setting) as JSON, without the other generator's settings, so editing the LLaVA
-    prompt reruns the LLaVA jobs only.
+    no machine setting) as JSON, without the other generators' settings, so editing the LLaVA
+    prompt reruns the LLaVA jobs only, and adding or editing an entry of generate.vlms reruns
+    only that generator's jobs (its entry goes in as vlms: {name: entry}).
 
     A function, not a string: Snakemake would read the prompts' {question} as a wildcard.
     """
@@ -33,10 +34,21 @@ def get_generate_params(wildcards):
     section = {
         key: value
         for key, value in config["generate"].items()
-        if key not in ("blip2", "llava", "generators")
+        if key not in ("blip2", "llava", "generators", "vlms")
     }
-    section[generator] = config["generate"][generator]
+    if generator in ("blip2", "llava"):
+        section[generator] = config["generate"][generator]
+    else:
+        section["vlms"] = {generator: config["generate"]["vlms"][generator]}
     return json.dumps(section, sort_keys=True)
+
+
+def get_generator_entry(generator):
+    """The config entry of `generator` (generate.blip2, generate.llava or generate.vlms.<name>)
+    and its key, for messages."""
+    if generator in ("blip2", "llava"):
+        return config["generate"][generator], f"generate.{generator}"
+    return config["generate"]["vlms"][generator], f"generate.vlms.{generator}"
 
 
 # Host memory (MB), wall time (minutes) and engine reuse of one generation job: the only
@@ -53,25 +65,31 @@ def get_generate_params(wildcards):
 # so that start-up stays under 5 % of the GPU's time: K >= 19 S r / N for a start of S s, r
 # images/s and N images per shard (docs/gpu.md); at S = 60 s, 3 for LLaVA (25 img/s) and 12 for
 # BLIP-2 (100 img/s).
+# A generator of generate.vlms takes LLaVA's (a 7B-class chat VLM); its own values go in a
+# profile as expressions on the wildcard, as above.
 GENERATE_RESOURCES = {
     "blip2": {"mem_mb": 32000, "runtime": 180, "shards_per_engine": 12},
     "llava": {"mem_mb": 48000, "runtime": 240, "shards_per_engine": 3},
 }
 
 
+def _generate_resources(generator):
+    return GENERATE_RESOURCES.get(generator, GENERATE_RESOURCES["llava"])
+
+
 def get_generate_mem_mb(wildcards):
     """Host memory (MB) of a generation job of wildcards.generator (GENERATE_RESOURCES)."""
-    return GENERATE_RESOURCES[wildcards.generator]["mem_mb"]
+    return _generate_resources(wildcards.generator)["mem_mb"]
 
 
 def get_generate_runtime(wildcards):
     """Wall time (minutes) of a generation job of wildcards.generator (GENERATE_RESOURCES)."""
-    return GENERATE_RESOURCES[wildcards.generator]["runtime"]
+    return _generate_resources(wildcards.generator)["runtime"]
 
 
 def get_generate_shards_per_engine(wildcards):
     """Shards one engine start of wildcards.generator serves (GENERATE_RESOURCES)."""
-    return GENERATE_RESOURCES[wildcards.generator]["shards_per_engine"]
+    return _generate_resources(wildcards.generator)["shards_per_engine"]
 
 
 def get_text_params(wildcards):
@@ -94,13 +112,11 @@ def get_fetched_weights(generator):
     when its config names a local checkpoint (the demo's tiny models). A hub model needs a
     pinned commit (generate.<generator>.revision). Once per generator: every generation job
     asks (input and resource), 1,328 times at CC3M size."""
-    settings = config["generate"][generator]
+    settings, key = get_generator_entry(generator)
     model = settings["model"]
     if model == str(Path(TINY_MODELS) / generator) or not vlm_weights.is_hub_id(model):
         return None
-    problem = vlm_weights.revision_problem(
-        f"generate.{generator}", model, settings["revision"]
-    )
+    problem = vlm_weights.revision_problem(key, model, settings["revision"])
     if problem:
         raise WorkflowError(problem)
     return vlm_weights.weights_folder(model, settings["revision"])
@@ -113,15 +129,15 @@ def get_local_model(wildcards):
     target vlm_weights); its path is the resource model_dir, not an input, so moving it reruns
     nothing. A checkpoint the user provides: nothing."""
     generator = wildcards.generator
-    model = Path(config["generate"][generator]["model"])
+    settings, key = get_generator_entry(generator)
+    model = Path(settings["model"])
     tiny = Path(TINY_MODELS) / generator
     if model == tiny:
         return [str(tiny)]
     folder = get_fetched_weights(generator)
     if folder is not None and not _is_fetched(folder):
-        settings = config["generate"][generator]
         raise WorkflowError(
-            f"generate.{generator}: {settings['model']} at {settings['revision']} is not fetched "
+            f"{key}: {settings['model']} at {settings['revision']} is not fetched "
             f"({folder} is missing). Fetch it once on a machine with internet access: "
             "`snakemake --cores 1 vlm_weights` (or `"
             f"{vlm_weights.fetch_command(settings['model'], settings['revision'], folder)}`)"

@@ -11,7 +11,7 @@ include: "report_functions.smk"
 rule dialogue_quality:
     input:
         dialogue=get_dialogue_shards,
-        ingested=get_quality_ingested_shards,
+        ingested=get_all_ingested_shards,
         checkpoint=get_report_clip_checkpoint,
     output:
         json="results/report/dialogue_quality/{generator}.json",
@@ -48,7 +48,7 @@ rule report:
         dialogue=get_report_dialogue_summaries,
         quality=get_report_quality_inputs,
         train=get_training_metrics,
-        ingested=get_quality_ingested_shards,
+        ingested=get_all_ingested_shards,
         dialogue_shards=get_all_dialogue_shards,
     output:
         **get_report_table_outputs(),

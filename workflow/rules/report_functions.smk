@@ -160,11 +160,6 @@ def get_report_quality_inputs(wildcards):
     return [path for path in get_dialogue_quality_outputs() if path.endswith(".json")]
 
 
-def get_quality_ingested_shards(wildcards):
-    """The final ingested shards (captions and images), named as the dialogue shards."""
-    return [ingested_shard(shard) for shard in get_shards()]
-
-
 def get_report_clip_checkpoint(wildcards):
     """report.clip's weights: a checkpoint file (a rule may build it, as tiny_clip in the demo)
     or a pretrained tag's weights fetched into weights_dir."""

@@ -72,6 +72,13 @@ def fill_defaults(
         value = config.get(key)
         if isinstance(value, dict):
             fill_defaults(value, subschema, root)
+            # A map of named entries (e.g. generate.vlms): each entry gets its schema's defaults.
+            entry_schema = subschema.get("additionalProperties")
+            if isinstance(entry_schema, dict):
+                declared = _properties(subschema, root)
+                for name, entry in value.items():
+                    if name not in declared and isinstance(entry, dict):
+                        fill_defaults(entry, entry_schema, root)
         elif isinstance(value, list) and isinstance(subschema.get("items"), dict):
             for item in value:
                 if isinstance(item, dict):

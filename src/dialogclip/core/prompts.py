@@ -1,4 +1,4 @@
-"""The prompt strings of the two generators and the cleaning of a BLIP-2 reply, in one place.
+"""The prompt strings of the generators and the cleaning of a BLIP-2 reply, in one place.
 
 The generation stage sends exactly these strings to either backend, so the prompts (and
 therefore the outputs under greedy decoding) do not depend on the backend; the world's models
@@ -13,6 +13,7 @@ into text where they are read.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def blip2_prompt(
@@ -39,6 +40,25 @@ def blip2_prompt(
 def llava_prompt(template: str, question: str) -> str:
     """The LLaVA-1.5 prompt, e.g. ``USER: <image>\\n{question} ASSISTANT:``."""
     return template.format(question=question)
+
+
+def chat_messages(questions: Sequence[str], answers: Sequence[str]) -> list[dict[str, Any]]:
+    """The chat of turn ``len(answers)`` for a processor's ``apply_chat_template``: the image
+    and the first question in the first user message, each earlier answer as an assistant
+    message, each later question as a user message, ending on the question now asked."""
+    turn = len(answers)
+    if turn >= len(questions):
+        raise ValueError(f"turn {turn} asked but only {len(questions)} questions")
+    messages: list[dict[str, Any]] = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": questions[0]}],
+        }
+    ]
+    for answer, question in zip(answers, questions[1 : turn + 1], strict=True):
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
+    return messages
 
 
 def clean_blip2_answer(response: str, template: str) -> str:

@@ -74,8 +74,27 @@ class GenerationBackend(abc.ABC):
     def settings(self) -> dict[str, Any]:
         """The engine's settings as it runs (logged, and stored in the job's stats)."""
 
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """The prompt the model's own chat template writes for ``messages`` (the generation
+        prompt appended); both backends render it with the model's processor
+        (:func:`render_chat`), so the prompt does not depend on the backend."""
+        raise NotImplementedError(f"the {self.name} backend renders no chat template")
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Free the model (GPU memory) when the job is done."""
+
+
+def render_chat(processor: Any, messages: Sequence[Mapping[str, Any]], model: str) -> str:
+    """``processor.apply_chat_template`` of ``messages`` as text, the assistant's turn opened;
+    a model without a chat template fails naming it and the way out."""
+    if not getattr(processor, "chat_template", None):
+        raise ConfigError(
+            f"{model} has no chat template (its processor's chat_template is empty): give its "
+            "generator prompt_format: template and a prompt_template"
+        )
+    return str(
+        processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    )
 
 
 OMP_WAIT_POLICY = "OMP_WAIT_POLICY"

@@ -38,9 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this stage's commands to the `dialogclip` parser."""
     parser = subparsers.add_parser(
         "generate-dialogue",
-        help="generate BLIP-2 or LLaVA dialogue for one ingested shard (resumable by chunk)",
+        help="generate one generator's dialogue for one ingested shard (resumable by chunk)",
     )
-    parser.add_argument("--generator", required=True, choices=["blip2", "llava"])
+    parser.add_argument(
+        "--generator",
+        required=True,
+        help="blip2, llava, or the name of a generate.vlms entry in --params",
+    )
     parser.add_argument("--shard", required=True, type=Path, help="ingested shard (Parquet)")
     parser.add_argument("--output", required=True, type=Path, help="dialogue shard (Parquet)")
     parser.add_argument("--stats", required=True, type=Path, help="per-shard stats (JSON)")
@@ -126,7 +130,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _generate_dialogue(args: argparse.Namespace) -> int:
-    from dialogclip.generate.config import generate_config_from_dict, machine_settings
+    from dialogclip.generate.config import (
+        generate_config_from_dict,
+        generator_entry,
+        machine_settings,
+    )
     from dialogclip.generate.job import GenerationJob, run_generation_job
     from dialogclip.generate.work_ahead import ShardPaths, shards_per_engine_here
 
@@ -134,6 +142,7 @@ def _generate_dialogue(args: argparse.Namespace) -> int:
         raise ConfigError(f"--shards-per-engine must be >= 1, got {args.shards_per_engine}")
     started = time.monotonic()
     config = generate_config_from_dict(args.params)
+    generator_entry(args.generator, config)  # an unknown name fails here, naming the entries
     machine = machine_settings(
         threads=args.threads, **{flag.name: getattr(args, flag.name) for flag in MACHINE_FLAGS}
     )
@@ -163,7 +172,7 @@ def _fetched_model(model_dir: str, generator: str, config: Any) -> str | None:
         return None
     import os
 
-    from dialogclip.generate.generators import generator_settings
+    from dialogclip.generate.config import generator_settings
     from dialogclip.models.vlm_weights import require_fetched
 
     settings = generator_settings(generator, config)

@@ -26,7 +26,12 @@ from typing import Any
 
 from dialogclip.core.config import ConfigError, section_from_dict
 
-GENERATORS = ("blip2", "llava")
+# The thesis' two generators, each with its own config section (generate.blip2, generate.llava);
+# any other generator is an entry of generate.vlms (:class:`VlmSettings`).
+BUILTIN_GENERATORS = ("blip2", "llava")
+GENERATORS = BUILTIN_GENERATORS  # the default of generate.generators
+KINDS = ("dialogue", "qa_pairs")
+PROMPT_FORMATS = ("chat_template", "template")
 BACKENDS = ("auto", "vllm", "transformers")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -81,6 +86,71 @@ class LlavaSettings:
     structured_max_chars: int = 300  # maxLength of each question/answer string in the schema
 
 
+LLAVA_PAIRS = 3  # "three fundamental questions" (METHOD.md section 3)
+
+
+@dataclass(frozen=True)
+class VlmSettings:
+    """A generator configured by data (an entry of ``generate.vlms``, or the thesis' two as
+    :func:`generator_entry` reads them): the model, what kind of exchange it holds, the
+    questions it is asked and how a prompt is written around them.
+
+    kind ``dialogue``: one turn per question, each turn's prompt holding the earlier questions
+    and answers (BLIP-2's form); ``qa_pairs``: one request per image whose reply holds ``pairs``
+    question/answer pairs (LLaVA's form), parsed by :mod:`dialogclip.generate.parsing`.
+    prompt_format ``chat_template``: the model's own chat template (its processor's
+    ``apply_chat_template``: image and question in a user message, earlier turns as user and
+    assistant messages); ``template``: ``prompt_template`` around the current question and, in
+    a dialogue, ``context_template`` for each earlier turn, joined by spaces (the defaults are
+    BLIP-2's LAVIS form, "Question: q1 Answer: a1. Question: q2 Answer:").
+    """
+
+    model: str  # hub id or local directory
+    kind: str  # dialogue | qa_pairs
+    questions: list[str]  # dialogue: asked in turn; qa_pairs: the one request
+    revision: str | None = None  # hub commit a hub model is pinned to (None: a local checkpoint)
+    prompt_format: str = "chat_template"  # chat_template | template
+    prompt_template: str = "Question: {question} Answer:"  # template format only
+    context_template: str = BLIP2_CONTEXT_TEMPLATE  # template format, dialogue kind only
+    max_new_tokens: int = 256  # per reply
+    pairs: int = LLAVA_PAIRS  # qa_pairs: the pairs a reply must hold
+    # qa_pairs: constrain decoding to a JSON list of exactly `pairs` {question, answer} objects,
+    # asking structured_question instead of the question.
+    structured_output: bool = False
+    structured_question: str = LLAVA_STRUCTURED_QUESTION
+    structured_max_chars: int = 300  # maxLength of each question/answer string in the schema
+
+    def problems(self, where: str) -> list[str]:
+        """What is wrong with this entry, each naming ``where`` (its config key)."""
+        problems = []
+        if self.kind not in KINDS:
+            problems.append(f"{where}.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            problems.append(
+                f"{where}.prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}"
+            )
+        if not self.questions:
+            problems.append(f"{where}.questions must not be empty")
+        if self.kind == "qa_pairs" and len(self.questions) != 1:
+            problems.append(f"{where}.questions: a qa_pairs generator asks exactly one question")
+        if self.kind == "dialogue" and self.structured_output:
+            problems.append(f"{where}.structured_output needs kind qa_pairs")
+        if self.prompt_format == "template" and "{question}" not in self.prompt_template:
+            problems.append(f"{where}.prompt_template must contain '{{question}}'")
+        context = self.context_template
+        if (
+            self.prompt_format == "template"
+            and self.kind == "dialogue"
+            and ("{question}" not in context or "{answer}" not in context)
+        ):
+            problems.append(
+                f"{where}.context_template must contain '{{question}}' and '{{answer}}'"
+            )
+        if self.max_new_tokens < 1 or self.pairs < 1:
+            problems.append(f"{where}.max_new_tokens and {where}.pairs must be >= 1")
+        return problems
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """Decoding, shared by both generators and both backends."""
@@ -110,9 +180,22 @@ class GenerateConfig:
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     blip2: Blip2Settings = field(default_factory=Blip2Settings)
     llava: LlavaSettings = field(default_factory=LlavaSettings)
+    # Further generators configured by data, by name (README, "Bring your own VLM").
+    vlms: dict[str, VlmSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(set(self.generators) <= set(GENERATORS), f"generators must be among {GENERATORS}")
+        known = (*BUILTIN_GENERATORS, *self.vlms)
+        unknown = [name for name in self.generators if name not in known]
+        _check(
+            not unknown,
+            f"generators {unknown} are neither blip2, llava nor an entry of generate.vlms "
+            f"(entries: {sorted(self.vlms)}); add one under generate.vlms or remove the name",
+        )
+        clash = sorted(set(self.vlms) & set(BUILTIN_GENERATORS))
+        _check(not clash, f"vlms: {clash} name the built-in generators; choose another name")
+        for name, entry in self.vlms.items():
+            problems = entry.problems(f"vlms.{name}")
+            _check(not problems, "; ".join(problems))
         _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         _check(len(self.blip2.questions) >= 1, "blip2.questions must not be empty")
         _check(self.sampling.temperature >= 0, "sampling.temperature must be >= 0")
@@ -135,7 +218,65 @@ def _check(condition: bool, message: str) -> None:
 
 def generate_config_from_dict(data: Mapping[str, Any]) -> GenerateConfig:
     """Build a :class:`GenerateConfig` from the config section (unknown keys raise)."""
-    return section_from_dict(GenerateConfig, data, "generate")
+    vlms = data.get("vlms") or {}
+    if not isinstance(vlms, Mapping):
+        raise ConfigError("generate.vlms must map generator names to their settings")
+    typed = {
+        name: section_from_dict(VlmSettings, entry, f"generate.vlms.{name}")
+        for name, entry in vlms.items()
+    }
+    return section_from_dict(GenerateConfig, {**data, "vlms": typed}, "generate")
+
+
+def generator_entry(name: str, config: GenerateConfig) -> VlmSettings:
+    """Generator ``name`` as a :class:`VlmSettings` entry: an entry of ``generate.vlms``, or one
+    of the thesis' two in that form (BLIP-2: a ``dialogue`` in the LAVIS template; LLaVA-1.5:
+    ``qa_pairs`` in its ``USER: <image>...`` template), with exactly their prompts."""
+    if name == "blip2":
+        blip2 = config.blip2
+        return VlmSettings(
+            model=blip2.model,
+            revision=blip2.revision,
+            kind="dialogue",
+            questions=list(blip2.questions),
+            prompt_format="template",
+            prompt_template=blip2.prompt_template,
+            context_template=blip2.context_template,
+            max_new_tokens=blip2.max_new_tokens,
+        )
+    if name == "llava":
+        llava = config.llava
+        return VlmSettings(
+            model=llava.model,
+            revision=llava.revision,
+            kind="qa_pairs",
+            questions=[llava.question],
+            prompt_format="template",
+            prompt_template=llava.prompt_template,
+            max_new_tokens=llava.max_new_tokens,
+            pairs=LLAVA_PAIRS,
+            structured_output=llava.structured_output,
+            structured_question=llava.structured_question,
+            structured_max_chars=llava.structured_max_chars,
+        )
+    if name in config.vlms:
+        return config.vlms[name]
+    raise ConfigError(
+        f"generator {name!r} is neither blip2, llava nor an entry of generate.vlms "
+        f"(entries: {sorted(config.vlms)})"
+    )
+
+
+def generator_settings(
+    name: str, config: GenerateConfig
+) -> Blip2Settings | LlavaSettings | VlmSettings:
+    """The config section of generator ``name`` as written (``generate.blip2``,
+    ``generate.llava`` or ``generate.vlms.<name>``): what a shard's metadata records."""
+    if name == "blip2":
+        return config.blip2
+    if name == "llava":
+        return config.llava
+    return generator_entry(name, config)
 
 
 # --- machine: rule resources/threads (command-line flags) --------------------------------------

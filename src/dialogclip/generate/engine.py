@@ -12,8 +12,7 @@ from dialogclip.generate.backend import (
     resolve_backend,
     resolve_engine,
 )
-from dialogclip.generate.config import GenerateConfig, MachineSettings
-from dialogclip.generate.generators import generator_settings
+from dialogclip.generate.config import GenerateConfig, MachineSettings, generator_settings
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,13 @@
-"""The two dialogue generators: BLIP-2 (a multi-turn dialogue) and LLaVA-1.5 (three QA pairs).
+"""The two kinds of dialogue generator: a multi-turn ``dialogue`` (BLIP-2's) and ``qa_pairs``
+in one reply (LLaVA-1.5's three pairs).
 
-A generator turns a list of images into :class:`Dialogue` records through any
-:class:`~dialogclip.generate.backend.GenerationBackend`; it owns the prompts, the turn logic and
-the parsing, so both backends produce the same records from the same model outputs.
+A generator is data (:class:`~dialogclip.generate.config.VlmSettings`: model, kind, questions,
+prompt format); the thesis' two are entries of that form
+(:func:`~dialogclip.generate.config.generator_entry`). It turns a list of images into
+:class:`Dialogue` records through any :class:`~dialogclip.generate.backend.GenerationBackend`;
+it owns the prompts, the turn logic and the parsing, so both backends produce the same records
+from the same model outputs. A prompt in the ``chat_template`` format is rendered by the
+backend's processor (:meth:`GenerationBackend.chat_prompt`), the same call on both backends.
 """
 
 from __future__ import annotations
@@ -14,22 +19,25 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from dialogclip.core.config import ConfigError
-from dialogclip.core.prompts import blip2_prompt, clean_blip2_answer, llava_prompt
+from dialogclip.core.prompts import (
+    blip2_prompt,
+    chat_messages,
+    clean_blip2_answer,
+    llava_prompt,
+)
 from dialogclip.generate.backend import (
     FINISH_LENGTH,
     Completion,
     GenerationBackend,
     GenerationRequest,
 )
-from dialogclip.generate.config import Blip2Settings, GenerateConfig, LlavaSettings
+from dialogclip.generate.config import GenerateConfig, VlmSettings, generator_entry
 from dialogclip.generate.parsing import (
     PARSE_EMPTY_ANSWER,
     PARSE_OK,
     parse_qa_pairs,
     qa_json_schema,
 )
-
-LLAVA_PAIRS = 3  # "three fundamental questions" (METHOD.md section 3)
 
 
 @dataclass
@@ -80,31 +88,38 @@ def complete_replies(
     return completions
 
 
-class Blip2Generator:
-    """BLIP-2: ask the questions in turn, each prompt holding the earlier questions and answers."""
+class DialogueGenerator:
+    """kind ``dialogue`` (BLIP-2's): ask the questions in turn, each prompt holding the earlier
+    questions and answers."""
 
-    name = "blip2"
-
-    def __init__(self, settings: Blip2Settings, base_seed: int = 0) -> None:
+    def __init__(self, name: str, settings: VlmSettings, base_seed: int = 0) -> None:
+        self.name = name
         self.settings = settings
         self.base_seed = base_seed
+
+    def prompt(self, backend: GenerationBackend, answers: Sequence[str]) -> str:
+        """The prompt of turn ``len(answers)``, after the earlier turns' ``answers``."""
+        questions = self.settings.questions
+        if self.settings.prompt_format == "chat_template":
+            return backend.chat_prompt(chat_messages(questions, answers))
+        return blip2_prompt(
+            self.settings.prompt_template, self.settings.context_template, questions, answers
+        )
+
+    def answer(self, reply: str) -> str:
+        """The answer in a raw reply: a template-format model may run on into a turn of its own
+        (BLIP-2 OPT does), a chat model's reply ends at its end-of-turn token."""
+        if self.settings.prompt_format == "chat_template":
+            return reply.strip()
+        return clean_blip2_answer(reply, self.settings.prompt_template)
 
     def run(
         self, backend: GenerationBackend, images: Sequence[Image.Image], keys: Sequence[str]
     ) -> list[Dialogue]:
         """One :class:`Dialogue` per image; turn t of every image is one backend call."""
-        questions = self.settings.questions
         dialogues = [Dialogue() for _ in images]
-        for turn, question in enumerate(questions):
-            prompts = [
-                blip2_prompt(
-                    self.settings.prompt_template,
-                    self.settings.context_template,
-                    questions,
-                    dialogue.answers,
-                )
-                for dialogue in dialogues
-            ]
+        for turn, question in enumerate(self.settings.questions):
+            prompts = [self.prompt(backend, dialogue.answers) for dialogue in dialogues]
             requests = [
                 GenerationRequest(
                     prompt=prompt,
@@ -119,33 +134,37 @@ class Blip2Generator:
             ):
                 dialogue.add_turn(prompt, completion)
                 dialogue.questions.append(question)
-                dialogue.answers.append(
-                    clean_blip2_answer(completion.text, self.settings.prompt_template)
-                )
+                dialogue.answers.append(self.answer(completion.text))
         for dialogue in dialogues:
             dialogue.parse_status = PARSE_OK if all(dialogue.answers) else PARSE_EMPTY_ANSWER
         return dialogues
 
 
-class LlavaGenerator:
-    """LLaVA-1.5: one request per image for three question/answer pairs, parsed from the reply."""
+class QaPairsGenerator:
+    """kind ``qa_pairs`` (LLaVA-1.5's): one request per image for ``pairs`` question/answer
+    pairs, parsed from the reply."""
 
-    name = "llava"
-
-    def __init__(self, settings: LlavaSettings, base_seed: int = 0) -> None:
+    def __init__(self, name: str, settings: VlmSettings, base_seed: int = 0) -> None:
+        self.name = name
         self.settings = settings
         self.base_seed = base_seed
         structured = settings.structured_output
-        self.question = settings.structured_question if structured else settings.question
+        self.question = settings.structured_question if structured else settings.questions[0]
         self.schema = (
-            qa_json_schema(LLAVA_PAIRS, settings.structured_max_chars) if structured else None
+            qa_json_schema(settings.pairs, settings.structured_max_chars) if structured else None
         )
+
+    def prompt(self, backend: GenerationBackend) -> str:
+        """The one prompt every image is sent."""
+        if self.settings.prompt_format == "chat_template":
+            return backend.chat_prompt(chat_messages([self.question], []))
+        return llava_prompt(self.settings.prompt_template, self.question)
 
     def run(
         self, backend: GenerationBackend, images: Sequence[Image.Image], keys: Sequence[str]
     ) -> list[Dialogue]:
         """One :class:`Dialogue` per image (one turn; questions/answers parsed from it)."""
-        prompt = llava_prompt(self.settings.prompt_template, self.question)
+        prompt = self.prompt(backend)
         requests = [
             GenerationRequest(
                 prompt=prompt,
@@ -160,22 +179,16 @@ class LlavaGenerator:
         for completion in complete_replies(backend, requests):
             dialogue = Dialogue()
             dialogue.add_turn(prompt, completion)
-            parsed = parse_qa_pairs(completion.text, expected=LLAVA_PAIRS)
+            parsed = parse_qa_pairs(completion.text, expected=self.settings.pairs)
             dialogue.questions, dialogue.answers = parsed.questions, parsed.answers
             dialogue.parse_status = parsed.status
             dialogues.append(dialogue)
         return dialogues
 
 
-def make_generator(name: str, config: GenerateConfig) -> Blip2Generator | LlavaGenerator:
-    """The generator called ``name`` (``blip2`` or ``llava``) with its configured settings."""
-    if name == "blip2":
-        return Blip2Generator(config.blip2, config.sampling.seed)
-    if name == "llava":
-        return LlavaGenerator(config.llava, config.sampling.seed)
-    raise ValueError(f"unknown generator {name!r}")
-
-
-def generator_settings(name: str, config: GenerateConfig) -> Blip2Settings | LlavaSettings:
-    """The settings section (model, revision, prompts) of generator ``name``."""
-    return config.blip2 if name == "blip2" else config.llava
+def make_generator(name: str, config: GenerateConfig) -> DialogueGenerator | QaPairsGenerator:
+    """The generator called ``name`` (``blip2``, ``llava`` or an entry of ``generate.vlms``),
+    of its configured kind."""
+    settings = generator_entry(name, config)
+    kind = DialogueGenerator if settings.kind == "dialogue" else QaPairsGenerator
+    return kind(name, settings, config.sampling.seed)

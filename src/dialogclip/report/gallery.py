@@ -53,20 +53,19 @@ def gallery_samples(
 ) -> tuple[list[Sample], int]:
     """``n`` downloaded images spread over ``ingested`` (key order), with their dialogue from
     ``dialogue`` (per generator, one shard per ingested shard, the same file names); and the
-    number of downloaded images they were drawn from."""
+    number of downloaded images they were drawn from. Only the shards holding a sample are
+    joined and read whole (at most ``n`` of CC3M's 332): the others give their status column."""
     check_shard_names(ingested, dialogue)
-    tables = []
-    for index, path in enumerate(ingested):
-        shard = {generator: Path(paths[index]) for generator, paths in dialogue.items()}
-        tables.append((path, enriched_shard(Path(path), shard)))
-    counts = [table.num_rows for _, table in tables]
+    counts = [_downloaded(Path(path)) for path in ingested]
     chosen = spread(sum(counts), n)
     samples = []
-    for (path, table), offset in zip(tables, _offsets(counts), strict=True):
-        rows = [i - offset for i in chosen if offset <= i < offset + table.num_rows]
+    for index, (path, count, offset) in enumerate(zip(ingested, counts, _offsets(counts),
+                                                      strict=True)):  # fmt: skip
+        rows = [i - offset for i in chosen if offset <= i < offset + count]
         if not rows:
             continue
-        picked = table.take(pa.array(rows))
+        shard = {generator: Path(paths[index]) for generator, paths in dialogue.items()}
+        picked = enriched_shard(Path(path), shard).take(pa.array(rows))
         images = _images(Path(path), picked["key"])
         for row in picked.to_pylist():
             samples.append(
@@ -78,6 +77,12 @@ def gallery_samples(
                 )
             )
     return samples, sum(counts)
+
+
+def _downloaded(ingested: Path) -> int:
+    """The downloaded rows of an ingested shard (the rows the generators ran on)."""
+    status = read_parquet(ingested, columns=["status"], what="ingested shard")["status"]
+    return pc.sum(pc.equal(status, "success")).as_py() or 0
 
 
 def _offsets(counts: Sequence[int]) -> list[int]:
