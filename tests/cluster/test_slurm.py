@@ -24,7 +24,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned_jobs, snakemake
+from workflow_helpers import (
+    DEMO_BLOCKS,
+    DEMO_RUNS,
+    DEMO_SHARDS,
+    REPO_ROOT,
+    VENV_BIN,
+    copy_demo,
+    demo_after_runs,
+    planned_jobs,
+    snakemake,
+)
 
 from dialogclip.models.naming import image_model_key
 from dialogclip.train.cache import read_embedding_cache
@@ -280,14 +290,14 @@ def test_profile_groups_the_short_jobs(controller: Path, tmp_path: Path) -> None
         for rule, resources in members:
             serial = rule not in ("download_shard", "retry_failed_downloads")
             assert resources.get("group_slot") == ("1" if serial else None), (rule, resources)
-    # The demo: 3 shards (downloads + retries), 2 blocks x 2 towers of caches, 2 blocks x 3
-    # rows sets (BLIP-2 and LLaVA concatenated, LLaVA pairs).
+    # The demo: its shards (downloads + retries), its blocks x 2 towers of caches, its blocks x
+    # 3 rows sets (BLIP-2 and LLaVA concatenated, LLaVA pairs).
     assert in_groups == {
-        "download_shard": 3,
-        "retry_failed_downloads": 3,
-        "embed_train_images": 2,
-        "embed_train_captions": 2,
-        "train_rows": 6,
+        "download_shard": DEMO_SHARDS,
+        "retry_failed_downloads": DEMO_SHARDS,
+        "embed_train_images": DEMO_BLOCKS,
+        "embed_train_captions": DEMO_BLOCKS,
+        "train_rows": demo_after_runs(list(DEMO_RUNS))["train_rows"],
     }
     assert per_group == {"downloads": 1, "train_caches": 1, "train_rows": 1}
     planned = planned_jobs(workdir)
