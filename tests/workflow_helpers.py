@@ -59,8 +59,14 @@ def copy_demo(workdir: Path, source: Path | None = None) -> Path:
     return workdir
 
 
+# The whole demo DAG on 2 cores (e.g. the finished_demo fixture): 20.5 min beside niced tests,
+# 39 min at a load of 4-6 (the world demo's first runs, issue 17). A run that hangs fails after
+# this long.
+DEMO_RUN_TIMEOUT_S = 3600
+
+
 def snakemake(
-    workdir: Path, *args: str, timeout: float = 1500, cores: int = 2
+    workdir: Path, *args: str, timeout: float = DEMO_RUN_TIMEOUT_S, cores: int = 2
 ) -> subprocess.CompletedProcess[str]:
     """Run the repository's Snakefile in ``workdir`` (``--workflow-profile none``: tests set
     every option they rely on; ``allow_cpu=1`` as the demo profile: the GPU rules run on the
