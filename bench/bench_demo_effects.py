@@ -72,10 +72,9 @@ def run_arm(demo: Path, work: Path, arm: str, seed: int, cores: int, reuse: bool
         str(ROOT / "Snakefile"),
         "--directory",
         str(workdir),
+        # the demo's machine settings (threads: float sums can depend on them)
         "--workflow-profile",
-        "none",
-        "--default-resources",
-        "allow_cpu=1",
+        str(ROOT / "workflow" / "profiles" / "demo"),
         "--cores",
         str(cores),
         *effect_targets(),

@@ -29,6 +29,18 @@ GENERATED = ("results", "logs", "benchmarks", ".snakemake")
 CPU_DEFAULT_RESOURCES = ("--default-resources", "allow_cpu=1")
 
 
+def _demo_threads() -> tuple[str, ...]:
+    """The demo profile's ``set-threads`` as options: the tests run the demo's jobs with the
+    threads `make demo` gives them, so their results are `make demo`'s bit for bit (float sums
+    can depend on the thread count)."""
+    profile = yaml.safe_load((REPO_ROOT / "workflow/profiles/demo/config.yaml").read_text())
+    threads = profile.get("set-threads") or {}
+    return ("--set-threads", *(f"{rule}={n}" for rule, n in threads.items())) if threads else ()
+
+
+DEMO_THREADS = _demo_threads()
+
+
 def pretend_generators_fetched(
     workdir: Path, config_path: Path = REPO_ROOT / "config.yaml"
 ) -> None:
@@ -81,6 +93,7 @@ def snakemake(
             "--workflow-profile",
             "none",
             *CPU_DEFAULT_RESOURCES,
+            *DEMO_THREADS,
             "--cores",
             str(cores),
             *args,
