@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from workflow_helpers import planned_jobs
+import yaml
+from workflow_helpers import DEMO_RUNS, demo_tsv, planned_jobs
 
 from dialogclip.core.io import read_json
 
@@ -22,7 +23,7 @@ def demo_run(finished_demo: Path) -> Path:
 
 def test_ingestion_summary_counts_every_tsv_row(demo_run: Path) -> None:
     summary = read_json(demo_run / "results" / "ingest" / "summary.json")
-    n_rows = len((demo_run / "cc3m" / "demo.tsv").read_bytes().splitlines())
+    n_rows = len(demo_tsv(demo_run).read_bytes().splitlines())
     assert summary["n_rows"] == n_rows
     assert 0 < summary["status_counts"]["success"] < n_rows  # the demo has dead/broken rows
 
@@ -48,20 +49,37 @@ def test_evaluation_results_have_clip_benchmark_fields(demo_run: Path) -> None:
     assert set(retrieval["metrics"]) == {
         f"{kind}_retrieval_recall@{k}" for kind in ("image", "text") for k in (1, 5, 10)
     }
-    assert (retrieval["n_images"], retrieval["n_texts"]) == (8, 40)
+    # Every image of the Karpathy test split and its five captions (the world's set).
+    coco = read_json(demo_run / "eval" / "coco" / "dataset_coco.json")["images"]
+    test = [image for image in coco if image["split"] == "test"]
+    n_captions = sum(len(image["sentences"]) for image in test)
+    assert (retrieval["n_images"], retrieval["n_texts"]) == (len(test), n_captions)
+    assert n_captions == 5 * len(test) > 0
+    config = yaml.safe_load((demo_run / "config.yaml").read_text())["evaluate"]
     for dataset in ("vqa_real", "vqa_abstract"):
+        questions = read_json(demo_run / config[dataset]["questions"])["questions"]
+        ids = sorted(question["question_id"] for question in questions)
         vqa = read_json(demo_run / "results" / "eval" / "vqa" / "tiny" / f"{dataset}.json")
-        assert vqa["task"] == "vqa_multiple_choice" and vqa["metrics"]["n_questions"] == 12
+        assert vqa["task"] == "vqa_multiple_choice"
+        assert vqa["metrics"]["n_questions"] == len(ids) > 0
         answers = read_json(
             demo_run / "results" / "eval" / "vqa" / "tiny" / f"{dataset}_results.json"
         )
-        assert sorted(a["question_id"] for a in answers) == list(range(1, 13))
+        assert sorted(a["question_id"] for a in answers) == ids
 
 
 def test_every_training_run_leaves_a_tower_metrics_and_its_evaluations(demo_run: Path) -> None:
     from safetensors import safe_open
 
-    runs = {"tiny-c3m-blip2": 6, "tiny-draft-llava": 2, "tiny-draft-llava-nommd": 2}
+    # The embedding blends {run}-beta{beta}: six betas of a third tower, two of a DRAFT run.
+    runs = {
+        "tiny-c3m-blip2": 6,
+        "tiny-c3m-llava": 6,
+        "tiny-draft-llava": 2,
+        "tiny-draft-llava-nommd": 2,
+    }
+    config = yaml.safe_load((demo_run / "config.yaml").read_text())
+    assert [run["name"] for run in config["train"]["runs"]] == list(runs) == list(DEMO_RUNS)
     for run, n_betas in runs.items():
         final = demo_run / "results" / "train" / "runs" / run / "final.safetensors"
         with safe_open(str(final), framework="pt") as handle:

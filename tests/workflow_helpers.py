@@ -4,6 +4,8 @@
 tests that ask "what would an edit rerun?" dry-run against it with :func:`planned_jobs` (or
 :func:`planned`, which also lists each job's wildcards and resources, e.g. to tell the jobs of
 rule ``generate`` apart by generator), which never writes to the folder, so they can share it.
+What the demo's edits plan is counted from its layout and runs (:data:`DEMO_RUNS`,
+:func:`demo_after_dialogue`), stated once here for every test.
 """
 
 from __future__ import annotations
@@ -25,6 +27,18 @@ GENERATED = ("results", "logs", "benchmarks", ".snakemake")
 # What the demo profile sets and a run without profile needs (workflow/rules/common.smk): GPU
 # jobs may run on the CPU. Followed by another option, never by targets (it takes every word).
 CPU_DEFAULT_RESOURCES = ("--default-resources", "allow_cpu=1")
+
+
+def _demo_threads() -> tuple[str, ...]:
+    """The demo profile's ``set-threads`` as options: the tests run the demo's jobs with the
+    threads `make demo` gives them, so their results are `make demo`'s bit for bit (float sums
+    can depend on the thread count)."""
+    profile = yaml.safe_load((REPO_ROOT / "workflow/profiles/demo/config.yaml").read_text())
+    threads = profile.get("set-threads") or {}
+    return ("--set-threads", *(f"{rule}={n}" for rule, n in threads.items())) if threads else ()
+
+
+DEMO_THREADS = _demo_threads()
 
 
 def pretend_generators_fetched(
@@ -57,8 +71,14 @@ def copy_demo(workdir: Path, source: Path | None = None) -> Path:
     return workdir
 
 
+# The whole demo DAG on 2 cores (e.g. the finished_demo fixture): 9 min on an idle machine, 20-40
+# min at a load of 4-6 (the world demo's first runs, two threads per job; issue 17). A run that
+# hangs fails after this long.
+DEMO_RUN_TIMEOUT_S = 3600
+
+
 def snakemake(
-    workdir: Path, *args: str, timeout: float = 1500, cores: int = 2
+    workdir: Path, *args: str, timeout: float = DEMO_RUN_TIMEOUT_S, cores: int = 2
 ) -> subprocess.CompletedProcess[str]:
     """Run the repository's Snakefile in ``workdir`` (``--workflow-profile none``: tests set
     every option they rely on; ``allow_cpu=1`` as the demo profile: the GPU rules run on the
@@ -73,6 +93,7 @@ def snakemake(
             "--workflow-profile",
             "none",
             *CPU_DEFAULT_RESOURCES,
+            *DEMO_THREADS,
             "--cores",
             str(cores),
             *args,
@@ -154,42 +175,81 @@ def planned_jobs(workdir: Path, *args: str) -> Counter[str]:
     return planned(workdir, *args).jobs
 
 
-# What the finished demo redoes after a change to one generator's dialogue (all shards): its
-# statistics, its training rows (one job per block of 2 shards: 2 blocks), the runs that learn
-# from it, their evaluation variants and the report (resources/demo/config.yaml: a third tower
-# on BLIP-2, evaluated at six betas on COCO; two DRAFT runs on LLaVA, each at two betas on COCO
-# and both VQA sets, the first one also blended by the weights at beta 0.9).
-DEMO_AFTER_DIALOGUE = {
-    "blip2": Counter(
-        {
-            "dialogue_summary": 1,
-            "dialogue_quality": 1,
-            "train_rows": 2,
-            "train_run": 1,
-            "eval_retrieval": 6,
-            "report": 1,
-        }
-    ),
-    "llava": Counter(
-        {
-            "dialogue_summary": 1,
-            "dialogue_quality": 1,
-            "train_rows": 2,
-            "train_run": 2,
-            "eval_retrieval": 5,
-            "eval_vqa": 10,
-            "report": 1,
-        }
-    ),
+# --- the demo in numbers (resources/demo/config.yaml): what a dry run of an edit plans ------------
+
+DEMO = REPO_ROOT / "resources" / "demo"
+
+
+def demo_tsv(workdir: Path = DEMO) -> Path:
+    """The CC3M-format TSV of the demo in ``workdir`` (its config's ``cc3m.tsv``)."""
+    return workdir / yaml.safe_load((workdir / "config.yaml").read_text())["cc3m"]["tsv"]
+
+
+def _demo_layout() -> tuple[int, int]:
+    """(shards, training-data blocks) of the demo: its TSV's rows in shards of cc3m.shard_size,
+    the shards in blocks of train.shards_per_block."""
+    from dialogclip.core.shards import ShardPlan, count_lines
+
+    config = yaml.safe_load((DEMO / "config.yaml").read_text())
+    plan = ShardPlan(count_lines(demo_tsv()), config["cc3m"]["shard_size"])
+    return plan.n_shards, len(plan.blocks(config["train"]["shards_per_block"]))
+
+
+DEMO_SHARDS, DEMO_BLOCKS = _demo_layout()
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One training run of the demo as the dry runs count its jobs: whose dialogue it reads,
+    its rows set (the sample form), and the evaluation jobs of the entries it adds."""
+
+    generator: str
+    form: str  # "concatenated" (third tower) or "pairs" (DRAFT): rows per generator and form
+    eval_retrieval: int
+    eval_vqa: int
+
+
+# resources/demo/config.yaml, train.runs: a third tower on each generator's dialogue, evaluated
+# at its six betas on COCO only; two DRAFT runs on LLaVA pairs at betas 0.9 and 0 on COCO and
+# both VQA sets, the first one also blended by the weights at 0.9 (one more entry on each set).
+DEMO_RUNS = {
+    "tiny-c3m-blip2": DemoRun("blip2", "concatenated", eval_retrieval=6, eval_vqa=0),
+    "tiny-c3m-llava": DemoRun("llava", "concatenated", eval_retrieval=6, eval_vqa=0),
+    "tiny-draft-llava": DemoRun("llava", "pairs", eval_retrieval=3, eval_vqa=6),
+    "tiny-draft-llava-nommd": DemoRun("llava", "pairs", eval_retrieval=2, eval_vqa=4),
 }
+# The baseline entry `tiny` (evaluate.models): COCO retrieval and both VQA sets.
+DEMO_BASELINE_EVAL = Counter({"eval_retrieval": 1, "eval_vqa": 2})
+
+
+def demo_after_runs(runs: list[str], blocks: int = DEMO_BLOCKS) -> Counter[str]:
+    """The jobs that redo the demo's ``runs`` once their training data changes in ``blocks``
+    blocks: the rows of each rows set they read (one job per set and block), the runs, and
+    their evaluation entries."""
+    chosen = [DEMO_RUNS[name] for name in runs]
+    return +Counter(  # no zero counts (a plan has none): no VQA of runs on COCO only
+        {
+            "train_rows": len({(run.generator, run.form) for run in chosen}) * blocks,
+            "train_run": len(chosen),
+            "eval_retrieval": sum(run.eval_retrieval for run in chosen),
+            "eval_vqa": sum(run.eval_vqa for run in chosen),
+        }
+    )
+
+
+def demo_runs_of(generator: str) -> list[str]:
+    """The demo's runs that learn from ``generator``'s dialogue."""
+    return [name for name, run in DEMO_RUNS.items() if run.generator == generator]
 
 
 def demo_after_dialogue(*generators: str) -> Counter[str]:
-    """The jobs a change to these generators' dialogue reruns downstream (one report)."""
-    total: Counter[str] = Counter()
+    """The jobs a change to these generators' dialogue (every shard) reruns downstream: each
+    one's statistics (summary and quality), the runs that learn from it with their rows and
+    evaluations, and the report."""
+    total: Counter[str] = Counter({"report": 1})
     for generator in generators:
-        total += DEMO_AFTER_DIALOGUE[generator]
-    total["report"] = 1
+        total += Counter({"dialogue_summary": 1, "dialogue_quality": 1})
+        total += demo_after_runs(demo_runs_of(generator))
     return total
 
 

@@ -6,7 +6,7 @@ the short jobs grouped as the profile declares (docs/cluster.md, "Submissions").
 Marker `slurm`, excluded from the default run. Needs root and the packages:
     bash scripts/slurm_local.sh install && pytest -m slurm tests/cluster
 The controller environment is made here when missing (scripts/setup_controller.sh, ~1-3 min).
-The test cluster declares two placeholder GPUs, so the demo's tiny GPU rules run on its CPUs
+The test cluster declares two placeholder GPUs, so the demo's small GPU jobs run on its CPUs
 while the GPU request each job carries is read back from Slurm (`scontrol show job`).
 """
 
@@ -24,7 +24,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned_jobs, snakemake
+from workflow_helpers import (
+    DEMO_BLOCKS,
+    DEMO_RUNS,
+    DEMO_SHARDS,
+    REPO_ROOT,
+    VENV_BIN,
+    copy_demo,
+    demo_after_runs,
+    planned_jobs,
+    snakemake,
+)
 
 from dialogclip.models.naming import image_model_key
 from dialogclip.train.cache import read_embedding_cache
@@ -38,13 +48,14 @@ SITE_ACCOUNT = "dialogclip-test"  # what a user writes over the profile's placeh
 NO_PROFILE = ("--workflow-profile", "none", "--default-resources", "allow_cpu=0")
 SHARDS = ("00000", "00001", "00002")
 BLOCKS = ("00000-00001", "00002-00002")  # the demo's train.shards_per_block = 2
-MODEL = image_model_key("tiny-clip", "results/models/tiny-clip-0.safetensors")
-ROWS = "results/train/rows/blip2/tiny-clip/concatenated-with_truncated"
-# Every kind of rule and every group of the profile, 21 jobs: the 3 shards' downloads and retry
-# passes (group downloads), the tiny generators and BLIP-2 on each shard (rule generate), two
-# tiny CLIPs, the training caches of both blocks (group train_caches: 2 image + 2 caption),
-# the BLIP-2 rows of both blocks (group train_rows), the COCO image embeddings and two
-# retrievals on them.
+# The demo's one CLIP (the world's, expanded by rule world_clip from its committed file).
+MODEL = image_model_key("world-clip", "results/models/world-clip.safetensors")
+ROWS = "results/train/rows/blip2/world-clip/concatenated"
+# Every kind of rule and every group of the profile, 18 jobs: the 3 shards' downloads and retry
+# passes (group downloads), the world's BLIP-2 (committed) on each shard (rule generate), the
+# world's CLIP, the training caches of both blocks (group train_caches: 2 image + 2 caption),
+# the BLIP-2 rows of both blocks (group train_rows), the COCO image embeddings and the
+# retrieval of the demo's `tiny` on them.
 TARGETS = (
     *(
         f"results/train/emb/{tower}/{MODEL}/{block}.arrow"
@@ -53,20 +64,18 @@ TARGETS = (
     ),
     *(f"{ROWS}/{block}.arrow" for block in BLOCKS),
     "results/eval/retrieval/tiny/coco.json",
-    "results/eval/retrieval/tiny-embedding-blend/coco.json",
 )
 # What Slurm receives: one sbatch job per group and per ungrouped job, named in the plugin's
-# log path by `group_<group>_<its rules>` or `rule_<rule>`: 12 submissions for the 21 jobs.
+# log path by `group_<group>_<its rules>` or `rule_<rule>`: 9 submissions for the 18 jobs.
 SUBMISSIONS = Counter(
     {
         "group_downloads_download_shard_retry_failed_downloads": 1,
         "group_train_caches_embed_train_captions_embed_train_images": 1,
         "group_train_rows_train_rows": 1,
         "rule_generate": 3,
-        "rule_tiny_clip": 2,
-        "rule_tiny_models": 1,
+        "rule_world_clip": 1,
         "rule_embed_eval_images": 1,
-        "rule_eval_retrieval": 2,
+        "rule_eval_retrieval": 1,
     }
 )
 # Outputs a Slurm run must reproduce exactly (every job is deterministic on CPU).
@@ -75,10 +84,7 @@ COMPARED_SHARDS = (
     *(f"results/ingest/retried/shards/{shard}.parquet" for shard in SHARDS),
     *(f"results/dialogue/blip2/{shard}.parquet" for shard in SHARDS),
 )
-COMPARED_JSON = (
-    "results/eval/retrieval/tiny/coco.json",
-    "results/eval/retrieval/tiny-embedding-blend/coco.json",
-)
+COMPARED_JSON = ("results/eval/retrieval/tiny/coco.json",)
 
 
 def _site_profile(
@@ -86,8 +92,8 @@ def _site_profile(
 ) -> tuple[Path, dict]:
     """The Slurm profile as a user edits it for this cluster, in ``folder``/slurm/config.yaml
     (scripts/run.sh picks the controller for a profile folder named slurm): the account over
-    the placeholder; ``allow_cpu`` (1: the placeholder GPUs run the tiny models on the CPU);
-    for ``gres_rules``, the documented gres alternative in place of ``gpu: 1``."""
+    the placeholder; ``allow_cpu`` (1: the placeholder GPUs run the world's small models on the
+    CPU); for ``gres_rules``, the documented gres alternative in place of ``gpu: 1``."""
     text = PROFILE.read_text().replace(
         "slurm_account: your-account", f"slurm_account: {SITE_ACCOUNT}"
     )
@@ -284,14 +290,14 @@ def test_profile_groups_the_short_jobs(controller: Path, tmp_path: Path) -> None
         for rule, resources in members:
             serial = rule not in ("download_shard", "retry_failed_downloads")
             assert resources.get("group_slot") == ("1" if serial else None), (rule, resources)
-    # The demo: 3 shards (downloads + retries), 2 blocks x 2 towers of caches, 2 blocks x 2
-    # rows sets.
+    # The demo: its shards (downloads + retries), its blocks x 2 towers of caches, its blocks x
+    # 3 rows sets (BLIP-2 and LLaVA concatenated, LLaVA pairs).
     assert in_groups == {
-        "download_shard": 3,
-        "retry_failed_downloads": 3,
-        "embed_train_images": 2,
-        "embed_train_captions": 2,
-        "train_rows": 4,
+        "download_shard": DEMO_SHARDS,
+        "retry_failed_downloads": DEMO_SHARDS,
+        "embed_train_images": DEMO_BLOCKS,
+        "embed_train_captions": DEMO_BLOCKS,
+        "train_rows": demo_after_runs(list(DEMO_RUNS))["train_rows"],
     }
     assert per_group == {"downloads": 1, "train_caches": 1, "train_rows": 1}
     planned = planned_jobs(workdir)
@@ -379,13 +385,13 @@ def _run_through_slurm(profile: Path, workdir: Path, *args: str) -> subprocess.C
 
 @pytest.mark.timeout(3600)
 def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_path: Path) -> None:
-    """21 demo jobs through Slurm as the profile submits them: one sbatch job per group (each
-    group asking for what its jobs need together) and per ungrouped job, 12 in all; the
+    """18 demo jobs through Slurm as the profile submits them: one sbatch job per group (each
+    group asking for what its jobs need together) and per ungrouped job, 9 in all; the
     results equal a local run's."""
     site, profile = _site_profile(tmp_path / "site")
     local = copy_demo(tmp_path / "local")
     planned = planned_jobs(local, *TARGETS)
-    assert sum(planned.values()) == 21
+    assert sum(planned.values()) == 18
     reference = snakemake(local, *TARGETS, timeout=1800)
     assert reference.returncode == 0, reference.stderr[-4000:]
 
@@ -438,8 +444,7 @@ def test_demo_subset_through_slurm(controller: Path, slurm_cluster: Path, tmp_pa
         },
         "rule_embed_eval_images": {own_gpu_request("embed_eval_images")},
         "rule_eval_retrieval": {own_gpu_request("eval_retrieval")},
-        "rule_tiny_clip": {(cpu, None, "2000M", _time_limit(10), "1")},
-        "rule_tiny_models": {(cpu, None, "2000M", _time_limit(10), "1")},
+        "rule_world_clip": {(cpu, None, "2000M", _time_limit(10), "1")},
     }
 
     # The sbatch lines: the account; a GPU request (the submissions above given gres:gpu:1) as

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from workflow_helpers import copy_demo, snakemake
+from workflow_helpers import copy_demo, demo_tsv, snakemake
 
 from dialogclip.cli import main
 from dialogclip.core.io import CORRUPT_HINT, write_json_atomic, write_parquet_atomic
@@ -288,7 +288,7 @@ def test_tsv_shorter_than_planned_is_one_clear_line(tmp_path: Path, capsys) -> N
 @pytest.mark.dag
 def test_empty_tsv_stops_the_workflow_when_the_dag_is_built(tmp_path: Path) -> None:
     workdir = copy_demo(tmp_path / "demo")
-    tsv = workdir / "cc3m" / "demo.tsv"
+    tsv = demo_tsv(workdir)
     tsv.write_bytes(b"")
     result = snakemake(workdir, "--dry-run", timeout=300)
     output = result.stdout + result.stderr

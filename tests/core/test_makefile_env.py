@@ -1,5 +1,6 @@
 """Which `make` targets run offline: the demo and the tests never reach a hub (their models are
-built here), while `make run` must, since its fetch rules download the pinned weights.
+committed or built here), while `make run` must, since its fetch rules download the pinned
+weights.
 
 Each target's recipes run through a probe shell (`make SHELL=probe`) that only reports the
 environment it was given, so nothing is installed or run."""

@@ -207,10 +207,10 @@ def test_through_snakemake_the_profile_decides(tmp_path: Path) -> None:
     the demo profile allows the CPU; changing it reruns nothing; a run that states no value
     stops when the DAG is built."""
     workdir = copy_demo(tmp_path / "demo")
-    target = "results/eval/image_emb/tiny-clip__tiny-clip-0-7381a0a1__auto/coco.safetensors"
+    target = "results/eval/image_emb/world-clip__world-clip-e414bf49__auto/coco.safetensors"
     stopped = snakemake(workdir, target, "--default-resources", "allow_cpu=0")
     assert stopped.returncode != 0
-    log = workdir / "logs/embed_eval_images/tiny-clip__tiny-clip-0-7381a0a1__auto/coco.log"
+    log = workdir / "logs/embed_eval_images/world-clip__world-clip-e414bf49__auto/coco.log"
     assert "this job was given GPUs (--gpus 1) but torch sees none" in log.read_text()
     assert not (workdir / target).exists() and (workdir / "results/models").is_dir()
     # The demo profile's value reaches the shell line; a dry run shows it.

@@ -23,8 +23,9 @@ from dialogclip.core.run_workflow import (
 )
 
 RUN_SH = REPO_ROOT / "scripts" / "run.sh"
-# One cheap job (rule tiny_clip), and a longer chain that is still running when we look.
-QUICK_TARGET = "results/models/tiny-clip-0.safetensors"
+# One cheap job (rule world_clip: the demo's baseline CLIP, expanded from its compact file), and
+# a longer chain that is still running when we look.
+QUICK_TARGET = "results/models/world-clip.safetensors"
 LONG_TARGETS = ("results/eval/retrieval/tiny/coco.json", "results/eval/vqa/tiny/vqa_real.json")
 
 
@@ -142,7 +143,7 @@ def test_dry_run_ignores_the_lock(tmp_path: Path) -> None:
     stale.write_text("x\n")
     result = _run(["bash", str(RUN_SH), *_args(workdir, QUICK_TARGET), "--dry-run"])
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "tiny_clip" in result.stdout
+    assert "world_clip" in result.stdout
     assert stale.read_text() == "x\n"
 
 

@@ -42,16 +42,30 @@ def _entry(config: dict, name: str) -> dict:
     return next(entry for entry in config["evaluate"]["models"] if entry["name"] == name)
 
 
+def _blend(config: dict, variant: str, missing: str) -> None:
+    """Add an evaluation entry ``tiny-<variant>`` blending the demo's baseline with its first
+    DRAFT run's text tower at beta 0.9, less the key ``missing``."""
+    entry = {
+        **_entry(config, "tiny"),
+        "name": f"tiny-{variant.replace('_', '-')}",
+        "text_variant": variant,
+        "other": "results/train/runs/tiny-draft-llava/final.safetensors",
+        "beta": 0.9,
+    }
+    entry.pop(missing)
+    config["evaluate"]["models"].append(entry)
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (
-            lambda c: _entry(c, "tiny-embedding-blend").pop("beta"),
+            lambda c: _blend(c, "embedding_blend", missing="beta"),
             "evaluate.models (tiny-embedding-blend): text_variant embedding_blend needs an "
             "explicit `beta`",
         ),
         (
-            lambda c: _entry(c, "tiny-weight-blend").pop("other"),
+            lambda c: _blend(c, "weight_blend", missing="other"),
             "evaluate.models (tiny-weight-blend): text_variant weight_blend needs an explicit "
             "`other`",
         ),
@@ -214,4 +228,10 @@ def test_the_demo_profile_replaces_the_default_one(demo: Path) -> None:
         "line arguments." in result.stderr
     )
     assert "profiles/default" not in result.stderr
-    assert "--batch-size 8" in result.stdout  # its set-resources reach the rules
+    # Its set-resources reach the rules: the image embeddings' batch size, not the rule's own.
+    profile = yaml.safe_load((REPO_ROOT / "workflow/profiles/demo/config.yaml").read_text())
+    batch_size = str(profile["set-resources"]["embed_eval_images"]["batch_size"])
+    rule_default = {job.resources["batch_size"] for job in planned(demo).of("embed_eval_images")}
+    assert rule_default and batch_size not in rule_default
+    commands = [line for line in result.stdout.splitlines() if " embed-images " in line]
+    assert commands and all(f" --batch-size {batch_size} " in line for line in commands)

@@ -180,7 +180,10 @@ def test_both_coco_formats_of_the_demo_fixtures_give_the_same_set(repo_root) -> 
     karpathy = load_retrieval_set(coco / "dataset_coco.json", coco)
     captions_format = load_retrieval_set(coco / "coco_test_karpathy.json", coco / "val2014")
     assert karpathy == captions_format
-    assert (len(karpathy.image_paths), len(karpathy.captions)) == (8, 40)
+    # the test split of Karpathy's file, five captions an image
+    images = json.loads((coco / "dataset_coco.json").read_text())["images"]
+    n_test = sum(image["split"] == "test" for image in images)
+    assert (len(karpathy.image_paths), len(karpathy.captions)) == (n_test, 5 * n_test) != (0, 0)
     assert all(path.is_file() for path in karpathy.image_paths)
 
 

@@ -1,6 +1,7 @@
 """What an edit reruns in the evaluate stage, as `snakemake --dry-run` plans it on the finished
-demo (three entries on one image tower: tiny, tiny-embedding-blend, tiny-weight-blend; the last
-is evaluated on coco and vqa_abstract only)."""
+demo: its entry `tiny` (the world's CLIP) and the evaluation variants of its four training runs,
+all on one image tower; an edit of an explicit blend entry on the demo with two of them
+(tests/demo_blends.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import os
 from pathlib import Path
 
 import pytest
-from workflow_helpers import copy_demo, edited_config, planned_jobs
+from demo_blends import blended_demo
+from workflow_helpers import (
+    DEMO_BASELINE_EVAL,
+    DEMO_RUNS,
+    copy_demo,
+    demo_after_dialogue,
+    edited_config,
+    planned_jobs,
+)
 
 pytestmark = pytest.mark.dag
 
@@ -35,12 +44,13 @@ def test_batch_sizes_and_threads_rerun_nothing(finished_demo: Path) -> None:
 
 
 def test_a_beta_edit_reruns_only_that_entrys_evaluations(
-    finished_demo: Path, tmp_path: Path
+    finished_demo: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    demo = blended_demo(finished_demo, tmp_path_factory)
     edited = edited_config(
-        finished_demo, tmp_path, lambda c: _entry(c, "tiny-embedding-blend").update(beta=0.8)
+        demo, tmp_path, lambda c: _entry(c, "tiny-embedding-blend").update(beta=0.8)
     )
-    assert planned_jobs(finished_demo, "--configfile", edited) == {
+    assert planned_jobs(demo, "--configfile", edited) == {
         "eval_retrieval": 1,
         "eval_vqa": 2,
         "report": 1,
@@ -49,9 +59,11 @@ def test_a_beta_edit_reruns_only_that_entrys_evaluations(
 
 def test_recall_cutoffs_rerun_only_retrieval(finished_demo: Path, tmp_path: Path) -> None:
     edited = edited_config(finished_demo, tmp_path, lambda c: c["evaluate"].update(ks=[1, 2]))
-    # The three entries and the eleven variants of the training runs evaluated on COCO.
+    # Every retrieval: `tiny` and the variants of the training runs evaluated on COCO.
+    retrievals = DEMO_BASELINE_EVAL["eval_retrieval"]
+    retrievals += sum(run.eval_retrieval for run in DEMO_RUNS.values())
     assert planned_jobs(finished_demo, "--configfile", edited) == {
-        "eval_retrieval": 14,
+        "eval_retrieval": retrievals,
         "report": 1,
     }
 
@@ -64,17 +76,13 @@ def test_the_text_form_reruns_what_reads_texts_never_generation(
         tmp_path,
         lambda c: c.setdefault("text", {}).update(qa_template="Q: {question} A: {answer}"),
     )
-    # Never generation: the shards keep raw pairs; the form is applied by their readers (VQA
-    # candidates, training samples - two rows sets in two blocks of shards - statistics).
-    assert planned_jobs(finished_demo, "--configfile", edited) == {
-        "eval_vqa": 15,
-        "eval_retrieval": 11,
-        "train_rows": 4,
-        "train_run": 3,
-        "dialogue_summary": 2,
-        "dialogue_quality": 2,
-        "report": 1,
-    }
+    # Never generation: the shards keep raw pairs; the form is applied by their readers: the
+    # training samples (every rows set in every block, so every run and its evaluations) and
+    # the statistics, as after new dialogue of both generators, and the VQA candidates (`tiny`'s
+    # VQA evaluations too; its retrieval reads no pair).
+    expected = demo_after_dialogue("blip2", "llava")
+    expected["eval_vqa"] += DEMO_BASELINE_EVAL["eval_vqa"]
+    assert planned_jobs(finished_demo, "--configfile", edited) == expected
 
 
 def test_a_new_image_tower_embeds_once_for_its_entry(finished_demo: Path, tmp_path: Path) -> None:

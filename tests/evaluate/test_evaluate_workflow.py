@@ -1,18 +1,20 @@
-"""The evaluation rules end to end: snakemake on a copy of the demo (fixtures in the official
-formats, tiny random CLIPs), evaluation targets only."""
+"""The evaluation rules end to end on the demo (the world's sets in the official formats, its
+CLIP), with two explicit blend entries beside `tiny` (tests/demo_blends.py: the first DRAFT
+run's text tower blended by embeddings and by weights); the stopping errors on a fresh copy,
+evaluation targets only."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from workflow_helpers import CPU_DEFAULT_RESOURCES
+from demo_blends import BLENDS, blended_demo
+from workflow_helpers import CPU_DEFAULT_RESOURCES, copy_demo, edited_config
 
 from dialogclip.core.io import read_json
 from dialogclip.evaluate.datasets import load_retrieval_set
@@ -26,15 +28,15 @@ from dialogclip.models.openclip import load_clip
 
 pytestmark = pytest.mark.dag
 
-GENERATED = ("results", "logs", "benchmarks", ".snakemake")
-# The demo's entries (resources/demo/config.yaml) and the sets each is evaluated on.
-EXPECTED = {
-    "tiny": ("coco", "vqa_real", "vqa_abstract"),
-    "tiny-embedding-blend": ("coco", "vqa_real", "vqa_abstract"),
-    "tiny-weight-blend": ("coco", "vqa_abstract"),
-}
 VQA = ("vqa_real", "vqa_abstract")
-IMAGE_MODEL = image_model_key("tiny-clip", "results/models/tiny-clip-0.safetensors")
+# The demo's entry `tiny` (resources/demo/config.yaml) and the blends beside it, with the sets
+# each is evaluated on (its `datasets`, else all three); one image tower, the world's CLIP.
+EXPECTED = {
+    "tiny": ("coco", *VQA),
+    **{blend["name"]: tuple(blend.get("datasets") or ("coco", *VQA)) for blend in BLENDS},
+}
+ARCHITECTURE = "world-clip"
+IMAGE_MODEL = image_model_key(ARCHITECTURE, "results/models/world-clip.safetensors")
 
 
 def _targets() -> list[str]:
@@ -43,13 +45,6 @@ def _targets() -> list[str]:
         for name, datasets in EXPECTED.items()
         for dataset in datasets
     ]
-
-
-def _copy_demo(repo_root: Path, workdir: Path) -> Path:
-    shutil.copytree(
-        repo_root / "resources" / "demo", workdir, ignore=shutil.ignore_patterns(*GENERATED)
-    )
-    return workdir
 
 
 def _snakemake(repo_root: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -74,18 +69,17 @@ def _snakemake(repo_root: Path, workdir: Path, *args: str) -> subprocess.Complet
 
 
 @pytest.fixture(scope="module")
-def evaluated(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = _copy_demo(repo_root, tmp_path_factory.mktemp("eval") / "demo")
-    result = _snakemake(repo_root, workdir, *_targets())
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return workdir
+def evaluated(finished_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The finished demo with the blends evaluated too (shared: dry runs only)."""
+    return blended_demo(finished_demo, tmp_path_factory)
 
 
 def test_every_entry_and_set_has_a_clip_benchmark_record(evaluated: Path) -> None:
+    config = yaml.safe_load((evaluated / "config.yaml").read_text())["evaluate"]
     for target in _targets():
         record = read_json(evaluated / target)
         assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= set(record)
-        assert record["quickgelu"] is False and record["model"] == "tiny-clip"
+        assert record["quickgelu"] is False and record["model"] == ARCHITECTURE
         if record["task"] == "zeroshot_retrieval":
             assert record["dataset"] == "mscoco_captions"
             assert set(record["metrics"]) == {
@@ -95,7 +89,9 @@ def test_every_entry_and_set_has_a_clip_benchmark_record(evaluated: Path) -> Non
         else:
             assert record["task"] == "vqa_multiple_choice"
             assert 0 <= record["metrics"]["overall"] <= 100
-            assert record["metrics"]["n_questions"] == 12
+            dataset = Path(target).stem  # results/eval/vqa/<entry>/<set>.json
+            questions = read_json(evaluated / config[dataset]["questions"])
+            assert record["metrics"]["n_questions"] == len(questions["questions"])
     # No other result: the weight blend skips vqa_real (its `datasets`).
     assert not (evaluated / "results/eval/vqa/tiny-weight-blend/vqa_real.json").exists()
 
@@ -158,17 +154,15 @@ def test_a_finished_evaluation_has_nothing_left_to_do(repo_root: Path, evaluated
 
 
 def test_editing_a_variant_reruns_its_jobs_but_not_the_image_cache(
-    repo_root: Path, evaluated: Path
+    repo_root: Path, evaluated: Path, tmp_path: Path
 ) -> None:
-    config_path = evaluated / "config.yaml"
-    original = config_path.read_text()
-    config = yaml.safe_load(original)
-    config["evaluate"]["models"][1]["beta"] = 0.5  # tiny-embedding-blend
-    try:
-        config_path.write_text(yaml.safe_dump(config))
-        result = _snakemake(repo_root, evaluated, "--dry-run", *_targets())
-    finally:
-        config_path.write_text(original)
+    def edit(config: dict) -> None:
+        (blend,) = (e for e in config["evaluate"]["models"] if e["name"] == "tiny-embedding-blend")
+        blend["beta"] = 0.5
+
+    edited = edited_config(evaluated, tmp_path, edit)
+    # targets first: --configfile takes every word after it
+    result = _snakemake(repo_root, evaluated, "--dry-run", *_targets(), "--configfile", edited)
     assert result.returncode == 0, result.stderr[-3000:]
     planned = {
         path
@@ -194,7 +188,7 @@ def test_editing_a_variant_reruns_its_jobs_but_not_the_image_cache(
 def test_a_missing_or_broken_image_stops_the_job_naming_it(
     repo_root: Path, tmp_path: Path, damage: str, message: str
 ) -> None:
-    workdir = _copy_demo(repo_root, tmp_path / "demo")
+    workdir = copy_demo(tmp_path / "demo")
     image = workdir / "eval/coco/val2014/COCO_val2014_000000000003.jpg"
     if damage == "delete":
         image.unlink()
@@ -210,7 +204,7 @@ def test_a_missing_or_broken_image_stops_the_job_naming_it(
 def test_a_missing_annotation_file_is_named_with_where_it_is_published(
     repo_root: Path, tmp_path: Path
 ) -> None:
-    workdir = _copy_demo(repo_root, tmp_path / "demo")
+    workdir = copy_demo(tmp_path / "demo")
     (workdir / "eval/abstract_v002_val2015_annotations.json").unlink()
     result = _snakemake(repo_root, workdir, "--dry-run", "results/eval/vqa/tiny/vqa_abstract.json")
     assert result.returncode != 0

@@ -17,15 +17,23 @@ import pytest
 import torch
 import yaml
 from clip_benchmark_helpers import clip_benchmark_recalls
-from workflow_helpers import copy_demo, planned, snakemake
+from workflow_helpers import REPO_ROOT, copy_demo, planned, snakemake
 
 from dialogclip.core.io import read_json
 from dialogclip.models.openclip import ClipSpec, load_clip
 
 pytestmark = pytest.mark.dag
 
-# The demo's 8 test images: CLIP_benchmark's recall@k needs k <= the number of images.
-KS = (1, 5)
+# The workflow's recall cut-offs (evaluate.ks, its default): CLIP_benchmark's recall@k needs
+# k <= the number of images, which the demo's 300 test images allow.
+KS = (1, 5, 10)
+# The demo's entry `tiny` (the world's CLIP), which takes every configured set.
+DEMO_EVALUATE = yaml.safe_load((REPO_ROOT / "resources/demo/config.yaml").read_text())["evaluate"]
+(TINY,) = (
+    ClipSpec(e["architecture"], e["pretrained"])
+    for e in DEMO_EVALUATE["models"]
+    if e["name"] == "tiny"
+)
 
 
 def _write_flickr(demo: Path, folder: Path) -> int:
@@ -52,9 +60,10 @@ def _write_flickr(demo: Path, folder: Path) -> int:
 
 
 def _clip_benchmark_recalls(folder: Path, checkpoint: Path) -> dict[str, float]:
-    """CLIP_benchmark's ``flickr30k`` retrieval on the set's files, the model loaded as the
-    project loads it (its architecture is registered in this process only)."""
-    clip = load_clip(ClipSpec("tiny-clip", str(checkpoint)), device=torch.device("cpu"))
+    """CLIP_benchmark's ``flickr30k`` retrieval on the set's files, the demo's CLIP (its
+    ``checkpoint``) loaded as the project loads it (its architecture is registered in this
+    process only)."""
+    clip = load_clip(ClipSpec(TINY.architecture, str(checkpoint)), device=torch.device("cpu"))
     annotations = folder / "flickr30k_test_karpathy.txt"
     root = folder / "flickr30k-images"
     return clip_benchmark_recalls(
@@ -90,9 +99,7 @@ def test_flickr30k_is_evaluated_by_the_retrieval_rule_as_clip_benchmark_does(
     assert (record["dataset"], record["task"]) == ("flickr30k", "zeroshot_retrieval")
     assert (record["n_images"], record["n_texts"]) == (n_test, 5 * n_test)
     ours = record["metrics"]
-    theirs = _clip_benchmark_recalls(
-        demo / "eval/flickr30k", demo / "results/models/tiny-clip-0.safetensors"
-    )
+    theirs = _clip_benchmark_recalls(demo / "eval/flickr30k", demo / TINY.pretrained)
     assert set(theirs) == {f"{kind}_retrieval_recall@{k}" for kind in ("image", "text") for k in KS}
     for metric, value in theirs.items():
         assert ours[metric] == pytest.approx(value, abs=1e-6), metric

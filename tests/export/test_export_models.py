@@ -12,7 +12,7 @@ from typing import Any
 import open_clip
 import pytest
 from clip_benchmark_helpers import clip_benchmark_recalls
-from workflow_helpers import copy_demo, planned, snakemake
+from workflow_helpers import DEMO_RUNS, copy_demo, planned, snakemake
 
 from dialogclip.core.io import read_json
 from dialogclip.export.models import load_embedding_blend
@@ -20,8 +20,8 @@ from dialogclip.models.openclip import register_model_configs
 
 pytestmark = pytest.mark.dag
 
-# The demo's 8 COCO test images: CLIP_benchmark's recall@k needs k <= the number of images.
-KS = (1, 5)
+# The cut-offs the workflow evaluates (evaluate.ks) on the world's 300 retrieval images.
+KS = (1, 5, 10)
 FOLDER = "results/export/models"
 
 
@@ -43,23 +43,21 @@ def _assert_scores_as_evaluated(demo: Path, entry: str, theirs: dict) -> None:
 @pytest.fixture(scope="module")
 def exported(finished_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     demo = copy_demo(tmp_path_factory.mktemp("export") / "demo", source=finished_demo)
-    assert planned(demo, "models").jobs == {"export_models": 3, "models": 1}
+    assert planned(demo, "models").jobs == {"export_models": len(DEMO_RUNS), "models": 1}
     result = snakemake(demo, "models")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return demo
 
 
 def test_each_run_gets_its_folder_and_manifest(exported: Path) -> None:
-    manifests = {
-        run: read_json(exported / FOLDER / run / "manifest.json")
-        for run in ("tiny-c3m-blip2", "tiny-draft-llava", "tiny-draft-llava-nommd")
-    }
+    manifests = {run: read_json(exported / FOLDER / run / "manifest.json") for run in DEMO_RUNS}
     files = {
         run: sorted(model["file"] for model in manifest["models"])
         for run, manifest in manifests.items()
     }
     assert files == {
         "tiny-c3m-blip2": ["tiny-c3m-blip2-tower.safetensors"],
+        "tiny-c3m-llava": ["tiny-c3m-llava-tower.safetensors"],
         "tiny-draft-llava": [
             "tiny-draft-llava-beta0.safetensors",
             "tiny-draft-llava-wblend-beta0.9.safetensors",
@@ -89,7 +87,7 @@ def test_open_clip_loads_a_checkpoint_and_clip_benchmark_scores_it_as_evaluated(
 ) -> None:
     manifest = read_json(exported / FOLDER / run / "manifest.json")
     (model_info,) = [m for m in manifest["models"] if m["entry"] == entry]
-    register_model_configs()  # the demo's tiny-clip architecture (a real one needs nothing)
+    register_model_configs()  # the demo's world-clip architecture (a real one needs nothing)
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_info["open_clip_name"],
         pretrained=str(exported / FOLDER / run / model_info["file"]),

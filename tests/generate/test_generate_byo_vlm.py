@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from generate_helpers import add_generator, n_shards_of, noise_image
+from workflow_helpers import DEMO
 
-from dialogclip.core.config import ConfigError
+from dialogclip.core.config import ConfigError, load_yaml
 from dialogclip.core.prompts import chat_messages
 from dialogclip.generate.config import (
     BLIP2_QUESTIONS,
@@ -222,13 +223,14 @@ def test_an_entry_takes_the_schema_defaults(repo_root: Path) -> None:
 
 # --- the workflow: a generator added to a finished demo by config alone ------------------------
 
-# The demo's LLaVA (tiny, JSON-constrained) again, as a generate.vlms entry in its chat template.
+# The demo's LLaVA (the world's, free text) again, as a generate.vlms entry in its chat template:
+# the same model and token limit (resources/demo/config.yaml), the same question.
+_DEMO_LLAVA = load_yaml(DEMO / "config.yaml")["generate"]["llava"]
 DEMO_CHAT_LLAVA = {
-    "model": "results/models/tiny/llava",
+    "model": _DEMO_LLAVA["model"],
     "kind": "qa_pairs",
     "questions": [LLAVA_QUESTION],
-    "structured_output": True,
-    "structured_max_chars": 16,
+    "max_new_tokens": _DEMO_LLAVA["max_new_tokens"],
 }
 
 

@@ -13,15 +13,18 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from loopback_hub import COMMITS, REPO, Hub, serve_model
-from workflow_helpers import copy_demo, planned_jobs, snakemake
+from workflow_helpers import DEMO, copy_demo, planned_jobs, snakemake
 
+from dialogclip.core.config import load_yaml
 from dialogclip.core.io import read_parquet_metadata
 
 TARGET = "results/dialogue/blip2/00000.parquet"
+# The demo's own BLIP-2 (the world's, a folder of the demo): served, it is the hub model.
+DEMO_BLIP2 = DEMO / load_yaml(DEMO / "config.yaml")["generate"]["blip2"]["model"]
 
 
 def _pin(workdir: Path, revision: str | None) -> None:
-    """Point the demo's BLIP-2 at the hub model (the tiny BLIP-2, served) at ``revision``."""
+    """Point the demo's BLIP-2 at the hub model (its own weights, served) at ``revision``."""
     path = workdir / "config.yaml"
     config = yaml.safe_load(path.read_text())
     config["generate"]["blip2"].update(model=REPO, revision=revision)
@@ -35,7 +38,6 @@ def _folder(revision: str) -> str:
 @pytest.mark.dag
 def test_a_hub_generator_reads_only_its_fetched_folder(
     finished_demo: Path,
-    tiny_models: dict[str, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -58,13 +60,17 @@ def test_a_hub_generator_reads_only_its_fetched_folder(
         f"--output {_folder(COMMITS[0])}`)"
     ) in missing.stdout + missing.stderr
 
-    with serve_model(tiny_models["blip2"]) as hub:
+    with serve_model(DEMO_BLIP2) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub)
         fetched = snakemake(workdir, "vlm_weights")
         assert fetched.returncode == 0, fetched.stderr[-3000:]
         assert any(hit.startswith("/cdn/") for hit in Hub.hits)
         monkeypatch.delenv("HF_ENDPOINT")
-    assert (workdir / _folder(COMMITS[0]) / "model.safetensors").is_file()
+    # Every file of the model arrived (its weights in two safetensors shards and their index).
+    files = sorted(path for path in DEMO_BLIP2.iterdir() if path.is_file())
+    assert len([path for path in files if path.suffix == ".safetensors"]) > 1
+    for path in files:
+        assert (workdir / _folder(COMMITS[0]) / path.name).read_bytes() == path.read_bytes()
 
     # The job reads the folder (resource model_dir) with the hub out of reach (HF_HUB_OFFLINE
     # in the tests, no server): its rows are those of the same weights loaded by path.
@@ -89,7 +95,7 @@ def test_a_hub_generator_reads_only_its_fetched_folder(
     # Which commit is science: a new one must be fetched, then reruns generation.
     _pin(workdir, COMMITS[1])
     assert snakemake(workdir, TARGET, "--dry-run").returncode != 0
-    with serve_model(tiny_models["blip2"]) as hub:
+    with serve_model(DEMO_BLIP2) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub)
         assert snakemake(workdir, "vlm_weights").returncode == 0
     assert planned_jobs(workdir, TARGET) == {"generate": 1}

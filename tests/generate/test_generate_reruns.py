@@ -19,8 +19,11 @@ from typing import Any
 import pytest
 import yaml
 from workflow_helpers import (
+    DEMO_BASELINE_EVAL,
+    DEMO_RUNS,
     GENERATE_RULE,
     demo_after_dialogue,
+    demo_after_runs,
     planned,
     planned_jobs,
     snakemake,
@@ -215,7 +218,7 @@ def test_engine_reuse_and_wall_time_reach_the_command(finished_demo: Path) -> No
     [
         ({"llava": {"prompt_template": "USER: <image>\n{question}\nASSISTANT:"}}, ["llava"]),
         ({"llava": {"question": "Ask three questions and answer them."}}, ["llava"]),
-        ({"llava": {"structured_output": False}}, ["llava"]),
+        ({"llava": {"structured_output": True}}, ["llava"]),  # the demo's LLaVA is free text
         ({"llava": {"max_new_tokens": 100}}, ["llava"]),
         ({"blip2": {"max_new_tokens": 7}}, ["blip2"]),
         ({"blip2": {"context_template": "Question: {question} Answer: {answer}"}}, ["blip2"]),
@@ -243,28 +246,16 @@ def test_editing_generation_science_reruns_exactly_its_jobs(
 
 
 # The pair template reaches every sample (DRAFT pairs, the joined dialogue) and the VQA
-# candidates; the separator and the long-text policy only the joined dialogue (third tower).
-# Training rows: one job per rows set and block of 2 shards (2 blocks).
-EVERY_TEXT = Counter(
-    {
-        "dialogue_summary": 2,
-        "dialogue_quality": 2,
-        "train_rows": 4,
-        "train_run": 3,
-        "eval_retrieval": 11,
-        "eval_vqa": 15,
-        "report": 1,
-    }
+# candidates (the baseline's too); the separator and the long-text policy only the joined
+# dialogue (the third-tower runs). Both generators' statistics read every text setting.
+TEXT_STATISTICS = Counter({"dialogue_summary": 2, "dialogue_quality": 2, "report": 1})
+EVERY_TEXT = (
+    TEXT_STATISTICS
+    + demo_after_runs(list(DEMO_RUNS))
+    + Counter({"eval_vqa": DEMO_BASELINE_EVAL["eval_vqa"]})
 )
-JOINED_TEXT = Counter(
-    {
-        "dialogue_summary": 2,
-        "dialogue_quality": 2,
-        "train_rows": 2,
-        "train_run": 1,
-        "eval_retrieval": 6,
-        "report": 1,
-    }
+JOINED_TEXT = TEXT_STATISTICS + demo_after_runs(
+    [name for name, run in DEMO_RUNS.items() if run.form == "concatenated"]
 )
 
 

@@ -155,10 +155,10 @@ def test_summary_command_reads_the_shards(tmp_path: Path) -> None:
 @pytest.mark.dag
 def test_the_demo_summary_measures_every_dialogue(finished_demo: Path) -> None:
     """The workflow hands the shards, the text section and evaluate.models' architectures
-    (the demo: tiny-clip) to each generator's summary."""
+    (the demo: world-clip) to each generator's summary."""
     config = load_yaml(finished_demo / "config.yaml")
     architectures = sorted({entry["architecture"] for entry in config["evaluate"]["models"]})
-    assert architectures == ["tiny-clip"]
+    assert architectures == ["world-clip"]
     for generator in ("blip2", "llava"):
         folder = finished_demo / "results" / "dialogue" / generator
         pairs = []
@@ -174,7 +174,7 @@ def test_the_demo_summary_measures_every_dialogue(finished_demo: Path) -> None:
             "long_texts": "truncate",
         }
         assert summary["text_lengths"]["n_texts"] == len(pairs) > 0
-        lengths = [_naive_tokens("tiny-clip", TextForms().dialogue(q, a)) for q, a in pairs]
-        figures = summary["text_lengths"]["architectures"]["tiny-clip"]
+        lengths = [_naive_tokens("world-clip", TextForms().dialogue(q, a)) for q, a in pairs]
+        figures = summary["text_lengths"]["architectures"]["world-clip"]
         assert figures["n_too_long"] == sum(n > 77 for n in lengths)
         assert figures["tokens_max"] == max(lengths)

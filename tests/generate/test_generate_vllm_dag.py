@@ -6,7 +6,7 @@ dialogue shards; the workflow then makes them again with the generation rules' r
 ``backend=vllm`` (``--set-resources``, as a profile would) and nothing else changed:
 
 - the dry run plans exactly one generation job per shard and generator, nothing else (ingest
-  and the tiny models are kept; a resource never reruns anything);
+  and the world's CLIP are kept; a resource never reruns anything);
 - every row, and every shard's stats, come from vLLM on the CPU in float32, with the CPU
   defaults that keep a job's engine start short (in-process, eager, 1 GiB KV cache);
 - every row equals the finished demo's transformers row, column by column except ``backend``:

@@ -3,7 +3,9 @@
 Debian's chromium (`make test` installs it: scripts/system_deps.sh) driven by playwright (never
 `playwright install`): every table of the report renders in the page with our numbers in its
 cells, every plot decodes (naturalWidth > 0), and every link of the page is a data: URI that
-loads to the file's bytes (nothing points at a file beside the report).
+loads to the file's bytes (nothing points at a file beside the report). The demo's report as a
+user who compares with the thesis builds it: `tiny` linked to the thesis' CLIP ViT-B-32
+(LAION-400M) row (the demo itself compares with none), the training runs' variants beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 from workflow_helpers import copy_demo, snakemake
 
@@ -44,15 +47,27 @@ PLOTS = [
     "dialogue_clipscore",
     "dialogue_tokens",
 ]
+THESIS_ROW = "clip-vitb32-laion400m"  # CLIP ViT-B-32 (LAION-400M), linked to `tiny`
+# The first DRAFT run's weight blend at beta 0.9 (an evaluation variant of its run): an entry
+# without a thesis row.
+WEIGHT_BLEND = "tiny-draft-llava-wblend-beta0.9"
 
 
 @pytest.fixture(scope="module")
 def report(finished_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the demo folder, its report.html) built by `snakemake --report` on a copy of the
-    finished demo."""
+    finished demo whose `tiny` is linked to the thesis (its report job redone)."""
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} missing: run `make test-deps` (Debian's chromium)")
     workdir = copy_demo(tmp_path_factory.mktemp("report") / "demo", source=finished_demo)
+    path = workdir / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["report"]["compare_with_thesis"] = True
+    (tiny,) = (entry for entry in config["evaluate"]["models"] if entry["name"] == "tiny")
+    tiny["thesis_row"] = THESIS_ROW
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     html = workdir / "report.html"
     result = snakemake(workdir, "--report", str(html))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
@@ -161,14 +176,14 @@ def test_tables_render_with_our_numbers(report, browser) -> None:
     _view(page, "retrieval")
     frame = page.frame_locator("iframe").locator("body")
     frame.locator("table").wait_for()
-    # the demo links `tiny` to the thesis' CLIP ViT-B-32 (LAION-400M) row
+    # `tiny` on the thesis' CLIP ViT-B-32 (LAION-400M) row
     tiny = _cells(frame, "tiny")
     assert tiny[0][:3] == ["CLIP ViT-B-32 (LAION-400M)", "tiny", "ours"] and tiny[0][3:] == ours
     assert tiny[1] == ["thesis", "34.2", "60.0", "70.6", "52.4", "76.3", "84.3"]
     thesis = [34.2, 60.0, 70.6, 52.4, 76.3, 84.3]
     assert tiny[2] == ["Δ", *(f"{float(o) - t:+.2f}" for o, t in zip(ours, thesis, strict=True))]
     # an entry without a thesis row: its own line, thesis and Δ missing
-    weight_blend = _cells(frame, "tiny-weight-blend")
+    weight_blend = _cells(frame, WEIGHT_BLEND)
     assert weight_blend[1][1:] == ["-"] * 6 and weight_blend[0][3] not in ("", "-")
 
     vqa = read_json(workdir / "results" / "eval" / "vqa" / "tiny" / "vqa_abstract.json")

@@ -4,6 +4,7 @@ checkpoints that refuse another configuration."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,41 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path) ->
         )
     state = json.loads((tmp_path / "checkpoints" / "step-00000002" / "state.json").read_text())
     assert state["epoch"] == 1 and state["batch"] == 0  # the epoch-end position
+
+
+def test_a_checkpoint_of_other_training_data_starts_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run's folder is keyed by its settings; the data fingerprint in run_config tells a
+    crash's leftovers (same data: resume) from a run on data regenerated since (start afresh:
+    the result is a fresh run's on the new data, not the old run's weights)."""
+    plan = shuffled_batches(16, 8, 3)
+
+    def run(folder: Path, data: str, seed: int) -> Path:
+        return fit(
+            TinyObjective("third"),
+            SyntheticRows(16, seed=seed),
+            plan,
+            settings(epochs=1),
+            QUIET,
+            folder,
+            {"data": data},
+        )
+
+    first = load_file(str(run(tmp_path / "run", "a", seed=1)))
+    with caplog.at_level(logging.INFO, logger="dialogclip.train.trainer"):
+        again = load_file(str(run(tmp_path / "run", "a", seed=1)))
+    assert "(step 2 of 2)" in caplog.text and "other data" not in caplog.text
+    assert all(torch.equal(again[name], first[name]) for name in first)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dialogclip.train.trainer"):
+        changed = load_file(str(run(tmp_path / "run", "b", seed=2)))
+    assert "was trained on other data than this run's" in caplog.text
+    assert "resuming from" not in caplog.text
+    fresh = load_file(str(run(tmp_path / "fresh", "b", seed=2)))
+    assert all(torch.equal(changed[name], fresh[name]) for name in fresh)
+    assert not all(torch.equal(changed[name], first[name]) for name in first)
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
 
 
 def test_settings_name_the_bad_field() -> None:

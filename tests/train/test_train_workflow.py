@@ -12,8 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from workflow_helpers import (
+    DEMO_BLOCKS,
+    DEMO_RUNS,
     REPO_ROOT,
     copy_demo,
+    demo_after_runs,
     planned_jobs,
     pretend_generators_fetched,
     snakemake,
@@ -27,26 +30,27 @@ from dialogclip.train.rows import read_rows
 
 pytestmark = pytest.mark.dag
 
-TINY = "results/models/tiny-clip-0.safetensors"
-SHARDS = ("00000", "00001", "00002")  # the demo's 70 TSV rows in shards of 32
+DEMO_CONFIG = yaml.safe_load((REPO_ROOT / "resources" / "demo" / "config.yaml").read_text())
+RUNS = {run["name"]: run for run in DEMO_CONFIG["train"]["runs"]}
+# The demo's one CLIP, every run's starting point: the world's (rule world_clip).
+ARCHITECTURE, PRETRAINED = (RUNS["tiny-c3m-blip2"][key] for key in ("architecture", "pretrained"))
+SHARDS = ("00000", "00001", "00002")  # the demo's TSV rows in shards of cc3m.shard_size
 # ... in blocks of train.shards_per_block = 2 shards: the training data's jobs and files.
 BLOCKS = {"00000-00001": SHARDS[:2], "00002-00002": SHARDS[2:]}
-# The demo's runs (resources/demo/config.yaml): a third tower on BLIP-2, DRAFT with and without
-# MMD on LLaVA pairs. One image tower: 2 image caches (one per block), not 6; the third tower
-# adds the captions; both DRAFT runs read the same rows. Each run adds its evaluation variants:
-# the third tower six betas on COCO, each DRAFT run two betas on COCO and both VQA sets, the
-# first DRAFT run also its weight blend at beta 0.9.
+# The demo's runs (resources/demo/config.yaml; counted in workflow_helpers.DEMO_RUNS): third
+# towers on BLIP-2 and on LLaVA, DRAFT with and without MMD on LLaVA pairs. One image tower:
+# an image cache per block, not one per run; both third towers add the same captions (a caption
+# cache per block); their rows sets in every block (both DRAFT runs read the same rows); the
+# runs themselves and their evaluation variants.
 TRAIN_JOBS = Counter(
-    {
-        "embed_train_images": 2,
-        "embed_train_captions": 2,
-        "train_rows": 4,
-        "train_run": 3,
-        "eval_retrieval": 6 + 3 + 2,
-        "eval_vqa": 6 + 4,
-    }
-)
-MODEL = image_model_key("tiny-clip", TINY)
+    {"embed_train_images": DEMO_BLOCKS, "embed_train_captions": DEMO_BLOCKS}
+) + demo_after_runs(list(DEMO_RUNS))
+MODEL = image_model_key(ARCHITECTURE, PRETRAINED)
+ROWS = {  # the rows sets (results/train/rows/<generator>/<architecture>/<form>)
+    "blip2": f"blip2/{ARCHITECTURE}/concatenated",
+    "llava": f"llava/{ARCHITECTURE}/concatenated",
+    "pairs": f"llava/{ARCHITECTURE}/pairs",
+}
 
 
 def _edit_config(workdir: Path, edit) -> None:
@@ -81,7 +85,7 @@ def test_a_run_on_dialogue_that_is_not_generated_is_refused(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def trained(finished_demo: Path) -> Path:
-    """The finished demo: its three runs trained and evaluated (dry runs only)."""
+    """The finished demo: its four runs trained and evaluated (dry runs only)."""
     return finished_demo
 
 
@@ -104,9 +108,16 @@ def test_nothing_left_and_machine_settings_rerun_nothing(trained: Path) -> None:
     )
 
 
-THIRD_TOWER_EVALS = {"eval_retrieval": 6, "report": 1}
-DRAFT_EVALS = {"eval_retrieval": 3, "eval_vqa": 6, "report": 1}  # with its weight blend
-NO_MMD_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
+def _run(config: dict, name: str) -> dict:
+    """The training run ``name`` of ``config`` (to edit in place)."""
+    return next(run for run in config["train"]["runs"] if run["name"] == name)
+
+
+def _redone(*runs: str) -> dict[str, int]:
+    """What an edit of these runs' training reruns: the runs, their evaluation variants (the
+    third towers' six betas on COCO; a DRAFT run's on COCO and both VQA sets, the first one's
+    weight blend too) and the report, not their rows."""
+    return {**demo_after_runs(list(runs), blocks=0), "report": 1}
 
 
 @pytest.mark.parametrize(
@@ -114,18 +125,18 @@ NO_MMD_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
     [
         # A training hyperparameter: that run and what depends on it, nothing else.
         (
-            lambda c: c["train"]["runs"][0]["optim"].update(lr=0.5),
-            {"train_run": 1, **THIRD_TOWER_EVALS},
+            lambda c: _run(c, "tiny-c3m-blip2")["optim"].update(lr=0.5),
+            _redone("tiny-c3m-blip2"),
         ),
         (
-            lambda c: c["train"]["runs"][2]["loss"].update(mmd_weight=0.5),
-            {"train_run": 1, **NO_MMD_EVALS},
+            lambda c: _run(c, "tiny-draft-llava-nommd")["loss"].update(mmd_weight=0.5),
+            _redone("tiny-draft-llava-nommd"),
         ),
         # The job's params carry the whole loss, defaults filled in: writing out a default
         # changes nothing, another direction or MMD sample unit reruns that run.
         (
             lambda c: (
-                c["train"]["runs"][1]
+                _run(c, "tiny-draft-llava")
                 .setdefault("loss", {})
                 .update(direction="text_to_image", a=0.65, mmd_samples="scalar", mmd_form="norm")
             ),
@@ -133,51 +144,55 @@ NO_MMD_EVALS = {"eval_retrieval": 2, "eval_vqa": 4, "report": 1}
         ),
         (
             lambda c: (
-                c["train"]["runs"][1].setdefault("loss", {}).update(direction="image_to_text")
+                _run(c, "tiny-draft-llava").setdefault("loss", {}).update(direction="image_to_text")
             ),
-            {"train_run": 1, **DRAFT_EVALS},
+            _redone("tiny-draft-llava"),
         ),
         (
-            lambda c: c["train"]["runs"][1].setdefault("loss", {}).update(mmd_samples="rows"),
-            {"train_run": 1, **DRAFT_EVALS},
+            lambda c: _run(c, "tiny-draft-llava").setdefault("loss", {}).update(mmd_samples="rows"),
+            _redone("tiny-draft-llava"),
         ),
-        # Other weights for DRAFT: a new image tower, embedded for training and evaluation.
+        # Other weights for DRAFT (the DRAFT run without MMD's, a finished output of the demo):
+        # a new image tower, embedded for training and evaluation.
         (
-            lambda c: c["train"]["runs"][1].update(
-                pretrained="results/models/tiny-clip-1.safetensors"
+            lambda c: _run(c, "tiny-draft-llava").update(
+                pretrained="results/train/runs/tiny-draft-llava-nommd/final.safetensors"
             ),
-            {"embed_train_images": 2, "embed_eval_images": 3, "train_run": 1, **DRAFT_EVALS},
+            {
+                "embed_train_images": DEMO_BLOCKS,
+                "embed_eval_images": 3,
+                **_redone("tiny-draft-llava"),
+            },
         ),
         # QuickGELU changes both frozen towers of the third tower.
         (
-            lambda c: c["train"]["runs"][0].update(quickgelu=True),
+            lambda c: _run(c, "tiny-c3m-blip2").update(quickgelu=True),
             {
-                "embed_train_images": 2,
-                "embed_train_captions": 2,
+                "embed_train_images": DEMO_BLOCKS,
+                "embed_train_captions": DEMO_BLOCKS,
                 "embed_eval_images": 1,
-                "train_run": 1,
-                **THIRD_TOWER_EVALS,
+                **_redone("tiny-c3m-blip2"),
             },
         ),
+        # Truncated replies kept: that run's own rows (both DRAFT runs read the same ones).
         (
-            lambda c: c["train"]["runs"][1].update(include_truncated=False),
-            {"train_rows": 2, "train_run": 1, **DRAFT_EVALS},
+            lambda c: _run(c, "tiny-draft-llava").update(include_truncated=True),
+            {"train_rows": DEMO_BLOCKS, **_redone("tiny-draft-llava")},
         ),
-        # The separator joins pairs: only the concatenated (third-tower) rows read it, and the
-        # dialogue statistics.
+        # The separator joins pairs: only the concatenated (third-tower) rows read it - BLIP-2's
+        # and LLaVA's, every block - and the dialogue statistics.
         (
             lambda c: c.setdefault("text", {}).update(pair_separator=" / "),
             {
-                "train_rows": 2,
-                "train_run": 1,
+                **demo_after_runs(["tiny-c3m-blip2", "tiny-c3m-llava"]),
                 "dialogue_summary": 2,
                 "dialogue_quality": 2,
-                **THIRD_TOWER_EVALS,
+                "report": 1,
             },
         ),
         # Evaluation variants are the evaluation's business: a new beta, one new evaluation.
         (
-            lambda c: c["train"]["runs"][0]["evaluate"].update(betas=[0.9, 0.5]),
+            lambda c: _run(c, "tiny-c3m-blip2")["evaluate"].update(betas=[0.9, 0.5]),
             {"eval_retrieval": 1, "report": 1},
         ),
     ],
@@ -209,15 +224,14 @@ def test_written_files_join_into_datasets(trained: Path) -> None:
     both shards of 00000-00001, every image's stats counted once."""
     emb = trained / "results" / "train" / "emb"
     rows_dir = trained / "results" / "train" / "rows"
-    pairs = rows_dir / "llava/tiny-clip/pairs-with_truncated"
+    pairs = rows_dir / ROWS["pairs"]
     assert sorted(p.name for p in (emb / "image").iterdir()) == [MODEL]
     assert sorted(p.name for p in (emb / "image" / MODEL).iterdir()) == [
         f"{block}.arrow" for block in BLOCKS
     ]
-    assert sorted(str(p.relative_to(rows_dir)) for p in rows_dir.glob("*/*/*")) == [
-        "blip2/tiny-clip/concatenated-with_truncated",
-        "llava/tiny-clip/pairs-with_truncated",
-    ]
+    assert sorted(str(p.relative_to(rows_dir)) for p in rows_dir.glob("*/*/*")) == sorted(
+        ROWS.values()
+    )
     n_input = 0
     for block, shards in BLOCKS.items():
         stats = read_json(pairs / f"stats/{block}.json")
@@ -238,13 +252,16 @@ def test_written_files_join_into_datasets(trained: Path) -> None:
         assert set(keys) <= {key for table in ingested for key in table["key"].to_pylist()}
         assert images["input"] == sum(table.num_rows for table in ingested)
         n_input += images["input"]
-    assert n_input == 70  # every TSV row in exactly one block
+    # every TSV row (bytes: one line is not UTF-8 on purpose) in exactly one block
+    tsv_lines = (trained / DEMO_CONFIG["cc3m"]["tsv"]).read_bytes().splitlines()
+    assert n_input == len(tsv_lines)
     first = read_rows(pairs / "00000-00001.arrow").keys.to_pylist()
-    assert int(first[0]) < 32 <= int(first[-1])  # rows of both shards of the block
+    shard_size = DEMO_CONFIG["cc3m"]["shard_size"]
+    assert int(first[0]) < shard_size <= int(first[-1])  # rows of both shards of the block
     third = ThirdTowerDataset(
         [
             ShardFiles(
-                rows_dir / f"blip2/tiny-clip/concatenated-with_truncated/{b}.arrow",
+                rows_dir / ROWS["blip2"] / f"{b}.arrow",
                 emb / "image" / MODEL / f"{b}.arrow",
                 emb / "text" / MODEL / f"{b}.arrow",
             )
@@ -255,7 +272,8 @@ def test_written_files_join_into_datasets(trained: Path) -> None:
         [ShardFiles(pairs / f"{b}.arrow", emb / "image" / MODEL / f"{b}.arrow") for b in BLOCKS]
     )
     assert len(third) > 0 and len(draft) > 0
-    assert third[0]["image_emb"].shape == (32,) and draft[0]["dialogue_tokens"].shape == (77,)
+    # the world CLIP's embedding width and context length
+    assert third[0]["image_emb"].shape == (64,) and draft[0]["dialogue_tokens"].shape == (77,)
 
 
 # The evaluation files the thesis config reads (config.yaml, evaluate.*): a dry run only needs

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from dialogclip.core.config import ConfigError
+from dialogclip.generate.config import LLAVA_QUESTION
 from dialogclip.world import language
 from dialogclip.world.build import (
     HELD_OUT_SPLIT,
@@ -25,9 +26,16 @@ DEMO_CONFIG = ROOT / "resources/demo/config.yaml"
 
 
 def test_prompts_come_from_the_config_and_free_text_llava_is_required(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"config\.yaml: .*structured_output to false"):
-        prompts_from_config(DEMO_CONFIG, SCHEMA)  # today's demo constrains LLaVA to JSON
+    assert prompts_from_config(DEMO_CONFIG, SCHEMA).llava_question == LLAVA_QUESTION  # free text
     config = yaml.safe_load(DEMO_CONFIG.read_text())
+    config["generate"]["llava"]["structured_output"] = True  # LLaVA constrained to JSON
+    constrained = tmp_path / "constrained" / "config.yaml"
+    constrained.parent.mkdir()
+    constrained.write_text(yaml.safe_dump(config))
+    with pytest.raises(
+        ConfigError, match=r"constrained/config\.yaml: .*structured_output to false"
+    ):
+        prompts_from_config(constrained, SCHEMA)
     config["generate"]["llava"]["structured_output"] = False
     config["generate"]["llava"]["question"] = "List three pairs."
     config["generate"]["blip2"]["prompt_template"] = "Q: {question} A:"

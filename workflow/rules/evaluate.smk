@@ -27,6 +27,26 @@ rule tiny_clip:
         " 2> {log:q}"
 
 
+rule world_clip:
+    # The demo's baseline: the world's CLIP, committed compact (resources/demo/world_models;
+    # docs/world.md), restored to the open_clip checkpoint every stage loads.
+    input:
+        compact="world_models/clip.safetensors",
+    output:
+        checkpoint="results/models/world-clip.safetensors",
+    log:
+        "logs/world_clip/world_clip.log",
+    conda:
+        "../../envs/dialogclip.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "dialogclip world expand-clip --compact {input.compact:q} --output {output.checkpoint:q}"
+        " 2> {log:q}"
+
+
 rule clip_weights:
     # Target for a machine with network: `snakemake clip_weights` fetches every configured
     # pretrained tag once; the GPU jobs then read only local files.

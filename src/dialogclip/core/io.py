@@ -189,10 +189,14 @@ def read_parquet_metadata(path: str | os.PathLike[str], what: str = "Parquet") -
         raise CorruptFileError(path, what, f"metadata: {err}") from err
 
 
-def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``data`` as indented, key-sorted JSON atomically."""
+def write_json_atomic(data: Any, path: str | os.PathLike[str], indent: int | None = 2) -> None:
+    """Write ``data`` as key-sorted JSON atomically, indented by ``indent`` (None: compact, on
+    one line, as large published data files come)."""
+    separators = None if indent is not None else (",", ":")
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(
+            json.dumps(data, indent=indent, sort_keys=True, separators=separators) + "\n"
+        )
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON", hint: str = CORRUPT_HINT) -> Any:

@@ -76,6 +76,22 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def saved_run_config(path: Path) -> dict[str, Any]:
+    """The ``run_config`` a checkpoint directory was written with (its state file only)."""
+    try:
+        return json.loads((path / STATE).read_text()).get("run_config", {})
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path / STATE}: unreadable checkpoint file ({err}); delete {path} to resume from "
+            "the previous checkpoint"
+        ) from err
+
+
+def remove_all(run_dir: Path) -> None:
+    """Delete every checkpoint of ``run_dir`` (complete or not)."""
+    shutil.rmtree(checkpoint_root(run_dir), ignore_errors=True)
+
+
 def remove_partial(run_dir: Path) -> None:
     """Delete ``.tmp-*`` directories left by a run killed while writing a checkpoint."""
     root = checkpoint_root(run_dir)

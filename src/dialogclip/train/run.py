@@ -11,6 +11,7 @@ in a batch). The frozen towers never run: their features come from the caches.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
@@ -79,6 +80,7 @@ def train_run(
         )
     config = {
         "run": run,
+        "data": data_fingerprint(shards),
         "loss": dataclasses.asdict(loss),
         "trainable": trainable,
         "quickgelu": spec.quickgelu,
@@ -86,6 +88,22 @@ def train_run(
         "excluded": dict(dataset.excluded),
     }
     return fit(objective, dataset, plan, optim, machine, run_dir, config)
+
+
+def data_fingerprint(shards: Sequence[ShardFiles]) -> str:
+    """SHA-256 over the bytes of every file the run trains on (each block's rows, image cache
+    and caption cache, in order). Stored with each checkpoint: the run's folder is keyed by its
+    settings only (the rule cannot hash files that do not exist yet), so this is what tells a
+    crash's leftovers (same data: resume) from a finished run on other data, e.g. after a
+    prompt edit regenerated the dialogue (start afresh). About 1 s per GB read."""
+    digest = hashlib.sha256()
+    for block in shards:
+        for path in (block.rows, block.image_emb, block.caption_emb):
+            if path is None:
+                continue
+            with open(path, "rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
 
 
 def publish(run_dir: Path, final: Path, metrics: Path) -> None:

@@ -405,6 +405,18 @@ def _restore(t: _Training) -> _Position:
     t.accelerator.wait_for_everyone()
     position = _Position()
     newest = checkpoints.newest_checkpoint(t.run_dir)
+    if newest is not None and _trained_on_other_data(newest, t.run_config):
+        # Same settings (the folder's key) but other training files: a finished or crashed
+        # run on data that has since been regenerated. Its steps are not this run's.
+        if t.is_main:
+            log.warning(
+                "%s was trained on other data than this run's (training files changed since): "
+                "starting afresh",
+                newest,
+            )
+            checkpoints.remove_all(t.run_dir)
+        t.accelerator.wait_for_everyone()
+        newest = None
     if newest is not None:
         position = _resume(
             newest, t.rank, t.device, t.named, t.optimizer, t.run_config, t.optim_record
@@ -602,6 +614,14 @@ def _diverged(what: str, step: int, epoch: int, batch: int, run_dir: Path) -> Tr
         f"the weights; last good checkpoint: {last_good or 'none yet'} (lower the learning "
         f"rate or check the training rows of that batch)"
     )
+
+
+def _trained_on_other_data(path: Path, run_config: dict[str, Any]) -> bool:
+    """Whether checkpoint ``path`` records another training-data fingerprint than
+    ``run_config`` (a checkpoint without one, from before fingerprints, counts as other)."""
+    if "data" not in run_config:
+        return False
+    return checkpoints.saved_run_config(path).get("data") != run_config["data"]
 
 
 def _resume(

@@ -31,7 +31,7 @@ import logging
 import os
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,10 @@ from dialogclip.world.scenes import draw_scene, render, scene_rng
 log = logging.getLogger(__name__)
 
 KEY_DIGITS = 9  # the pipeline's image key: the TSV row position, 9 digits
+MANIFEST = "world.json"  # beside the sets: the seed and sizes write_world was given
 
 # Rows that are not plain good images, by row position (0-based; line = position + 1): the
-# demo's cases at the demo's positions, so its 32-row shards each meet some of them.
+# cases a real crawl meets, spread over the first 67 rows (the demo's first shard meets them all).
 SPECIAL_ROWS: dict[int, bytes] = {
     3: b"a picture that no longer exists\tfile:images/missing-0001.jpg\n",
     9: b"a caption without its url\n",  # one column
@@ -206,7 +207,10 @@ def write_coco(out_dir: Path, seed: int, n_test: int, n_other: int) -> Path:
                 "captions": captions,
             }
         )
-    write_json_atomic({"images": entries, "dataset": "coco"}, out_dir / "dataset_coco.json")
+    # compact, as the published files (and small enough to keep in git)
+    write_json_atomic(
+        {"images": entries, "dataset": "coco"}, out_dir / "dataset_coco.json", indent=None
+    )
     test = [entry for entry in entries if entry["split"] == "test"]
     write_json_atomic(
         {
@@ -218,6 +222,7 @@ def write_coco(out_dir: Path, seed: int, n_test: int, n_other: int) -> Path:
             ],
         },
         out_dir / "coco_test_karpathy.json",
+        indent=None,
     )
     _write_lines(out_dir / "scenes.jsonl", records)
     log.info("COCO Karpathy-format retrieval set: %d test images in %s", n_test, out_dir)
@@ -290,18 +295,23 @@ def write_vqa(
     questions_json = eval_dir / f"MultipleChoice_{data_type}_{subtype}_questions.json"
     annotations_json = eval_dir / f"{data_type}_{subtype}_annotations.json"
     write_json_atomic(
-        {**header, "task_type": "Multiple-Choice", "questions": questions}, questions_json
+        {**header, "task_type": "Multiple-Choice", "questions": questions},
+        questions_json,
+        indent=None,
     )
-    write_json_atomic({**header, "annotations": annotations}, annotations_json)
+    write_json_atomic({**header, "annotations": annotations}, annotations_json, indent=None)
     _write_lines(eval_dir / f"{dataset}_scenes.jsonl", records)
     log.info("VQA v1 multiple choice (%s): %d questions in %s", dataset, len(questions), eval_dir)
     return questions_json, annotations_json
 
 
 def write_world(out_dir: str | os.PathLike[str], seed: int, sizes: WorldSizes) -> dict[str, str]:
-    """Write every set of the world under ``out_dir`` (layout in the module docstring);
-    returns the config paths (relative to ``out_dir``) the workflow reads them from."""
+    """Write every set of the world under ``out_dir`` (layout in the module docstring) and
+    ``world.json``, the seed and sizes that wrote them (what a rebuild needs); returns the
+    config paths (relative to ``out_dir``) the workflow reads them from."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({"seed": seed, "sizes": asdict(sizes)}, out_dir / MANIFEST)
     tsv = write_cc3m(out_dir / "cc3m", seed, sizes.cc3m)
     eval_dir = out_dir / "eval"
     write_coco(eval_dir / "coco", seed, sizes.coco_test, sizes.coco_other)

@@ -1,0 +1,133 @@
+"""The thesis' two effects, read from a finished demo on the world, and the sabotage that must
+take them away (issue 17, point 3).
+
+The demo (resources/demo/config.yaml) evaluates the world's pretrained CLIP as ``tiny`` and each
+training run's blend at beta 0.9 as ``<run>-beta0.9``. An effect is the difference, in points,
+between a blend and ``tiny`` on the same evaluation set:
+
+- *third tower*: text-to-image R@1 on the world's COCO-format retrieval set (five complete
+  captions per image) of ``tiny-c3m-blip2-beta0.9`` (and ``tiny-c3m-llava-beta0.9``);
+- *DRAFT*: overall VQA v1 multiple-choice accuracy (the official soft accuracy) of
+  ``tiny-draft-llava-beta0.9`` on the world's real- and abstract-format VQA sets.
+
+:func:`shuffle_dialogue` is the sabotage: it gives each image another image's dialogue (the
+dialogue shards' rows rotated by one among the successful ones), as a broken join would. The
+bench (bench/bench_demo_effects.py) and the demo tests (tests/world/test_world_demo.py) read the
+effects with :func:`demo_effects`, on the demo as it is and on a copy trained on shuffled
+dialogue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from dialogclip.core.io import InputFileError, read_json, read_parquet, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+BASELINE = "tiny"
+THIRD_TOWER_BLIP2 = "tiny-c3m-blip2-beta0.9"
+THIRD_TOWER_LLAVA = "tiny-c3m-llava-beta0.9"
+DRAFT = "tiny-draft-llava-beta0.9"
+RETRIEVAL_METRIC = "image_retrieval_recall@1"
+VQA_SETS = ("vqa_real", "vqa_abstract")
+# What travels with a reply (everything but the image's key and url): shuffling moves it whole.
+_KEPT_WITH_IMAGE = ("key", "url")
+
+
+@dataclass(frozen=True)
+class DemoEffects:
+    """The effects of a finished demo, in points (a blend's score minus the baseline's)."""
+
+    third_tower_blip2: float  # image R@1 x 100, world COCO test set
+    third_tower_llava: float
+    draft_vqa_real: float  # overall VQA MC accuracy (0-100), world real-format set
+    draft_vqa_abstract: float  # the same, abstract-scene format
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def retrieval_file(workdir: Path, entry: str) -> Path:
+    return workdir / "results" / "eval" / "retrieval" / entry / "coco.json"
+
+
+def vqa_file(workdir: Path, entry: str, dataset: str) -> Path:
+    return workdir / "results" / "eval" / "vqa" / entry / f"{dataset}.json"
+
+
+def image_recall_at_1(workdir: Path, entry: str) -> float:
+    """Text-to-image R@1 of ``entry`` on the world's retrieval set, in points (0-100)."""
+    path = retrieval_file(workdir, entry)
+    metrics = read_json(path, "retrieval result")["metrics"]
+    if RETRIEVAL_METRIC not in metrics:
+        raise InputFileError(path, f"{path} has no {RETRIEVAL_METRIC}")
+    return 100.0 * float(metrics[RETRIEVAL_METRIC])
+
+
+def vqa_accuracy(workdir: Path, entry: str, dataset: str) -> float:
+    """Overall VQA multiple-choice accuracy of ``entry`` on ``dataset`` (0-100)."""
+    path = vqa_file(workdir, entry, dataset)
+    return float(read_json(path, "VQA result")["metrics"]["overall"])
+
+
+def _vqa_gain(workdir: Path, dataset: str) -> float:
+    return vqa_accuracy(workdir, DRAFT, dataset) - vqa_accuracy(workdir, BASELINE, dataset)
+
+
+def demo_effects(workdir: str | os.PathLike[str]) -> DemoEffects:
+    """The four effects of the finished demo in ``workdir`` (see the module docstring)."""
+    workdir = Path(workdir)
+    r1 = image_recall_at_1(workdir, BASELINE)
+    return DemoEffects(
+        third_tower_blip2=image_recall_at_1(workdir, THIRD_TOWER_BLIP2) - r1,
+        third_tower_llava=image_recall_at_1(workdir, THIRD_TOWER_LLAVA) - r1,
+        draft_vqa_real=_vqa_gain(workdir, "vqa_real"),
+        draft_vqa_abstract=_vqa_gain(workdir, "vqa_abstract"),
+    )
+
+
+def effect_targets() -> list[str]:
+    """The evaluation files :func:`demo_effects` reads (relative to the demo's folder): the
+    Snakemake targets that compute the effects and nothing else of the report."""
+    root = Path(".")
+    return [
+        str(path)
+        for path in (
+            retrieval_file(root, BASELINE),
+            retrieval_file(root, THIRD_TOWER_BLIP2),
+            retrieval_file(root, THIRD_TOWER_LLAVA),
+            *(vqa_file(root, entry, d) for entry in (BASELINE, DRAFT) for d in VQA_SETS),
+        )
+    ]
+
+
+def shuffle_dialogue(shard: str | os.PathLike[str]) -> int:
+    """Give each image of a dialogue shard the next successful image's dialogue (in place,
+    atomically, schema and provenance kept); returns how many rows moved.
+
+    Rows that failed keep theirs: the training rows leave them out either way, so the shuffled
+    shard trains on exactly as many rows as the original, each with the wrong image.
+    """
+    table = read_parquet(shard, what="dialogue shard")
+    success = [
+        i for i, status in enumerate(table.column("status").to_pylist()) if status == "success"
+    ]
+    if len(success) < 2:
+        raise InputFileError(shard, f"{shard}: fewer than two successful rows, nothing to shuffle")
+    source = list(range(table.num_rows))
+    for position, row in enumerate(success):
+        source[row] = success[(position + 1) % len(success)]
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        columns[name] = column if name in _KEPT_WITH_IMAGE else column.take(pa.array(source))
+    shuffled = pa.table(columns, schema=table.schema)
+    write_parquet_atomic(shuffled, shard)
+    log.info("%s: %d dialogues moved to another image", shard, len(success))
+    return len(success)
