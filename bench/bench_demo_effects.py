@@ -9,8 +9,9 @@ whose dialogue shards give each image another image's dialogue
 (:func:`dialogclip.world.effects.shuffle_dialogue`): the sabotage whose gains must vanish.
 
 Per arm and effect it records each seed's value, the mean and the sample standard deviation
-(points: image R@1 x 100, VQA accuracy 0-100) with the machine record; nothing is asserted
-here: tests/world/test_world_demo.py checks its margins against these figures.
+(points: image R@1 x 100, VQA accuracy 0-100) with the machine record, and each run's wall
+seconds (under ``--reuse``, a copy already up to date shows only Snakemake's check); nothing is
+asserted here: tests/world/test_world_demo.py checks its margins against these figures.
 
     nice -n 10 .venv/bin/python bench/bench_demo_effects.py --demo resources/demo \
         --seeds 0 1 2 --work /tmp/demo-effects --output bench/results/demo_effects.json
@@ -62,7 +63,9 @@ def run_arm(demo: Path, work: Path, arm: str, seed: int, cores: int, reuse: bool
     if not (reuse and workdir.exists()):
         if workdir.exists():
             shutil.rmtree(workdir)
-        shutil.copytree(demo, workdir, symlinks=True)
+        # not the demo's lock, which a Snakemake running there meanwhile holds
+        locks = shutil.ignore_patterns("locks")
+        shutil.copytree(demo, workdir, symlinks=True, ignore=locks)
         if arm == "shuffled":
             for shard in sorted((workdir / "results" / "dialogue").glob("*/*.parquet")):
                 shuffle_dialogue(shard)

@@ -405,7 +405,9 @@ def _restore(t: _Training) -> _Position:
     t.accelerator.wait_for_everyone()
     position = _Position()
     newest = checkpoints.newest_checkpoint(t.run_dir)
-    if newest is not None and _trained_on_other_data(newest, t.run_config):
+    stale = newest is not None and _trained_on_other_data(newest, t.run_config)
+    t.accelerator.wait_for_everyone()  # every rank has read it before the main one deletes it
+    if stale:
         # Same settings (the folder's key) but other training files: a finished or crashed
         # run on data that has since been regenerated. Its steps are not this run's.
         if t.is_main:
