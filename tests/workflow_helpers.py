@@ -71,7 +71,7 @@ def copy_demo(workdir: Path, source: Path | None = None) -> Path:
     return workdir
 
 
-# The whole demo DAG on 2 cores (e.g. the finished_demo fixture): 9 min on an idle machine, 20-40
+# The whole demo DAG on 2 cores (e.g. the finished_demo fixture): 7 min on an idle machine, 20-40
 # min at a load of 4-6 (the world demo's first runs, two threads per job; issue 17). A run that
 # hangs fails after this long.
 DEMO_RUN_TIMEOUT_S = 3600
