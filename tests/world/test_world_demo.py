@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 from workflow_helpers import REPO_ROOT, copy_demo, planned_jobs, snakemake
 
+from dialogclip.models.eval_entry import result_path
 from dialogclip.world.effects import (
     BASELINE,
     demo_effects,
     effect_targets,
     image_recall_at_1,
-    retrieval_file,
     shuffle_dialogue,
     vqa_accuracy,
 )
@@ -77,9 +77,13 @@ def test_third_tower_and_draft_beat_the_baseline(finished_demo: Path) -> None:
 def test_blends_weigh_the_original_model_by_beta(finished_demo: Path) -> None:
     """Eq. 4.3.1 (third tower) and the DRAFT blend: beta weighs the original text embedding;
     beta 1 is the baseline exactly, beta 0 the trained tower alone."""
-    baseline = json.loads(retrieval_file(finished_demo, BASELINE).read_text())["metrics"]
+    baseline = json.loads(result_path(finished_demo / "results", BASELINE, "coco").read_text())[
+        "metrics"
+    ]
     for run in ("tiny-c3m-blip2", "tiny-c3m-llava"):
-        at_1 = json.loads(retrieval_file(finished_demo, f"{run}-beta1").read_text())["metrics"]
+        at_1 = json.loads(
+            result_path(finished_demo / "results", f"{run}-beta1", "coco").read_text()
+        )["metrics"]
         assert at_1 == baseline, run
         assert image_recall_at_1(finished_demo, f"{run}-beta0") != image_recall_at_1(
             finished_demo, BASELINE

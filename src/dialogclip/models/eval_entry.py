@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dialogclip.core.config import ConfigError
@@ -32,6 +33,15 @@ EVAL_DATASETS = ("coco", "flickr30k", "vqa_real", "vqa_abstract")
 RETRIEVAL_SETS = ("coco", "flickr30k")
 TEXT_VARIANTS = ("plain", "embedding_blend", "weight_blend")
 BLEND_VARIANTS = TEXT_VARIANTS[1:]
+
+
+def result_path(results_dir: Path, name: str, dataset: str) -> Path:
+    """Where the evaluation writes the metrics of entry ``name`` on ``dataset`` (read by the
+    report and by the world's effects)."""
+    task = "retrieval" if dataset in RETRIEVAL_SETS else "vqa"
+    return Path(results_dir) / "eval" / task / name / f"{dataset}.json"
+
+
 # The fields that name the image tower: entries equal on them share its cached embeddings.
 IMAGE_TOWER_FIELDS = ("architecture", "pretrained", "quickgelu")
 

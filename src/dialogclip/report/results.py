@@ -13,18 +13,12 @@ import json
 import logging
 from pathlib import Path
 
-from dialogclip.models.eval_entry import RETRIEVAL_SETS
+from dialogclip.models.eval_entry import RETRIEVAL_SETS, result_path
 from dialogclip.report.thesis import RETRIEVAL_METRICS, VQA_METRICS
 
 log = logging.getLogger(__name__)
 
 Metrics = dict[str, float]  # metric -> percent
-
-
-def result_path(results_dir: Path, name: str, dataset: str) -> Path:
-    """Where the evaluation writes the metrics of entry ``name`` on ``dataset``."""
-    task = "retrieval" if dataset in RETRIEVAL_SETS else "vqa"
-    return Path(results_dir) / "eval" / task / name / f"{dataset}.json"
 
 
 def _read(path: Path) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from dialogclip.core.io import InputFileError, read_json, read_parquet, write_parquet_atomic
+from dialogclip.models.eval_entry import result_path
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,9 @@ class DemoEffects:
         return asdict(self)
 
 
-def retrieval_file(workdir: Path, entry: str) -> Path:
-    return workdir / "results" / "eval" / "retrieval" / entry / "coco.json"
-
-
-def vqa_file(workdir: Path, entry: str, dataset: str) -> Path:
-    return workdir / "results" / "eval" / "vqa" / entry / f"{dataset}.json"
-
-
 def image_recall_at_1(workdir: Path, entry: str) -> float:
     """Text-to-image R@1 of ``entry`` on the world's retrieval set, in points (0-100)."""
-    path = retrieval_file(workdir, entry)
+    path = result_path(workdir / "results", entry, "coco")
     metrics = read_json(path, "retrieval result")["metrics"]
     if RETRIEVAL_METRIC not in metrics:
         raise InputFileError(path, f"{path} has no {RETRIEVAL_METRIC}")
@@ -72,7 +65,7 @@ def image_recall_at_1(workdir: Path, entry: str) -> float:
 
 def vqa_accuracy(workdir: Path, entry: str, dataset: str) -> float:
     """Overall VQA multiple-choice accuracy of ``entry`` on ``dataset`` (0-100)."""
-    path = vqa_file(workdir, entry, dataset)
+    path = result_path(workdir / "results", entry, dataset)
     return float(read_json(path, "VQA result")["metrics"]["overall"])
 
 
@@ -95,16 +88,9 @@ def demo_effects(workdir: str | os.PathLike[str]) -> DemoEffects:
 def effect_targets() -> list[str]:
     """The evaluation files :func:`demo_effects` reads (relative to the demo's folder): the
     Snakemake targets that compute the effects and nothing else of the report."""
-    root = Path(".")
-    return [
-        str(path)
-        for path in (
-            retrieval_file(root, BASELINE),
-            retrieval_file(root, THIRD_TOWER_BLIP2),
-            retrieval_file(root, THIRD_TOWER_LLAVA),
-            *(vqa_file(root, entry, d) for entry in (BASELINE, DRAFT) for d in VQA_SETS),
-        )
-    ]
+    entries = [(BASELINE, "coco"), (THIRD_TOWER_BLIP2, "coco"), (THIRD_TOWER_LLAVA, "coco")]
+    entries += [(entry, dataset) for entry in (BASELINE, DRAFT) for dataset in VQA_SETS]
+    return [str(result_path(Path("results"), entry, dataset)) for entry, dataset in entries]
 
 
 def shuffle_dialogue(shard: str | os.PathLike[str]) -> int:
