@@ -6,7 +6,10 @@ For each further training seed this script copies it, sets every training run's
 what the seed changes: the training runs and the evaluations the effects read
 (:func:`dialogclip.world.effects.effect_targets`). The *shuffled* arm does the same on a copy
 whose dialogue shards give each image another image's dialogue
-(:func:`dialogclip.world.effects.shuffle_dialogue`): the sabotage whose gains must vanish.
+(:func:`dialogclip.world.effects.shuffle_dialogue`): the sabotage whose gains must vanish. The
+*captions* arm is its control: DRAFT trained on its caption term alone
+(:func:`dialogclip.world.effects.without_dialogue`), i.e. what DRAFT's training would gain
+without the dialogue (the third tower is the demo's there).
 
 Per arm and effect it records each seed's value, the mean and the sample standard deviation
 (points: image R@1 x 100, VQA accuracy 0-100) with the machine record, and each run's wall
@@ -35,20 +38,31 @@ from benchlib import machine_record
 
 from dialogclip.core.io import write_json_atomic
 from dialogclip.core.logging import setup_logging
-from dialogclip.world.effects import demo_effects, effect_targets, shuffle_dialogue
+from dialogclip.world.effects import (
+    demo_effects,
+    effect_targets,
+    shuffle_dialogue,
+    without_dialogue,
+)
 
 log = logging.getLogger("bench_demo_effects")
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-ARMS = ("demo", "shuffled")
+ARMS = ("demo", "shuffled", "captions")
 
 
-def _seed_config(workdir: Path, seed: int) -> Path:
-    """A config file setting every training run's seed (lists replace lists when merged)."""
+def _arm_config(workdir: Path, arm: str, seed: int) -> Path | None:
+    """A config file merged over the demo's: every training run's seed, and in the captions arm
+    DRAFT without its dialogue terms (lists replace lists when merged); None when it would
+    change nothing."""
+    if seed == 0 and arm != "captions":
+        return None
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     for run in config["train"]["runs"]:
         run.setdefault("optim", {})["seed"] = seed
-    path = workdir / f"seed{seed}.yaml"
+    if arm == "captions":
+        without_dialogue(config["train"])
+    path = workdir / f"{arm}-seed{seed}.yaml"
     path.write_text(yaml.safe_dump({"train": config["train"]}, sort_keys=False))
     return path
 
@@ -69,6 +83,7 @@ def run_arm(demo: Path, work: Path, arm: str, seed: int, cores: int, reuse: bool
         if arm == "shuffled":
             for shard in sorted((workdir / "results" / "dialogue").glob("*/*.parquet")):
                 shuffle_dialogue(shard)
+    config = _arm_config(workdir, arm, seed)
     command = [
         str(VENV_BIN / "snakemake"),
         "--snakefile",
@@ -82,7 +97,7 @@ def run_arm(demo: Path, work: Path, arm: str, seed: int, cores: int, reuse: bool
         str(cores),
         *effect_targets(),
         # last: --configfile takes every word after it
-        *(("--configfile", str(_seed_config(workdir, seed))) if seed else ()),
+        *(("--configfile", str(config)) if config else ()),
     ]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)

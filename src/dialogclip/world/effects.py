@@ -8,13 +8,16 @@ between a blend and ``tiny`` on the same evaluation set:
 - *third tower*: text-to-image R@1 on the world's COCO-format retrieval set (five complete
   captions per image) of ``tiny-c3m-blip2-beta0.9`` (and ``tiny-c3m-llava-beta0.9``);
 - *DRAFT*: overall VQA v1 multiple-choice accuracy (the official soft accuracy) of
-  ``tiny-draft-llava-beta0.9`` on the world's real- and abstract-format VQA sets.
+  ``tiny-draft-llava-beta0.9`` on the world's real- and abstract-format VQA sets, and of its
+  trained text tower alone (``-beta0``), whose gain over both sets is what the training itself
+  learned.
 
 :func:`shuffle_dialogue` is the sabotage: it gives each image another image's dialogue (the
-dialogue shards' rows rotated by one among the successful ones), as a broken join would. The
-bench (bench/bench_demo_effects.py) and the demo tests (tests/world/test_world_demo.py) read the
-effects with :func:`demo_effects`, on the demo as it is and on a copy trained on shuffled
-dialogue.
+dialogue shards' rows rotated by one among the successful ones), as a broken join would.
+:func:`without_dialogue` is its control: DRAFT trained on its caption term alone. The bench
+(bench/bench_demo_effects.py) and the demo tests (tests/world/test_world_demo.py) read the
+effects with :func:`demo_effects`, on the demo as it is and on copies trained on shuffled
+dialogue or without it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -35,6 +39,7 @@ BASELINE = "tiny"
 THIRD_TOWER_BLIP2 = "tiny-c3m-blip2-beta0.9"
 THIRD_TOWER_LLAVA = "tiny-c3m-llava-beta0.9"
 DRAFT = "tiny-draft-llava-beta0.9"
+DRAFT_ALONE = "tiny-draft-llava-beta0"  # the trained text tower, unblended
 RETRIEVAL_METRIC = "image_retrieval_recall@1"
 VQA_SETS = ("vqa_real", "vqa_abstract")
 # What travels with a reply (everything but the image's key and url): shuffling moves it whole.
@@ -49,6 +54,9 @@ class DemoEffects:
     third_tower_llava: float
     draft_vqa_real: float  # overall VQA MC accuracy (0-100), world real-format set
     draft_vqa_abstract: float  # the same, abstract-scene format
+    draft_alone_vqa_real: float  # DRAFT's trained tower alone (beta 0), world real-format set
+    draft_alone_vqa_abstract: float
+    draft_alone_vqa: float  # the mean of the two: the trained tower's gain on VQA
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -69,19 +77,23 @@ def vqa_accuracy(workdir: Path, entry: str, dataset: str) -> float:
     return float(read_json(path, "VQA result")["metrics"]["overall"])
 
 
-def _vqa_gain(workdir: Path, dataset: str) -> float:
-    return vqa_accuracy(workdir, DRAFT, dataset) - vqa_accuracy(workdir, BASELINE, dataset)
+def _vqa_gain(workdir: Path, entry: str, dataset: str) -> float:
+    return vqa_accuracy(workdir, entry, dataset) - vqa_accuracy(workdir, BASELINE, dataset)
 
 
 def demo_effects(workdir: str | os.PathLike[str]) -> DemoEffects:
     """The four effects of the finished demo in ``workdir`` (see the module docstring)."""
     workdir = Path(workdir)
     r1 = image_recall_at_1(workdir, BASELINE)
+    alone = [_vqa_gain(workdir, DRAFT_ALONE, dataset) for dataset in VQA_SETS]
     return DemoEffects(
         third_tower_blip2=image_recall_at_1(workdir, THIRD_TOWER_BLIP2) - r1,
         third_tower_llava=image_recall_at_1(workdir, THIRD_TOWER_LLAVA) - r1,
-        draft_vqa_real=_vqa_gain(workdir, "vqa_real"),
-        draft_vqa_abstract=_vqa_gain(workdir, "vqa_abstract"),
+        draft_vqa_real=_vqa_gain(workdir, DRAFT, "vqa_real"),
+        draft_vqa_abstract=_vqa_gain(workdir, DRAFT, "vqa_abstract"),
+        draft_alone_vqa_real=alone[0],
+        draft_alone_vqa_abstract=alone[1],
+        draft_alone_vqa=sum(alone) / len(alone),
     )
 
 
@@ -89,8 +101,29 @@ def effect_targets() -> list[str]:
     """The evaluation files :func:`demo_effects` reads (relative to the demo's folder): the
     Snakemake targets that compute the effects and nothing else of the report."""
     entries = [(BASELINE, "coco"), (THIRD_TOWER_BLIP2, "coco"), (THIRD_TOWER_LLAVA, "coco")]
-    entries += [(entry, dataset) for entry in (BASELINE, DRAFT) for dataset in VQA_SETS]
+    entries += [
+        (entry, dataset) for entry in (BASELINE, DRAFT, DRAFT_ALONE) for dataset in VQA_SETS
+    ]
     return [str(result_path(Path("results"), entry, dataset)) for entry, dataset in entries]
+
+
+def without_dialogue(train: dict[str, Any]) -> dict[str, Any]:
+    """The control for DRAFT's sabotage: ``train`` (the config's ``train`` mapping, edited in
+    place and returned) with the DRAFT run behind :data:`DRAFT` trained on its captions alone.
+
+    The shuffle leaves two of DRAFT's terms working: the caption-image term (eq. 4.4.1's
+    ``1 - a`` part, pairs intact) and the MMD (eq. 4.4.3), which compares the distributions of
+    all caption and dialogue logits and so does not see which dialogue is whose. With ``a: 0``
+    and ``mmd_weight: 0`` the run keeps the caption term only, on the same batches and steps
+    (under AdamW the term's weight barely matters: the update is invariant to the loss' scale up
+    to epsilon), so what DRAFT gains beyond this control is what the dialogue brought.
+    """
+    run_name = DRAFT.removesuffix("-beta0.9")
+    runs = [run for run in train["runs"] if run["name"] == run_name]
+    if len(runs) != 1:
+        raise ValueError(f"train.runs has no single run named {run_name!r}")
+    runs[0].setdefault("loss", {}).update({"a": 0.0, "mmd_weight": 0.0})
+    return train
 
 
 def shuffle_dialogue(shard: str | os.PathLike[str]) -> int:
