@@ -34,8 +34,9 @@ os.environ.update(
 os.environ.setdefault("DIALOGCLIP_ROOT", str(Path(workflow.basedir).resolve()))
 
 # Snakemake's between-workflow output cache (README, "Sharing GPU work between working
-# directories"): the expensive deterministic rules (generation, the training images' and
-# captions' frozen-tower embeddings) carry `cache: OUTPUT_CACHE`. Their key hashes the shell
+# directories"): the expensive deterministic rules (generation, the frozen towers' embeddings
+# of the training images, captions and evaluation images, the fetched weights) carry
+# `cache: OUTPUT_CACHE`. Their key hashes the shell
 # command as written (never the resources it formats), the params, the checksums of source
 # inputs and the upstream jobs' keys, so a machine setting never defeats it. "omit-software":
 # the conda env is no part of the science. Declared only when $SNAKEMAKE_OUTPUT_CACHE names a

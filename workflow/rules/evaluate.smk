@@ -60,6 +60,7 @@ rule fetch_clip_weights:
         weights=f"{config['weights_dir']}/{{architecture}}__{{tag}}.safetensors",
     log:
         "logs/fetch_clip_weights/{architecture}__{tag}.log",
+    cache: OUTPUT_CACHE
     retries: 2  # network
     localrule: True  # needs network: run it on the machine Snakemake runs on
     conda:
@@ -69,6 +70,9 @@ rule fetch_clip_weights:
         mem_mb=8000,
         runtime=60,
     params:
+        # in the cache key (the wildcards are not): one entry per architecture and tag
+        architecture="{architecture}",
+        tag="{tag}",
         weights_dir=get_fetched_weights_dir,
     shell:
         "dialogclip fetch-clip-weights --architecture {wildcards.architecture:q}"
@@ -78,13 +82,12 @@ rule fetch_clip_weights:
 rule embed_eval_images:
     input:
         checkpoint=get_image_model_checkpoint,
-        files=get_eval_files,
+        files=get_eval_image_list_files,
     output:
         emb="results/eval/image_emb/{image_model}/{dataset}.safetensors",
     log:
         "logs/embed_eval_images/{image_model}/{dataset}.log",
-    benchmark:
-        "benchmarks/embed_eval_images/{image_model}/{dataset}.tsv"
+    cache: OUTPUT_CACHE
     conda:
         "../../envs/dialogclip-gpu.yaml"
     threads: 4

@@ -57,6 +57,19 @@ def get_eval_files(wildcards):
     return [ancient(files[key]) for key in keys if files.get(key)]
 
 
+def get_eval_image_list_files(wildcards):
+    """The files that say which images a set has (its annotation and question files), without
+    the image folder: the inputs of embed_eval_images. The between-workflow cache checksums a
+    rule's source inputs for its key and cannot checksum a folder; the folder's path is in the
+    job's params (the images of COCO and VQA are fixed public files, named by these lists).
+    The folder is still checked when the DAG is built, as get_eval_files does."""
+    return [
+        path
+        for path in get_eval_files(wildcards)
+        if path != config["evaluate"][_dataset(wildcards)]["images"]
+    ]
+
+
 def _eval_job(model, wildcards, **settings):
     """One evaluation job's science as JSON (machine settings are command-line flags)."""
     dataset = _dataset(wildcards)

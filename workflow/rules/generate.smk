@@ -145,6 +145,7 @@ rule fetch_vlm_weights:
     wildcard_constraints:
         vlm_repo=r"[A-Za-z0-9][A-Za-z0-9_.-]*--[A-Za-z0-9][A-Za-z0-9_.-]*",
         revision=r"[0-9a-f]{40}",
+    cache: OUTPUT_CACHE
     retries: 2  # network
     localrule: True  # needs internet access: run it on the machine Snakemake runs on
     conda:
@@ -154,7 +155,9 @@ rule fetch_vlm_weights:
         mem_mb=2000,
         runtime=240,
     params:
+        # in the cache key (the wildcards are not): one entry per model and commit
         model=get_vlm_model,
+        revision="{revision}",
     shell:
         "dialogclip fetch-vlm-weights --model {params.model:q} --revision {wildcards.revision}"
         " --output {output.folder:q} 2> {log:q}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ def run_embed_images(
     job: EvaluateJob, output: Path, batch_size: int = 64, weights_dir: Path | None = None
 ) -> None:
     """Embed every image of the dataset once: ``output`` holds ``image_emb`` [N_images, D]."""
+    start = time.perf_counter()
     check_dataset_files(job.dataset, asdict(job.files))
     paths = image_paths_of(job.dataset, asdict(job.files))
     clip = load_clip(job.model.spec, device=torch_device(), weights_dir=weights_dir)
@@ -58,7 +60,14 @@ def run_embed_images(
         "quickgelu": clip.quickgelu,
     }
     save_image_embeddings(emb, paths, output, provenance)
-    log.info("embedded %d images of %s with %s", len(paths), job.dataset, job.model.image_model)
+    # the job's time (the rule has no benchmark: file, which a cacheable rule may not have)
+    log.info(
+        "embedded %d images of %s with %s in %.1f s",
+        len(paths),
+        job.dataset,
+        job.model.image_model,
+        time.perf_counter() - start,
+    )
 
 
 def build_text_encoder(job: EvaluateJob, clip: LoadedClip, batch_size: int = 64) -> TextEncoder:
