@@ -3,12 +3,14 @@ later inside a job), naming the key or the file; profiles load where Snakemake l
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from demo_blends import BLENDS
 from workflow_helpers import (
     CPU_DEFAULT_RESOURCES,
     REPO_ROOT,
@@ -43,15 +45,9 @@ def _entry(config: dict, name: str) -> dict:
 
 
 def _blend(config: dict, variant: str, missing: str) -> None:
-    """Add an evaluation entry ``tiny-<variant>`` blending the demo's baseline with its first
-    DRAFT run's text tower at beta 0.9, less the key ``missing``."""
-    entry = {
-        **_entry(config, "tiny"),
-        "name": f"tiny-{variant.replace('_', '-')}",
-        "text_variant": variant,
-        "other": "results/train/runs/tiny-draft-llava/final.safetensors",
-        "beta": 0.9,
-    }
+    """Add the blend entry of ``variant`` that the report tests add (``tiny-<variant>``,
+    tests/demo_blends.py), less the key ``missing``."""
+    entry = copy.deepcopy(next(blend for blend in BLENDS if blend["text_variant"] == variant))
     entry.pop(missing)
     config["evaluate"]["models"].append(entry)
 

@@ -36,13 +36,14 @@ os.environ.setdefault("DIALOGCLIP_ROOT", str(Path(workflow.basedir).resolve()))
 # Snakemake's between-workflow output cache (README, "Sharing GPU work between working
 # directories"): the expensive deterministic rules (generation, the frozen towers' embeddings
 # of the training images, captions and evaluation images, the fetched weights) carry
-# `cache: OUTPUT_CACHE`. Their key hashes the shell
-# command as written (never the resources it formats), the params, the checksums of source
-# inputs and the upstream jobs' keys, so a machine setting never defeats it. "omit-software":
-# the conda env is no part of the science. Declared only when $SNAKEMAKE_OUTPUT_CACHE names a
-# cache, because Snakemake warns about every cacheable rule on every run otherwise; `--cache`
-# switches it on. Snakemake refuses a benchmark: directive on a cacheable rule, so these rules
-# record their times themselves (generation's stats JSON, the embedding logs).
+# `cache: OUTPUT_CACHE`. Their key hashes the shell command as written (never the resources it
+# formats), the params (so the fetch rules repeat their wildcards there), the checksums of
+# source inputs and the upstream jobs' keys, so a machine setting never defeats it.
+# "omit-software": the conda env is no part of the science. Declared only when
+# $SNAKEMAKE_OUTPUT_CACHE names a cache, because Snakemake warns about every cacheable rule on
+# every run otherwise; `--cache` switches it on. Snakemake refuses a benchmark: directive on a
+# cacheable rule, so these rules record their times themselves (generation's stats JSON, the
+# embedding logs).
 OUTPUT_CACHE = "omit-software" if os.environ.get("SNAKEMAKE_OUTPUT_CACHE") else False
 
 # The TSV's line counts (get_shard_plan), kept with Snakemake's state of this working directory.

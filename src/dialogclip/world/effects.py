@@ -82,7 +82,7 @@ def _vqa_gain(workdir: Path, entry: str, dataset: str) -> float:
 
 
 def demo_effects(workdir: str | os.PathLike[str]) -> DemoEffects:
-    """The four effects of the finished demo in ``workdir`` (see the module docstring)."""
+    """The effects of the finished demo in ``workdir`` (see the module docstring)."""
     workdir = Path(workdir)
     r1 = image_recall_at_1(workdir, BASELINE)
     alone = [_vqa_gain(workdir, DRAFT_ALONE, dataset) for dataset in VQA_SETS]
