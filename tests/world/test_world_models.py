@@ -9,7 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dialogclip.world.build import (
     BUILD_FILE,
@@ -44,20 +43,13 @@ def _build() -> dict:
     return json.loads((MODELS / BUILD_FILE).read_text())
 
 
-def _free_text_config(tmp_path: Path) -> Path:
-    """The demo config with LLaVA unconstrained, as the models are built (docs/world.md)."""
-    config = yaml.safe_load(DEMO_CONFIG.read_text())
-    config["generate"]["llava"]["structured_output"] = False
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def _prompts() -> VlmPrompts:
+    """The demo's prompts, as the models are built on them (LLaVA in free text: the demo's
+    default, which prompts_from_config requires)."""
+    return prompts_from_config(DEMO_CONFIG, SCHEMA)
 
 
-def _prompts(tmp_path: Path) -> VlmPrompts:
-    return prompts_from_config(_free_text_config(tmp_path), SCHEMA)
-
-
-def test_the_committed_models_are_small_and_trained_on_the_demo_prompts(tmp_path: Path) -> None:
+def test_the_committed_models_are_small_and_trained_on_the_demo_prompts() -> None:
     files = [path for path in MODELS.rglob("*") if path.is_file()]
     assert {CLIP_FILE, BUILD_FILE} <= {path.name for path in files}
     assert all(path.stat().st_size < 1_000_000 for path in files), [
@@ -67,20 +59,20 @@ def test_the_committed_models_are_small_and_trained_on_the_demo_prompts(tmp_path
     for name in ("blip2", "llava"):
         assert len(list((MODELS / name).glob("model-*.safetensors"))) > 1, name
     # If the demo's prompts change, the models must be rebuilt (the command in docs/world.md).
-    assert json.loads(json.dumps(asdict(_prompts(tmp_path)))) == _build()["prompts"]
+    assert json.loads(json.dumps(asdict(_prompts()))) == _build()["prompts"]
 
 
-def test_the_committed_models_answer_grounded_on_held_out_scenes(tmp_path: Path) -> None:
+def test_the_committed_models_answer_grounded_on_held_out_scenes() -> None:
     """Greedy replies to the demo's prompts on 100 scenes no model trained on, scored against
     the scene records: the targets hold, and the CLIP retrieves far above chance (1 %)."""
-    seen = behaviour(MODELS, _prompts(tmp_path), _build()["world_seed"], 100)
+    seen = behaviour(MODELS, _prompts(), _build()["world_seed"], 100)
     assert seen["blip2"]["grounding"]["rate"] >= GROUNDED, seen["blip2"]
     assert seen["llava"]["grounding"]["rate"] >= GROUNDED, seen["llava"]
     assert seen["llava"]["three_pairs_rate"] >= PARSED, seen["llava"]
     assert seen["clip"]["r1_complete"] > 0.1, seen["clip"]
     # The replies are about their own scene: shifted by one scene, BLIP-2's fall far below.
     scenes = draw_scenes(_build()["world_seed"], HELD_OUT_SPLIT, 40)
-    answers = blip2_replies(MODELS / "blip2", _prompts(tmp_path), scenes)
+    answers = blip2_replies(MODELS / "blip2", _prompts(), scenes)
     shifted = score_blip2(answers[1:] + answers[:1], scenes)["grounding"]["rate"]
     assert shifted < seen["blip2"]["grounding"]["rate"] - 0.15, shifted
 
@@ -92,7 +84,7 @@ def test_a_rebuild_behaves_as_the_committed_models(tmp_path: Path) -> None:
     committed = _build()
     rebuilt = build_models(
         tmp_path / "models",
-        _prompts(tmp_path),
+        _prompts(),
         settings_from_params(committed["settings"]),
         committed["world_seed"],
     )
