@@ -33,6 +33,23 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both tiny random-initialised checkpoints (LLaVA-1.5 and BLIP-2), built once through the
+    CLI command the demo rule runs (`dialogclip world make-tiny-models`)."""
+    from dialogclip.cli import main
+
+    out_dir = tmp_path_factory.mktemp("tiny-models")
+    assert main(["world", "make-tiny-models", str(out_dir)]) == 0
+    return {"llava": out_dir / "llava", "blip2": out_dir / "blip2"}
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2(tiny_models: dict[str, Path]) -> Path:
+    """The tiny BLIP-2 (what the hub on 127.0.0.1 serves: tests/loopback_hub.py)."""
+    return tiny_models["blip2"]
+
+
+@pytest.fixture(scope="session")
 def finished_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the demo after one complete run of its whole DAG (shared: dry-run only, or
     copy it with ``workflow_helpers.copy_demo(dest, source=finished_demo)`` before changing

@@ -21,7 +21,6 @@ import yaml
 from loopback_hub import COMMITS, REPO, Hub, serve_model
 from workflow_helpers import REPO_ROOT, VENV_BIN, copy_demo, planned, snakemake
 
-from dialogclip.cli import main as cli_main
 from dialogclip.models.vlm_weights import require_fetched, weights_folder
 
 pytestmark = pytest.mark.dag
@@ -142,13 +141,6 @@ def test_a_second_working_directory_takes_generation_and_embeddings_from_the_cac
         for path in dialogue
     }
     assert len(_entries(cache)) == len(targets) + len(stats) + 2 * len(blip2)
-
-
-@pytest.fixture(scope="module")
-def tiny_blip2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny")
-    assert cli_main(["world", "make-tiny-models", str(out)]) == 0
-    return out / "blip2"
 
 
 def test_fetched_generator_weights_are_cached_per_model_and_commit(

@@ -28,16 +28,6 @@ for _name, _value in {
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Both tiny checkpoints, built once through the CLI command the demo rule runs."""
-    from dialogclip.cli import main
-
-    out_dir = tmp_path_factory.mktemp("tiny-models")
-    assert main(["world", "make-tiny-models", str(out_dir)]) == 0
-    return {"llava": out_dir / "llava", "blip2": out_dir / "blip2"}
-
-
-@pytest.fixture(scope="session")
 def tiny_params(tiny_models: dict[str, Path]) -> dict[str, Any]:
     """The ``generate`` section pointing at the tiny models (transformers backend)."""
     params = {

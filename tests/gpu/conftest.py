@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from pathlib import Path
 
 import pytest
 
@@ -50,16 +49,6 @@ def _needs_cuda_vllm() -> None:
     reason = _missing()
     if reason:
         pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Both tiny checkpoints, built through the CLI command the demo rule runs."""
-    from dialogclip.cli import main
-
-    out_dir = tmp_path_factory.mktemp("tiny-models")
-    assert main(["world", "make-tiny-models", str(out_dir)]) == 0
-    return {"llava": out_dir / "llava", "blip2": out_dir / "blip2"}
 
 
 @pytest.fixture(scope="session")

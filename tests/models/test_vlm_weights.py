@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from loopback_hub import COMMITS, REPO, Hub, serve_model
 
-from dialogclip.cli import main as cli_main
 from dialogclip.core.config import ConfigError
 from dialogclip.models.vlm_weights import (
     FETCHED,
@@ -21,13 +20,6 @@ from dialogclip.models.vlm_weights import (
     require_fetched,
     weights_folder,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_blip2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny")
-    assert cli_main(["world", "make-tiny-models", str(out)]) == 0
-    return out / "blip2"
 
 
 @pytest.fixture
