@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +13,7 @@ import yaml
 from workflow_helpers import REPO_ROOT
 
 from dialogclip.core.io import InputFileError
-from dialogclip.world.effects import DRAFT, shuffle_dialogue, without_dialogue
+from dialogclip.world.effects import DRAFT_RUN, shuffle_dialogue, without_dialogue
 
 
 def _shard(path: Path, statuses: list[str]) -> Path:
@@ -50,12 +51,12 @@ def test_a_shard_with_one_success_cannot_be_shuffled(tmp_path: Path) -> None:
 
 def test_without_dialogue_trains_only_drafts_caption_term() -> None:
     config = yaml.safe_load((REPO_ROOT / "resources/demo/config.yaml").read_text())
-    runs = {run["name"]: dict(run) for run in config["train"]["runs"]}
+    # a deep copy: an edit inside another run's nested settings must show as a difference
+    runs = {run["name"]: run for run in copy.deepcopy(config["train"]["runs"])}
     edited = {run["name"]: run for run in without_dialogue(config["train"])["runs"]}
-    draft = DRAFT.removesuffix("-beta0.9")
-    assert edited[draft]["loss"] == {"a": 0.0, "mmd_weight": 0.0}
-    assert {name: run for name, run in edited.items() if name != draft} == {
-        name: run for name, run in runs.items() if name != draft
+    assert edited[DRAFT_RUN]["loss"] == {"a": 0.0, "mmd_weight": 0.0}
+    assert {name: run for name, run in edited.items() if name != DRAFT_RUN} == {
+        name: run for name, run in runs.items() if name != DRAFT_RUN
     }
     with pytest.raises(ValueError, match="no single run named 'tiny-draft-llava'"):
         without_dialogue({"runs": []})

@@ -36,6 +36,7 @@ from workflow_helpers import REPO_ROOT, copy_demo, planned_jobs, snakemake
 from dialogclip.models.eval_entry import result_path
 from dialogclip.world.effects import (
     BASELINE,
+    DRAFT_ALONE,
     demo_effects,
     effect_targets,
     image_recall_at_1,
@@ -94,7 +95,7 @@ def test_blends_weigh_the_original_model_by_beta(finished_demo: Path) -> None:
             finished_demo, BASELINE
         ), run
     for dataset in ("vqa_real", "vqa_abstract"):
-        alone = vqa_accuracy(finished_demo, "tiny-draft-llava-beta0", dataset)
+        alone = vqa_accuracy(finished_demo, DRAFT_ALONE, dataset)
         assert alone - vqa_accuracy(finished_demo, BASELINE, dataset) >= MARGIN["draft_vqa_real"]
 
 

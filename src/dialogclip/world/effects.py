@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 BASELINE = "tiny"
 THIRD_TOWER_BLIP2 = "tiny-c3m-blip2-beta0.9"
 THIRD_TOWER_LLAVA = "tiny-c3m-llava-beta0.9"
-DRAFT = "tiny-draft-llava-beta0.9"
-DRAFT_ALONE = "tiny-draft-llava-beta0"  # the trained text tower, unblended
+DRAFT_RUN = "tiny-draft-llava"  # the demo's DRAFT training run (train.runs[].name)
+DRAFT = f"{DRAFT_RUN}-beta0.9"
+DRAFT_ALONE = f"{DRAFT_RUN}-beta0"  # the trained text tower, unblended
 RETRIEVAL_METRIC = "image_retrieval_recall@1"
 VQA_SETS = ("vqa_real", "vqa_abstract")
 # What travels with a reply (everything but the image's key and url): shuffling moves it whole.
@@ -109,7 +110,7 @@ def effect_targets() -> list[str]:
 
 def without_dialogue(train: dict[str, Any]) -> dict[str, Any]:
     """The control for DRAFT's sabotage: ``train`` (the config's ``train`` mapping, edited in
-    place and returned) with the DRAFT run behind :data:`DRAFT` trained on its captions alone.
+    place and returned) with the DRAFT run :data:`DRAFT_RUN` trained on its captions alone.
 
     The shuffle leaves two of DRAFT's terms working: the caption-image term (eq. 4.4.1's
     ``1 - a`` part, pairs intact) and the MMD (eq. 4.4.3), which compares the distributions of
@@ -118,10 +119,9 @@ def without_dialogue(train: dict[str, Any]) -> dict[str, Any]:
     (under AdamW the term's weight barely matters: the update is invariant to the loss' scale up
     to epsilon), so what DRAFT gains beyond this control is what the dialogue brought.
     """
-    run_name = DRAFT.removesuffix("-beta0.9")
-    runs = [run for run in train["runs"] if run["name"] == run_name]
+    runs = [run for run in train["runs"] if run["name"] == DRAFT_RUN]
     if len(runs) != 1:
-        raise ValueError(f"train.runs has no single run named {run_name!r}")
+        raise ValueError(f"train.runs has no single run named {DRAFT_RUN!r}")
     runs[0].setdefault("loss", {}).update({"a": 0.0, "mmd_weight": 0.0})
     return train
 
